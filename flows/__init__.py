@@ -1,0 +1,1 @@
+"""Prefect flows: thin async wrappers that drive the core package."""

@@ -1,0 +1,288 @@
+"""Configuration: a YAML file validated into pydantic models.
+
+Targets are a discriminated union on ``kind`` so each kind carries only its own fields and an
+unknown kind is a one-line error. ``${VAR}`` in any string value is replaced from the
+environment, which keeps passwords out of the file; every secret found while loading is
+registered with ``redact`` so it cannot leak through logs or error messages.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from recovery.errors import ConfigError
+from recovery.redact import register_secret
+
+DEFAULT_CONFIG_PATH = "recovery.yaml"
+CONFIG_ENV_VAR = "RECOVERY_CONFIG"
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Jitter(StrEnum):
+    none = "none"
+    full = "full"
+    equal = "equal"
+    decorrelated = "decorrelated"
+
+
+class ExponentialStrategyConfig(_Model):
+    """Exponential backoff: delay_n = min(cap, base * factor**n), then jitter."""
+
+    kind: Literal["exponential"] = "exponential"
+    base_seconds: float = Field(1.0, gt=0, description="Delay before the first retry.")
+    factor: float = Field(2.0, ge=1, description="Multiplier applied per retry.")
+    max_delay_seconds: float = Field(60.0, gt=0, description="Cap on any single delay.")
+    max_attempts: int = Field(5, ge=1, le=100, description="Attempts per step, first included.")
+    jitter: Jitter = Field(Jitter.full, description="How delays are randomised.")
+    seed: int | None = Field(None, description="Seed for jitter (tests, reproducible runs).")
+
+
+StrategyConfig = ExponentialStrategyConfig
+
+
+class MonitorConfig(_Model):
+    interval_seconds: float = Field(30.0, gt=0, description="Seconds between monitor cycles.")
+    failure_threshold: int = Field(3, ge=1, description="Consecutive failed probes before recovery.")
+    success_threshold: int = Field(1, ge=1, description="Consecutive good probes to count healthy.")
+    probe_concurrency: int = Field(100, ge=1, le=10_000, description="Probes in flight at once.")
+    lock_ttl_seconds: float = Field(
+        900.0, gt=0, description="A recovery lock expires after this, so a crashed run cannot block."
+    )
+
+
+class VerifyConfig(_Model):
+    consecutive_successes: int = Field(3, ge=1, description="Good probes in a row to verify.")
+    interval_seconds: float = Field(0.5, ge=0, description="Pause between verification probes.")
+
+
+class BreakerConfig(_Model):
+    fail_max: int = Field(5, ge=1, description="Failures that open the breaker.")
+    reset_timeout_seconds: float = Field(60.0, gt=0, description="Open -> half-open after this.")
+
+
+class _TargetBase(_Model):
+    name: str = Field(..., pattern=NAME_PATTERN, description="Unique target name, [a-z0-9-].")
+    strategy: StrategyConfig | None = Field(None, description="Retry strategy; default: top level.")
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+
+
+class HttpTarget(_TargetBase):
+    kind: Literal["http"]
+    url: str = Field(..., description="URL probed with the method below.")
+    method: Literal["GET", "HEAD"] = "GET"
+    expect_status: list[int] = Field(default_factory=lambda: [200], min_length=1)
+    timeout_seconds: float = Field(2.0, gt=0, le=300)
+    headers: dict[str, SecretStr] = Field(default_factory=dict, description="Sent with probes.")
+    error_cache_pattern: str | None = Field(
+        None, description="Redis key pattern cleared on recovery, e.g. errors:payments-api:*."
+    )
+    error_cache_url: SecretStr | None = Field(
+        None, description="Redis holding the error cache; default: state_url."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("invalid URL")
+        return value
+
+    @field_validator("expect_status")
+    @classmethod
+    def _check_status(cls, value: list[int]) -> list[int]:
+        for code in value:
+            if not 100 <= code <= 599:
+                raise ValueError(f"invalid HTTP status {code}")
+        return value
+
+    @field_validator("error_cache_url")
+    @classmethod
+    def _check_cache_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _check_redis_url(value.get_secret_value())
+        return value
+
+
+TargetConfig = Annotated[HttpTarget, Field(discriminator="kind")]
+TARGET_KINDS = ("http",)
+
+
+def _check_redis_url(url: str) -> None:
+    if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("invalid Redis URL (expected redis://host:port/db)")
+
+
+class RecoveryConfig(_Model):
+    audit_url: SecretStr = Field(
+        SecretStr("sqlite:///recovery.db"), description="SQLAlchemy URL of the audit store."
+    )
+    state_url: SecretStr | None = Field(
+        None, description="Redis URL for shared state; absent = in-process state."
+    )
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    strategy: StrategyConfig = Field(
+        default_factory=ExponentialStrategyConfig, description="Default retry strategy."
+    )
+    targets: list[TargetConfig] = Field(default_factory=list)
+
+    @field_validator("audit_url")
+    @classmethod
+    def _check_audit_url(cls, value: SecretStr) -> SecretStr:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            make_url(value.get_secret_value())
+        except ArgumentError:
+            raise ValueError("invalid SQLAlchemy URL") from None
+        return value
+
+    @field_validator("state_url")
+    @classmethod
+    def _check_state_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _check_redis_url(value.get_secret_value())
+        return value
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> RecoveryConfig:
+        seen: set[str] = set()
+        for i, target in enumerate(self.targets):
+            if target.name in seen:
+                raise ConfigError(f"targets[{i}].name", f"duplicate target name '{target.name}'")
+            seen.add(target.name)
+        return self
+
+    def target(self, name: str) -> TargetConfig:
+        for target in self.targets:
+            if target.name == name:
+                return target
+        known = ", ".join(t.name for t in self.targets) or "none"
+        raise ConfigError("target", f"unknown target '{name}' (known: {known})")
+
+    def strategy_for(self, target: TargetConfig) -> StrategyConfig:
+        return target.strategy or self.strategy
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand_env(node: Any, path: str) -> Any:
+    if isinstance(node, str):
+        def repl(match: re.Match[str]) -> str:
+            value = os.environ.get(match[1], match[2])
+            if value is None:
+                raise ConfigError(path or "config", f"environment variable {match[1]} is not set")
+            return value
+
+        return _ENV_RE.sub(repl, node)
+    if isinstance(node, dict):
+        return {k: _expand_env(v, f"{path}.{k}" if path else str(k)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand_env(v, f"{path}[{i}]") for i, v in enumerate(node)]
+    return node
+
+
+def format_loc(loc: Sequence[int | str]) -> str:
+    """``('targets', 1, 'http', 'url')`` -> ``targets[1].url`` (drops the union tag)."""
+    out = ""
+    items = list(loc)
+    for i, part in enumerate(items):
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif i > 0 and isinstance(items[i - 1], int) and part in TARGET_KINDS:
+            continue  # pydantic inserts the discriminator tag; users never wrote it
+        elif part.startswith("function-") or part in ("str", "none", "is-instance[SecretStr]"):
+            continue
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def _message(error: Any) -> str:
+    msg = str(error.get("msg", "invalid value"))
+    if error.get("type") == "extra_forbidden":
+        return "unknown field"
+    if error.get("type") == "union_tag_invalid":
+        return f"unknown kind {error.get('input', {}).get('kind')!r} (expected one of: {', '.join(TARGET_KINDS)})"
+    if error.get("type") == "union_tag_not_found":
+        return "missing field 'kind'"
+    if error.get("type") == "string_pattern_mismatch":
+        return "must be 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix) :]
+    return msg
+
+
+def parse_config(data: Any, source: str = "config") -> RecoveryConfig:
+    """Validate a parsed YAML document; raise ``ConfigError`` naming the first bad field."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, "expected a mapping at the top level")
+    data = _expand_env(data, "")
+    try:
+        config = RecoveryConfig.model_validate(data)
+    except ConfigError:
+        raise
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        ctx_error = (first.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, ConfigError):
+            raise ctx_error from None
+        raise ConfigError(format_loc(first["loc"]) or source, _message(first)) from None
+    _register_config_secrets(config)
+    return config
+
+
+def _register_config_secrets(config: RecoveryConfig) -> None:
+    urls = [config.audit_url, config.state_url]
+    for target in config.targets:
+        urls.append(target.error_cache_url)
+        for value in target.headers.values():
+            register_secret(value.get_secret_value())
+        register_secret(urlsplit(target.url).password)
+    for url in urls:
+        if url is not None:
+            register_secret(urlsplit(url.get_secret_value()).password)
+
+
+def resolve_config_path(arg: str | None) -> Path:
+    return Path(arg or os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH)
+
+
+def load_config(path: str | Path | None = None) -> RecoveryConfig:
+    """Read and validate the config file (``--config``, ``$RECOVERY_CONFIG``, ``recovery.yaml``)."""
+    resolved = resolve_config_path(str(path) if path else None)
+    try:
+        text = resolved.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("--config", f"file not found: {resolved}") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise ConfigError("--config", f"cannot read {resolved}: {exc.__class__.__name__}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "YAML"
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(str(resolved), f"{where}: {problem}") from None
+    return parse_config(data, str(resolved))

@@ -1,0 +1,61 @@
+"""Every exception the core raises, documented in one place (httpx style).
+
+    RecoveryError                 base class; message is always redacted
+    ├── ConfigError               bad config/argument; ``field`` names the offending path (CLI exit 2)
+    ├── TemporaryError            a step failed but may succeed if retried (Prefect retries it)
+    │   ├── ProbeFailed           a verification probe did not pass
+    │   └── StateUnavailable      shared state (Redis) could not be reached
+    ├── PermanentError            retrying cannot help; the recovery fails at once
+    │   └── IntegrityCheckFailed  a post-recovery check found damage (never "fixed" blindly)
+    └── RecoveryRefused           a recovery was not started (lock held, budget exhausted, ...)
+
+Temporary vs permanent follows kopf: the task wrapper retries only ``TemporaryError``; anything
+else (including ``PermanentError``) fails the step on its first attempt.
+"""
+
+from __future__ import annotations
+
+
+class RecoveryError(Exception):
+    """Base of all errors raised by the recovery core."""
+
+
+class ConfigError(RecoveryError):
+    """Invalid configuration or CLI argument.
+
+    ``field`` is the dotted/indexed path of the offending value (``targets[1].url``) so the CLI
+    can print one line that tells the user exactly what to fix.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+class TemporaryError(RecoveryError):
+    """A failure that retrying with backoff may fix (service still starting, network blip)."""
+
+
+class ProbeFailed(TemporaryError):
+    """A health/verification probe did not pass."""
+
+
+class StateUnavailable(TemporaryError):
+    """The shared state backend (Redis) is unreachable."""
+
+
+class PermanentError(RecoveryError):
+    """A failure that retrying cannot fix; the step fails on its first attempt."""
+
+
+class IntegrityCheckFailed(PermanentError):
+    """A post-recovery integrity check failed; the recovery must not be reported as a success."""
+
+
+class RecoveryRefused(RecoveryError):
+    """The recovery was not started; ``reason`` says why (already in progress, budget...)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)

@@ -1,0 +1,173 @@
+"""One recovery run: lock, write-ahead audit, step execution, finish.
+
+The Prefect flow drives a ``RecoveryRuntime``; everything that decides or records lives here so
+it is testable without Prefect. Order of one run:
+
+    begin()     take the target's lock (or adopt the monitor's) -> audit row ``in_progress``
+    run_step()  per step and attempt: audit attempt, refresh lock, act, audit outcome
+    finish()    audit final state, release the lock
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from recovery import actions
+from recovery.actions import Detail
+from recovery.audit.store import AuditStore, PlannedStep
+from recovery.config import HttpTarget, RecoveryConfig, TargetConfig
+from recovery.errors import PermanentError, RecoveryRefused, TemporaryError
+from recovery.state import SharedState, open_state
+from recovery.workflows import PlannedStepRetry, WorkflowSpec, select_workflow, step_plans, workflow_named
+
+RUN_TYPES = ("automatic", "manual", "scheduled", "emergency")
+
+
+@dataclass(frozen=True)
+class RecoveryRequest:
+    """What a recovery flow is asked to do (the flow's parameters, validated)."""
+
+    target: str
+    workflow: str | None = None
+    run_type: str = "manual"
+    requested_by: str | None = None
+    reason: str | None = None
+    lock_token: str | None = None  # set when the monitor already holds the lock for this run
+    detected_reason: str | None = None
+    first_failure_at: float | None = None  # epoch seconds of the first failed probe
+    dry_run: bool = False
+
+
+def _ts(epoch: float | None) -> datetime | None:
+    return datetime.fromtimestamp(epoch, UTC) if epoch else None
+
+
+Action = Callable[["RecoveryRuntime"], Awaitable[Detail]]
+
+
+async def _check(rt: RecoveryRuntime) -> Detail:
+    return await actions.check_service_health(rt.target)
+
+
+async def _clear_cache(rt: RecoveryRuntime) -> Detail:
+    assert isinstance(rt.target, HttpTarget)
+    return actions.clear_error_cache(rt.config, rt.target)
+
+
+async def _reset_breaker(rt: RecoveryRuntime) -> Detail:
+    return actions.reset_circuit_breaker(rt.config, rt.target)
+
+
+async def _verify(rt: RecoveryRuntime) -> Detail:
+    return await actions.test_connectivity(rt.target)
+
+
+async def _restore(rt: RecoveryRuntime) -> Detail:
+    return actions.restore_operations(rt.state, rt.target)
+
+
+ACTIONS: dict[str, Action] = {
+    "check_service_health": _check,
+    "clear_error_cache": _clear_cache,
+    "reset_circuit_breaker": _reset_breaker,
+    "test_connectivity": _verify,
+    "restore_operations": _restore,
+}
+
+
+class RecoveryRuntime:
+    def __init__(
+        self, config: RecoveryConfig, target: TargetConfig, spec: WorkflowSpec,
+        state: SharedState, audit: AuditStore, run_id: str, owner: str,
+    ) -> None:
+        self.config = config
+        self.target = target
+        self.spec = spec
+        self.state = state
+        self.audit = audit
+        self.run_id = run_id
+        self.owner = owner
+        self.plans: dict[str, PlannedStepRetry] = {
+            p.step.name: p for p in step_plans(config, target, spec)
+        }
+
+    @classmethod
+    def begin(cls, config: RecoveryConfig, request: RecoveryRequest, run_id: str | None = None,
+              flow_run_id: str | None = None) -> RecoveryRuntime:
+        """Lock the target and write the audit row; raise ``RecoveryRefused`` if locked."""
+        if request.run_type not in RUN_TYPES:
+            raise PermanentError(f"invalid recovery type {request.run_type!r}")
+        target = config.target(request.target)
+        spec = workflow_named(request.workflow, target) if request.workflow else select_workflow(target)
+        audit = AuditStore(config.audit_url.get_secret_value())
+        state = open_state(config.state_url.get_secret_value() if config.state_url else None)
+        run_id = run_id or str(uuid.uuid4())
+        owner = request.lock_token or run_id
+        if request.lock_token is None and not state.acquire_lock(
+            target.name, owner, config.monitor.lock_ttl_seconds
+        ):
+            holder = state.lock_owner(target.name) or "unknown"
+            reason = f"recovery already in progress for {target.name} (run {holder})"
+            audit.refuse(target=target.name, workflow=spec.name, run_type=request.run_type,
+                         reason=reason, requested_by=request.requested_by, flow_run_id=flow_run_id)
+            raise RecoveryRefused(reason)
+        rt = cls(config, target, spec, state, audit, run_id, owner)
+        try:
+            audit.start_run(
+                run_id=run_id, target=target.name, workflow=spec.name, run_type=request.run_type,
+                steps=[PlannedStep(p.step.name, p.step.optional, p.plan.max_attempts)
+                       for p in rt.plans.values()],
+                requested_by=request.requested_by, reason=request.reason,
+                detected_reason=request.detected_reason,
+                first_failure_at=_ts(request.first_failure_at),
+                detected_at=datetime.now(UTC) if request.run_type == "automatic" else None,
+                flow_run_id=flow_run_id,
+            )
+        except Exception:
+            state.release_lock(target.name, owner)  # never hold a lock for a run that is not audited
+            raise
+        return rt
+
+    async def run_step(self, name: str, attempt: int) -> Detail:
+        """Run one attempt of step ``name``; the caller (a Prefect task) retries on TemporaryError."""
+        planned = self.plans[name]
+        self.audit.step_attempt(self.run_id, name, attempt)
+        if not self.state.refresh_lock(self.target.name, self.owner, self.config.monitor.lock_ttl_seconds):
+            error = PermanentError(f"lost the recovery lock of {self.target.name}; stopping")
+            self.audit.step_finished(self.run_id, name, "failed", error)
+            raise error
+        try:
+            detail = await ACTIONS[name](self)
+        except TemporaryError as exc:
+            if attempt < planned.plan.max_attempts:
+                raise  # the step stays "running"; Prefect retries after the planned delay
+            self.audit.step_finished(self.run_id, name, "failed", exc)
+            raise
+        except Exception as exc:
+            self.audit.step_finished(self.run_id, name, "failed", exc)
+            raise
+        self.audit.step_finished(self.run_id, name, "skipped" if detail is None else "succeeded",
+                                 detail=detail)
+        return detail
+
+    def finish(self, state: str, error: BaseException | None = None) -> None:
+        try:
+            self.audit.finish_run(self.run_id, state, error)
+        finally:
+            self.state.release_lock(self.target.name, self.owner)
+
+
+def record_dry_run(config: RecoveryConfig, request: RecoveryRequest) -> str:
+    """Audit a dry run: the plan is recorded, nothing is locked or touched."""
+    target = config.target(request.target)
+    spec = workflow_named(request.workflow, target) if request.workflow else select_workflow(target)
+    audit = AuditStore(config.audit_url.get_secret_value())
+    return audit.start_run(
+        target=target.name, workflow=spec.name, run_type=request.run_type, dry_run=True,
+        state="succeeded", requested_by=request.requested_by, reason=request.reason,
+        steps=[PlannedStep(p.step.name, p.step.optional, p.plan.max_attempts)
+               for p in step_plans(config, target, spec)],
+    )
