@@ -21,7 +21,9 @@ from tasks.steps import step_task
 RunType = Literal["automatic", "manual", "scheduled", "emergency"]
 
 
-async def execute_workflow(workflow: str, request: RecoveryRequest, config_path: str | None) -> dict[str, Any]:
+async def execute_workflow(
+    workflow: str, request: RecoveryRequest, config_path: str | None
+) -> dict[str, Any]:
     """Run every step of ``workflow`` as a retrying task; the audit row tracks each one."""
     install_log_redaction()
     logger = get_run_logger()

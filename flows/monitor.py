@@ -23,22 +23,36 @@ async def monitor(config_path: str | None = None) -> dict[str, Any]:
     decisions = await apply_thresholds(config, results)
     for d in decisions:
         if not d.healthy:
-            logger.warning("%s unhealthy (%s), %d consecutive failures -> %s",
-                           d.target, d.reason, d.failures, d.action)
+            logger.warning(
+                "%s unhealthy (%s), %d consecutive failures -> %s", d.target, d.reason, d.failures, d.action
+            )
     to_recover = [d for d in decisions if d.action == "recover"]
-    states = await asyncio.gather(*(
-        RECOVERY_FLOWS[d.workflow or ""](
-            target=d.target, config_path=config_path, run_type="automatic",
-            requested_by="monitor", lock_token=d.lock_token, detected_reason=d.reason,
-            first_failure_at=d.first_failure_at, return_state=True,
+    states = await asyncio.gather(
+        *(
+            RECOVERY_FLOWS[d.workflow or ""](
+                target=d.target,
+                config_path=config_path,
+                run_type="automatic",
+                requested_by="monitor",
+                lock_token=d.lock_token,
+                detected_reason=d.reason,
+                first_failure_at=d.first_failure_at,
+                return_state=True,
+            )
+            for d in to_recover
         )
-        for d in to_recover
-    ))
+    )
     recoveries = []
     for d, state in zip(to_recover, states, strict=True):
         ok = state.is_completed()
-        recoveries.append({"target": d.target, "workflow": d.workflow,
-                           "state": "succeeded" if ok else "failed", "message": state.message})
+        recoveries.append(
+            {
+                "target": d.target,
+                "workflow": d.workflow,
+                "state": "succeeded" if ok else "failed",
+                "message": state.message,
+            }
+        )
     return {
         "targets": [d.as_json() for d in decisions],
         "recoveries": recoveries,

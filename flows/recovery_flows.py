@@ -10,8 +10,7 @@ from flows.common import RunType, execute_workflow, on_cancelled, on_crashed
 from recovery.runtime import RecoveryRequest
 
 
-@flow(name="api-failure-recovery", on_cancellation=[on_cancelled], on_crashed=[on_crashed],
-      log_prints=False)
+@flow(name="api-failure-recovery", on_cancellation=[on_cancelled], on_crashed=[on_crashed], log_prints=False)
 async def api_failure_recovery(
     target: str,
     config_path: str | None = None,
@@ -24,8 +23,13 @@ async def api_failure_recovery(
 ) -> dict[str, Any]:
     """Recover an HTTP dependency: check, clear error cache, reset breaker, verify, resume."""
     request = RecoveryRequest(
-        target=target, run_type=run_type, requested_by=requested_by, reason=reason,
-        lock_token=lock_token, detected_reason=detected_reason, first_failure_at=first_failure_at,
+        target=target,
+        run_type=run_type,
+        requested_by=requested_by,
+        reason=reason,
+        lock_token=lock_token,
+        detected_reason=detected_reason,
+        first_failure_at=first_failure_at,
     )
     return await execute_workflow("api-failure-recovery", request, config_path)
 

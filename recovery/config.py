@@ -11,16 +11,24 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from recovery.errors import ConfigError
 from recovery.redact import register_secret
+from recovery.strategies import ExponentialStrategyConfig, StrategyConfig
 
 DEFAULT_CONFIG_PATH = "recovery.yaml"
 CONFIG_ENV_VAR = "RECOVERY_CONFIG"
@@ -29,28 +37,6 @@ NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Jitter(StrEnum):
-    none = "none"
-    full = "full"
-    equal = "equal"
-    decorrelated = "decorrelated"
-
-
-class ExponentialStrategyConfig(_Model):
-    """Exponential backoff: delay_n = min(cap, base * factor**n), then jitter."""
-
-    kind: Literal["exponential"] = "exponential"
-    base_seconds: float = Field(1.0, gt=0, description="Delay before the first retry.")
-    factor: float = Field(2.0, ge=1, description="Multiplier applied per retry.")
-    max_delay_seconds: float = Field(60.0, gt=0, description="Cap on any single delay.")
-    max_attempts: int = Field(5, ge=1, le=100, description="Attempts per step, first included.")
-    jitter: Jitter = Field(Jitter.full, description="How delays are randomised.")
-    seed: int | None = Field(None, description="Seed for jitter (tests, reproducible runs).")
-
-
-StrategyConfig = ExponentialStrategyConfig
 
 
 class MonitorConfig(_Model):
@@ -186,6 +172,7 @@ _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 def _expand_env(node: Any, path: str) -> Any:
     if isinstance(node, str):
+
         def repl(match: re.Match[str]) -> str:
             value = os.environ.get(match[1], match[2])
             if value is None:

@@ -134,8 +134,14 @@ class FaultServer:
 
     def start(self, timeout: float = 10.0) -> FaultServer:
         config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_level="critical", access_log=False,
-            lifespan="off", timeout_graceful_shutdown=1, backlog=4096,
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="critical",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=1,
+            backlog=4096,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name=f"faultserver-{self.port}", daemon=True)

@@ -35,23 +35,33 @@ class Decision:
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "target": self.target, "healthy": self.healthy, "reason": self.reason,
-            "failures": self.failures, "successes": self.successes, "action": self.action,
+            "target": self.target,
+            "healthy": self.healthy,
+            "reason": self.reason,
+            "failures": self.failures,
+            "successes": self.successes,
+            "action": self.action,
             "workflow": self.workflow,
         }
 
 
-def decide(config: RecoveryConfig, state: SharedState, results: list[ProbeResult],
-           now: float | None = None) -> list[Decision]:
+def decide(
+    config: RecoveryConfig, state: SharedState, results: list[ProbeResult], now: float | None = None
+) -> list[Decision]:
     """Record every probe in shared state and decide which targets to recover now."""
     now = time.time() if now is None else now
     state_url = config.state_url.get_secret_value() if config.state_url else None
     decisions: list[Decision] = []
     for result in results:
         counters: HealthCounters = state.record_probe(result.target, result.healthy, result.reason, now)
-        base = dict(target=result.target, healthy=result.healthy, reason=result.reason,
-                    failures=counters.failures, successes=counters.successes,
-                    first_failure_at=counters.first_failure_at)
+        base = dict(
+            target=result.target,
+            healthy=result.healthy,
+            reason=result.reason,
+            failures=counters.failures,
+            successes=counters.successes,
+            first_failure_at=counters.first_failure_at,
+        )
         if result.healthy:
             decisions.append(Decision(action="none", **base))  # type: ignore[arg-type]
             continue
@@ -70,6 +80,9 @@ def decide(config: RecoveryConfig, state: SharedState, results: list[ProbeResult
             open_breaker(breaker_for(target.name, target.breaker, state_url))
         except StateUnavailable:
             pass  # the breaker is advisory here; the recovery step will report Redis trouble
-        decisions.append(Decision(action="recover", workflow=select_workflow(target, result).name,
-                                  lock_token=token, **base))  # type: ignore[arg-type]
+        decisions.append(
+            Decision(
+                action="recover", workflow=select_workflow(target, result).name, lock_token=token, **base
+            )
+        )  # type: ignore[arg-type]
     return decisions

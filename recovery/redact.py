@@ -20,7 +20,9 @@ MASK = "***"
 _USERINFO_RE = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@")
 _SENSITIVE_PARAMS = ("token", "key", "secret", "password", "passwd", "pwd", "auth", "signature", "sig")
 _QUERY_RE = re.compile(
-    r"(?P<k>[?&;](?:[a-zA-Z0-9_\-]*?)(?:" + "|".join(_SENSITIVE_PARAMS) + r")[a-zA-Z0-9_\-]*=)(?P<v>[^&#\s'\"]+)",
+    r"(?P<k>[?&;](?:[a-zA-Z0-9_\-]*?)(?:"
+    + "|".join(_SENSITIVE_PARAMS)
+    + r")[a-zA-Z0-9_\-]*=)(?P<v>[^&#\s'\"]+)",
     re.IGNORECASE,
 )
 
@@ -70,9 +72,7 @@ def redact_url(url: str) -> str:
     query = parts.query
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
-        masked = [
-            (k, MASK if any(s in k.lower() for s in _SENSITIVE_PARAMS) else v) for k, v in pairs
-        ]
+        masked = [(k, MASK if any(s in k.lower() for s in _SENSITIVE_PARAMS) else v) for k, v in pairs]
         query = urlencode(masked, safe="*")
     return redact(urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment)))
 

@@ -21,7 +21,13 @@ from recovery.audit.store import AuditStore, PlannedStep
 from recovery.config import HttpTarget, RecoveryConfig, TargetConfig
 from recovery.errors import PermanentError, RecoveryRefused, TemporaryError
 from recovery.state import SharedState, open_state
-from recovery.workflows import PlannedStepRetry, WorkflowSpec, select_workflow, step_plans, workflow_named
+from recovery.workflows import (
+    PlannedStepRetry,
+    WorkflowSpec,
+    select_workflow,
+    step_plans,
+    workflow_named,
+)
 
 RUN_TYPES = ("automatic", "manual", "scheduled", "emergency")
 
@@ -80,8 +86,14 @@ ACTIONS: dict[str, Action] = {
 
 class RecoveryRuntime:
     def __init__(
-        self, config: RecoveryConfig, target: TargetConfig, spec: WorkflowSpec,
-        state: SharedState, audit: AuditStore, run_id: str, owner: str,
+        self,
+        config: RecoveryConfig,
+        target: TargetConfig,
+        spec: WorkflowSpec,
+        state: SharedState,
+        audit: AuditStore,
+        run_id: str,
+        owner: str,
     ) -> None:
         self.config = config
         self.target = target
@@ -90,13 +102,16 @@ class RecoveryRuntime:
         self.audit = audit
         self.run_id = run_id
         self.owner = owner
-        self.plans: dict[str, PlannedStepRetry] = {
-            p.step.name: p for p in step_plans(config, target, spec)
-        }
+        self.plans: dict[str, PlannedStepRetry] = {p.step.name: p for p in step_plans(config, target, spec)}
 
     @classmethod
-    def begin(cls, config: RecoveryConfig, request: RecoveryRequest, run_id: str | None = None,
-              flow_run_id: str | None = None) -> RecoveryRuntime:
+    def begin(
+        cls,
+        config: RecoveryConfig,
+        request: RecoveryRequest,
+        run_id: str | None = None,
+        flow_run_id: str | None = None,
+    ) -> RecoveryRuntime:
         """Lock the target and write the audit row; raise ``RecoveryRefused`` if locked."""
         if request.run_type not in RUN_TYPES:
             raise PermanentError(f"invalid recovery type {request.run_type!r}")
@@ -111,16 +126,27 @@ class RecoveryRuntime:
         ):
             holder = state.lock_owner(target.name) or "unknown"
             reason = f"recovery already in progress for {target.name} (run {holder})"
-            audit.refuse(target=target.name, workflow=spec.name, run_type=request.run_type,
-                         reason=reason, requested_by=request.requested_by, flow_run_id=flow_run_id)
+            audit.refuse(
+                target=target.name,
+                workflow=spec.name,
+                run_type=request.run_type,
+                reason=reason,
+                requested_by=request.requested_by,
+                flow_run_id=flow_run_id,
+            )
             raise RecoveryRefused(reason)
         rt = cls(config, target, spec, state, audit, run_id, owner)
         try:
             audit.start_run(
-                run_id=run_id, target=target.name, workflow=spec.name, run_type=request.run_type,
-                steps=[PlannedStep(p.step.name, p.step.optional, p.plan.max_attempts)
-                       for p in rt.plans.values()],
-                requested_by=request.requested_by, reason=request.reason,
+                run_id=run_id,
+                target=target.name,
+                workflow=spec.name,
+                run_type=request.run_type,
+                steps=[
+                    PlannedStep(p.step.name, p.step.optional, p.plan.max_attempts) for p in rt.plans.values()
+                ],
+                requested_by=request.requested_by,
+                reason=request.reason,
                 detected_reason=request.detected_reason,
                 first_failure_at=_ts(request.first_failure_at),
                 detected_at=datetime.now(UTC) if request.run_type == "automatic" else None,
@@ -149,8 +175,9 @@ class RecoveryRuntime:
         except Exception as exc:
             self.audit.step_finished(self.run_id, name, "failed", exc)
             raise
-        self.audit.step_finished(self.run_id, name, "skipped" if detail is None else "succeeded",
-                                 detail=detail)
+        self.audit.step_finished(
+            self.run_id, name, "skipped" if detail is None else "succeeded", detail=detail
+        )
         return detail
 
     def finish(self, state: str, error: BaseException | None = None) -> None:
@@ -166,8 +193,15 @@ def record_dry_run(config: RecoveryConfig, request: RecoveryRequest) -> str:
     spec = workflow_named(request.workflow, target) if request.workflow else select_workflow(target)
     audit = AuditStore(config.audit_url.get_secret_value())
     return audit.start_run(
-        target=target.name, workflow=spec.name, run_type=request.run_type, dry_run=True,
-        state="succeeded", requested_by=request.requested_by, reason=request.reason,
-        steps=[PlannedStep(p.step.name, p.step.optional, p.plan.max_attempts)
-               for p in step_plans(config, target, spec)],
+        target=target.name,
+        workflow=spec.name,
+        run_type=request.run_type,
+        dry_run=True,
+        state="succeeded",
+        requested_by=request.requested_by,
+        reason=request.reason,
+        steps=[
+            PlannedStep(p.step.name, p.step.optional, p.plan.max_attempts)
+            for p in step_plans(config, target, spec)
+        ],
     )

@@ -304,4 +304,3 @@ def scan_delete(client: redis.Redis, pattern: str, batch: int = SCAN_BATCH) -> i
     if keys:
         deleted += int(client.unlink(*keys))
     return deleted
-

@@ -10,8 +10,34 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal
 
-from recovery.config import ExponentialStrategyConfig, Jitter, StrategyConfig
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Jitter(StrEnum):
+    none = "none"
+    full = "full"
+    equal = "equal"
+    decorrelated = "decorrelated"
+
+
+class ExponentialStrategyConfig(BaseModel):
+    """Exponential backoff: delay_n = min(cap, base * factor**n), then jitter."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["exponential"] = "exponential"
+    base_seconds: float = Field(1.0, gt=0, description="Delay before the first retry.")
+    factor: float = Field(2.0, ge=1, description="Multiplier applied per retry.")
+    max_delay_seconds: float = Field(60.0, gt=0, description="Cap on any single delay.")
+    max_attempts: int = Field(5, ge=1, le=100, description="Attempts per step, first included.")
+    jitter: Jitter = Field(Jitter.full, description="How delays are randomised.")
+    seed: int | None = Field(None, description="Seed for jitter (tests, reproducible runs).")
+
+
+StrategyConfig = ExponentialStrategyConfig
 
 
 @dataclass(frozen=True)

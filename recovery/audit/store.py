@@ -138,18 +138,41 @@ class RunRecord:
 def _run_record(row: RecoveryRun) -> RunRecord:
     steps = tuple(
         StepRecord(
-            s.name, s.state, s.attempts, s.max_attempts, s.optional, _aware(s.started_at),
-            _aware(s.finished_at), s.duration_seconds, s.error_type, s.error_message, s.detail,
+            s.name,
+            s.state,
+            s.attempts,
+            s.max_attempts,
+            s.optional,
+            _aware(s.started_at),
+            _aware(s.finished_at),
+            s.duration_seconds,
+            s.error_type,
+            s.error_message,
+            s.detail,
         )
         for s in row.steps
     )
     started = _aware(row.started_at)
     assert started is not None
     return RunRecord(
-        row.id, row.target, row.workflow, row.type, row.state, row.dry_run, row.requested_by,
-        row.reason, row.detected_reason, _aware(row.first_failure_at), _aware(row.detected_at),
-        started, _aware(row.finished_at), row.duration_seconds, row.error_type,
-        row.error_message, row.flow_run_id, steps,
+        row.id,
+        row.target,
+        row.workflow,
+        row.type,
+        row.state,
+        row.dry_run,
+        row.requested_by,
+        row.reason,
+        row.detected_reason,
+        _aware(row.first_failure_at),
+        _aware(row.detected_at),
+        started,
+        _aware(row.finished_at),
+        row.duration_seconds,
+        row.error_type,
+        row.error_message,
+        row.flow_run_id,
+        steps,
     )
 
 
@@ -205,9 +228,11 @@ def migrate(engine: Engine) -> None:
                 raise
             time.sleep(0.2 * (attempt + 1))
             with engine.connect() as conn:
-                if inspect(conn).has_table("alembic_version") and conn.execute(
-                    text("SELECT version_num FROM alembic_version")
-                ).scalar() == HEAD_REVISION:
+                if (
+                    inspect(conn).has_table("alembic_version")
+                    and conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+                    == HEAD_REVISION
+                ):
                     return
 
 
@@ -256,17 +281,30 @@ class AuditStore:
         now = utcnow()
         finished = state != "in_progress"
         row = RecoveryRun(
-            id=run_id, target=target, workflow=workflow, type=run_type, state=state,
-            dry_run=dry_run, requested_by=requested_by, reason=error_text(reason),
-            detected_reason=error_text(detected_reason), first_failure_at=first_failure_at,
-            detected_at=detected_at, started_at=now, finished_at=now if finished else None,
-            duration_seconds=0.0 if finished else None, flow_run_id=flow_run_id,
+            id=run_id,
+            target=target,
+            workflow=workflow,
+            type=run_type,
+            state=state,
+            dry_run=dry_run,
+            requested_by=requested_by,
+            reason=error_text(reason),
+            detected_reason=error_text(detected_reason),
+            first_failure_at=first_failure_at,
+            detected_at=detected_at,
+            started_at=now,
+            finished_at=now if finished else None,
+            duration_seconds=0.0 if finished else None,
+            flow_run_id=flow_run_id,
         )
         row.steps = [
             RecoveryStep(
-                position=i, name=s.name, optional=s.optional,
+                position=i,
+                name=s.name,
+                optional=s.optional,
                 state="skipped" if finished else "pending",
-                attempts=0, max_attempts=s.max_attempts,
+                attempts=0,
+                max_attempts=s.max_attempts,
             )
             for i, s in enumerate(steps)
         ]
@@ -274,16 +312,31 @@ class AuditStore:
             session.add(row)
         return run_id
 
-    def refuse(self, *, target: str, workflow: str, run_type: str, reason: str,
-               requested_by: str | None = None, flow_run_id: str | None = None) -> str:
+    def refuse(
+        self,
+        *,
+        target: str,
+        workflow: str,
+        run_type: str,
+        reason: str,
+        requested_by: str | None = None,
+        flow_run_id: str | None = None,
+    ) -> str:
         """Record a recovery that was not started (lock held, budget exhausted...)."""
         run_id = self.start_run(
-            target=target, workflow=workflow, run_type=run_type, steps=(), state="refused",
-            requested_by=requested_by, reason=reason, flow_run_id=flow_run_id,
+            target=target,
+            workflow=workflow,
+            run_type=run_type,
+            steps=(),
+            state="refused",
+            requested_by=requested_by,
+            reason=reason,
+            flow_run_id=flow_run_id,
         )
         with self._session() as session:
             session.execute(
-                update(RecoveryRun).where(RecoveryRun.id == run_id)
+                update(RecoveryRun)
+                .where(RecoveryRun.id == run_id)
                 .values(error_type="RecoveryRefused", error_message=error_text(reason))
             )
         return run_id
@@ -297,9 +350,14 @@ class AuditStore:
             if step.started_at is None:
                 step.started_at = utcnow()
 
-    def step_finished(self, run_id: str, name: str, state: str,
-                      error: BaseException | None = None,
-                      detail: dict[str, Any] | None = None) -> None:
+    def step_finished(
+        self,
+        run_id: str,
+        name: str,
+        state: str,
+        error: BaseException | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
         with self._session() as session:
             step = self._step(session, run_id, name)
             now = utcnow()
@@ -312,8 +370,9 @@ class AuditStore:
             if detail is not None:
                 step.detail = {k: (redact(v) if isinstance(v, str) else v) for k, v in detail.items()}
 
-    def finish_run(self, run_id: str, state: str, error: BaseException | str | None = None,
-                   error_type: str | None = None) -> None:
+    def finish_run(
+        self, run_id: str, state: str, error: BaseException | str | None = None, error_type: str | None = None
+    ) -> None:
         if state not in RUN_STATES:
             raise ValueError(f"invalid run state {state}")
         with self._session() as session:
@@ -356,8 +415,7 @@ class AuditStore:
     def run(self, run_id: str) -> RunRecord | None:
         with self._session() as session:
             row = session.scalars(
-                select(RecoveryRun).options(selectinload(RecoveryRun.steps))
-                .where(RecoveryRun.id == run_id)
+                select(RecoveryRun).options(selectinload(RecoveryRun.steps)).where(RecoveryRun.id == run_id)
             ).first()
             return _run_record(row) if row else None
 

@@ -59,9 +59,7 @@ def upgrade() -> None:
         sa.Column("detail", sa.JSON),
     )
     op.create_index("ix_recovery_steps_run_id", "recovery_steps", ["run_id"])
-    op.create_index(
-        "uq_recovery_steps_run_position", "recovery_steps", ["run_id", "position"], unique=True
-    )
+    op.create_index("uq_recovery_steps_run_position", "recovery_steps", ["run_id", "position"], unique=True)
 
 
 def downgrade() -> None:
