@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import re
+import string
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import yaml
 from pydantic import (
@@ -27,7 +28,7 @@ from pydantic import (
 )
 
 from recovery.errors import ConfigError
-from recovery.redact import register_secret
+from recovery.redact import register_secret, register_secrets
 from recovery.strategies import ExponentialStrategyConfig, StrategyConfig
 
 DEFAULT_CONFIG_PATH = "recovery.yaml"
@@ -104,8 +105,170 @@ class HttpTarget(_TargetBase):
         return value
 
 
-TargetConfig = Annotated[HttpTarget, Field(discriminator="kind")]
-TARGET_KINDS = ("http",)
+def _check_sqlalchemy_url(url: str) -> None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(url)
+    except ArgumentError:
+        raise ValueError("invalid SQLAlchemy URL") from None
+
+
+def url_secrets(url: str | None) -> list[str]:
+    """The secret parts of a URL: its password (as written and decoded) and password-like params."""
+    if not url:
+        return []
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return []
+    found = [password, unquote(password)] if password else []
+    for key, value in parse_qsl(parts.query, keep_blank_values=False):
+        if any(s in key.lower() for s in ("password", "passwd", "pwd", "token", "secret", "key")):
+            found.append(value)
+    return found
+
+
+_IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+
+
+class DatabaseTarget(_TargetBase):
+    """A SQL database (PostgreSQL or SQLite) recovered by ``database-recovery``."""
+
+    kind: Literal["database"]
+    url: SecretStr = Field(..., description="SQLAlchemy URL; its password is a secret, never logged.")
+    probe_query: str = Field("SELECT 1", min_length=1, description="Query run by every health probe.")
+    connect_timeout_seconds: float = Field(5.0, gt=0, le=300, description="Connect timeout of a probe.")
+    statement_timeout_seconds: float = Field(
+        5.0, gt=0, le=3600, description="Statement timeout of probes and checks (lock waits included)."
+    )
+    stuck_session_seconds: float = Field(
+        300.0, gt=0, description="Idle-in-transaction or lock-blocking sessions older than this are stuck."
+    )
+    application_name: str | None = Field(
+        None, min_length=1, description="Only sessions of this application_name may be terminated."
+    )
+    integrity_check: Literal["quick", "full"] = Field(
+        "quick", description="SQLite: PRAGMA quick_check (quick) or integrity_check (full)."
+    )
+    canary_table: str = Field(
+        "recovery_canary", pattern=_IDENTIFIER, description="Table of the rolled-back write/read check."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: SecretStr) -> SecretStr:
+        _check_sqlalchemy_url(value.get_secret_value())
+        return value
+
+    def secret_values(self) -> list[str]:
+        return url_secrets(self.url.get_secret_value())
+
+
+class CacheValidation(_Model):
+    key_pattern: str = Field(..., min_length=1, description="SCAN MATCH pattern of the cached keys.")
+    format: Literal["json", "string"] = Field(
+        "json", description="json: value parses as JSON; string: non-empty UTF-8."
+    )
+    required_fields: list[str] = Field(
+        default_factory=list, description="json: the value is an object holding all of these."
+    )
+
+
+class SqlSource(_Model):
+    url: SecretStr = Field(..., description="SQLAlchemy URL of the source database.")
+    query: str = Field(..., min_length=1, description="SELECT returning one row per cache entry.")
+    key_template: str = Field(..., min_length=1, description="Cache key from row columns, e.g. user:{id}.")
+    value_column: str | None = Field(None, description="Column holding the value; default: row as JSON.")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: SecretStr) -> SecretStr:
+        _check_sqlalchemy_url(value.get_secret_value())
+        return value
+
+    @field_validator("key_template")
+    @classmethod
+    def _check_template(cls, value: str) -> str:
+        fields = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
+        if not fields:
+            raise ValueError("key_template needs at least one {column}")
+        for name in fields:
+            if not re.match(_IDENTIFIER, name):
+                raise ValueError(f"key_template field {{{name}}} must be a plain column name")
+        return value
+
+
+class HttpSource(_Model):
+    url: str = Field(..., description="GET returns a JSON object of key -> value.")
+    timeout_seconds: float = Field(30.0, gt=0, le=3600)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("invalid URL")
+        return value
+
+
+class CacheRebuild(_Model):
+    """Where ``cache-recovery`` warms the cache from: exactly one of sql, http, python."""
+
+    sql: SqlSource | None = None
+    http: HttpSource | None = None
+    python: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="module:function returning a mapping (or pairs) of key -> value.",
+    )
+    ttl_seconds: int | None = Field(None, ge=1, description="Expiry of rebuilt keys; default: none.")
+    overwrite: bool = Field(False, description="false: write only missing keys (SET NX).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CacheRebuild:
+        given = [n for n in ("sql", "http", "python") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(f"exactly one of sql, http, python is required (got {len(given)})")
+        return self
+
+
+class RedisTarget(_TargetBase):
+    """A Redis cache recovered by ``cache-recovery``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True, validate_by_alias=True)
+
+    kind: Literal["redis"]
+    url: SecretStr = Field(..., description="redis://[:password@]host:port/db of the cache.")
+    timeout_seconds: float = Field(2.0, gt=0, le=300, description="Socket timeout of probes and steps.")
+    max_memory_ratio: float = Field(
+        0.9, gt=0, le=1, description="Unhealthy when used_memory / maxmemory is above this."
+    )
+    validation: CacheValidation | None = Field(
+        None, alias="validate", description="How cached values are checked for corruption."
+    )
+    rebuild: CacheRebuild | None = Field(None, description="Source the cache is warmed from.")
+    batch_size: int = Field(500, ge=1, le=100_000, description="SCAN COUNT and pipeline batch size.")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: SecretStr) -> SecretStr:
+        _check_redis_url(value.get_secret_value())
+        return value
+
+    def secret_values(self) -> list[str]:
+        found = url_secrets(self.url.get_secret_value())
+        if self.rebuild is not None and self.rebuild.sql is not None:
+            found += url_secrets(self.rebuild.sql.url.get_secret_value())
+        if self.rebuild is not None and self.rebuild.http is not None:
+            found += url_secrets(self.rebuild.http.url)
+        return found
+
+
+TargetConfig = Annotated[HttpTarget | DatabaseTarget | RedisTarget, Field(discriminator="kind")]
+TARGET_KINDS = ("http", "database", "redis")
 
 
 def _check_redis_url(url: str) -> None:
@@ -243,6 +406,9 @@ def parse_config(data: Any, source: str = "config") -> RecoveryConfig:
 def _register_config_secrets(config: RecoveryConfig) -> None:
     urls = [config.audit_url, config.state_url]
     for target in config.targets:
+        if not isinstance(target, HttpTarget):
+            register_secrets(target.secret_values())
+            continue
         urls.append(target.error_cache_url)
         for value in target.headers.values():
             register_secret(value.get_secret_value())

@@ -42,6 +42,10 @@ def paused_key(target: str) -> str:
     return f"{PREFIX}:target:{target}:paused"
 
 
+def pool_generation_key(target: str) -> str:
+    return f"{PREFIX}:target:{target}:pool_generation"
+
+
 @dataclass(frozen=True)
 class HealthCounters:
     """Consecutive probe results of one target, as the monitor last recorded them."""
@@ -90,6 +94,14 @@ class SharedState(ABC):
 
     @abstractmethod
     def paused(self, target: str) -> str | None: ...
+
+    def bump_pool_generation(self, target: str) -> int:
+        """Increment ``target``'s connection-pool generation (applications then reconnect)."""
+        raise NotImplementedError(f"{type(self).__name__} does not track pool generations")
+
+    def pool_generation(self, target: str) -> int:
+        """The current pool generation of ``target`` (0 until a recovery resets the pool)."""
+        raise NotImplementedError(f"{type(self).__name__} does not track pool generations")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
@@ -200,6 +212,13 @@ class RedisState(SharedState):
         value = self._call(lambda: self.client.get(paused_key(target)))
         return str(value) if value is not None else None
 
+    def bump_pool_generation(self, target: str) -> int:
+        return int(self._call(lambda: self.client.incr(pool_generation_key(target))))
+
+    def pool_generation(self, target: str) -> int:
+        value = self._call(lambda: self.client.get(pool_generation_key(target)))
+        return int(value) if value is not None else 0
+
     def close(self) -> None:
         self.client.close()
 
@@ -218,6 +237,7 @@ class MemoryState(SharedState):
         self._health: dict[str, HealthCounters] = {}
         self._locks: dict[str, tuple[str, float]] = {}
         self._paused: dict[str, str] = {}
+        self._generations: dict[str, int] = {}
 
     def record_probe(self, target: str, healthy: bool, reason: str, now: float) -> HealthCounters:
         with self._mutex:
@@ -280,6 +300,15 @@ class MemoryState(SharedState):
     def paused(self, target: str) -> str | None:
         with self._mutex:
             return self._paused.get(target)
+
+    def bump_pool_generation(self, target: str) -> int:
+        with self._mutex:
+            self._generations[target] = self._generations.get(target, 0) + 1
+            return self._generations[target]
+
+    def pool_generation(self, target: str) -> int:
+        with self._mutex:
+            return self._generations.get(target, 0)
 
 
 # One MemoryState per process: the monitor and the recovery subflows it starts run in the same

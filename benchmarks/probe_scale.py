@@ -1,0 +1,259 @@
+"""How fast does the project probe N HTTP targets, compared with what asyncio itself can do?
+
+    python benchmarks/probe_scale.py [--sizes 100,1000,5000] [--repeat 3] [--server subprocess|thread]
+
+For each N, against one local uvicorn server (``recovery.faultserver.FaultServer``, /health in
+"ok" mode), three clients each make N GET requests with 100 in flight:
+
+    floor     bare asyncio streams speaking HTTP/1.1, 100 keep-alive connections reused; no HTTP
+              library at all, so nothing the project does can be faster than this
+    project   ``recovery.probes.probe_targets`` with N ``HttpTarget`` configs, concurrency 100
+              (includes building and closing its client, as every monitor cycle does)
+    httpx     httpx.AsyncClient with its default (httpcore) transport, limits 100/100, 100 in flight
+    aiohttp   (diagnostic) aiohttp.ClientSession directly, the transport under the project's httpx
+              client, to separate aiohttp's cost from the httpx wrapper's
+
+Each cell is the best of ``--repeat`` runs (``--httpx-repeat`` for the slow httpx column) (after one warm-up), wall-clock seconds. The ``cpu``
+column is the client process's CPU seconds for those runs. Target configs are built once, outside
+the timed region (a monitor loads its config once); the project's client is built per run, as
+every monitor cycle does.
+
+Where the server runs matters. By default it runs in a *subprocess*: in a thread of this process
+it would share the GIL with the client, so every client microsecond also delays the server and
+the measurement mixes the two. ``--server thread`` is kept to show that effect.
+
+Goal: project <= 1.5 x floor. Exit code 0 whether or not the goal is met (the table says).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import httpx
+
+# Runnable from a checkout without installing: the repository root holds the ``recovery`` package.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from recovery.config import HttpTarget
+from recovery.faultserver import FaultServer, free_port
+from recovery.probes import probe_targets
+
+INFLIGHT = 100
+GOAL = 1.5
+HOST = "127.0.0.1"
+
+_SERVER_SNIPPET = """
+import sys, time
+from recovery.faultserver import FaultServer
+server = FaultServer(port=int(sys.argv[1])).start()
+print("ready", flush=True)
+try:
+    while True:
+        time.sleep(3600)
+finally:
+    server.stop()
+"""
+
+
+@contextmanager
+def running_server(where: str) -> Iterator[int]:
+    """Yield the port of a started FaultServer, in a subprocess or in a thread of this process."""
+    if where == "thread":
+        with FaultServer() as server:
+            yield server.port
+        return
+    port = free_port()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH")])
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SERVER_SNIPPET, str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError(f"fault server subprocess did not start (got {line!r})")
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# --- the three clients; each returns how many requests got a 200 ---------------------------------
+
+
+async def floor_client(port: int, n: int) -> int:
+    """Raw asyncio streams: INFLIGHT workers, one keep-alive connection each, HTTP/1.1 by hand."""
+    request = (
+        f"GET /health HTTP/1.1\r\nHost: {HOST}:{port}\r\nUser-Agent: floor/1\r\nAccept: */*\r\n\r\n"
+    ).encode()
+    remaining = n
+    ok = 0
+
+    async def worker() -> None:
+        nonlocal remaining, ok
+        reader: asyncio.StreamReader | None = None
+        writer: asyncio.StreamWriter | None = None
+        while remaining > 0:
+            remaining -= 1
+            if writer is None:
+                reader, writer = await asyncio.open_connection(HOST, port)
+            assert reader is not None
+            writer.write(request)
+            status = int((await reader.readline()).split()[1])
+            length, keep_alive = 0, True
+            while True:
+                line = await reader.readline()
+                if line in (b"\r\n", b""):
+                    break
+                name, _, value = line.partition(b":")
+                name = name.strip().lower()
+                if name == b"content-length":
+                    length = int(value)
+                elif name == b"connection" and value.strip().lower() == b"close":
+                    keep_alive = False
+            await reader.readexactly(length)
+            ok += status == 200
+            if not keep_alive:
+                writer.close()
+                reader = writer = None
+        if writer is not None:
+            writer.close()
+            await writer.wait_closed()
+
+    await asyncio.gather(*(worker() for _ in range(min(INFLIGHT, n))))
+    return ok
+
+
+_targets: dict[tuple[int, int], list[HttpTarget]] = {}
+
+
+def targets_for(port: int, n: int) -> list[HttpTarget]:
+    """The N target configs, built once outside the timed region (a monitor loads them once)."""
+    key = (port, n)
+    if key not in _targets:
+        _targets[key] = [
+            HttpTarget(kind="http", name=f"t{i}", url=f"http://{HOST}:{port}/health") for i in range(n)
+        ]
+    return _targets[key]
+
+
+async def project_client(port: int, n: int) -> int:
+    results = await probe_targets(targets_for(port, n), concurrency=INFLIGHT)
+    return sum(r.healthy for r in results)
+
+
+async def aiohttp_direct_client(port: int, n: int) -> int:
+    """Diagnostic: aiohttp without the httpx wrapper (same transport the project uses underneath)."""
+    url = f"http://{HOST}:{port}/health"
+    semaphore = asyncio.Semaphore(INFLIGHT)
+    timeout = aiohttp.ClientTimeout(total=2.0)
+    connector = aiohttp.TCPConnector(limit=INFLIGHT)
+    async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
+
+        async def one() -> int:
+            async with semaphore, session.get(url, timeout=timeout) as response:
+                await response.read()
+                return int(response.status == 200)
+
+        return sum(await asyncio.gather(*(one() for _ in range(n))))
+
+
+async def httpx_default_client(port: int, n: int) -> int:
+    url = f"http://{HOST}:{port}/health"
+    limits = httpx.Limits(max_connections=INFLIGHT, max_keepalive_connections=INFLIGHT)
+    semaphore = asyncio.Semaphore(INFLIGHT)
+    async with httpx.AsyncClient(limits=limits, trust_env=False) as client:
+
+        async def one() -> int:
+            async with semaphore:
+                response = await client.get(url)
+                return int(response.status_code == 200)
+
+        return sum(await asyncio.gather(*(one() for _ in range(n))))
+
+
+Client = Callable[[int, int], Awaitable[int]]
+
+
+@dataclass(frozen=True)
+class Timing:
+    wall: float
+    cpu: float
+
+
+def measure(client: Client, port: int, n: int, repeat: int) -> Timing:
+    """Best of ``repeat`` runs (one fresh event loop each, like a monitor cycle), after a warm-up."""
+    if client is project_client:
+        targets_for(port, n)
+    asyncio.run(client(port, min(n, INFLIGHT)))  # warm-up: imports, first connections
+    best: Timing | None = None
+    for _ in range(repeat):
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        ok = asyncio.run(client(port, n))
+        timing = Timing(time.perf_counter() - wall0, time.process_time() - cpu0)
+        if ok != n:
+            raise RuntimeError(f"{client.__name__}: only {ok}/{n} requests succeeded")
+        if best is None or timing.wall < best.wall:
+            best = timing
+    assert best is not None
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="100,1000,5000", help="comma-separated target counts")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per cell; the best is reported")
+    parser.add_argument("--httpx-repeat", type=int, default=1, help="runs for the slow httpx-default column")
+    parser.add_argument("--server", choices=("subprocess", "thread"), default="subprocess")
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+
+    print(
+        f"server: FaultServer /health (uvicorn, {args.server}); {INFLIGHT} in flight; "
+        f"best of {args.repeat} (httpx-default: {args.httpx_repeat}); python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
+    )
+    header = (
+        f"{'N':>6} | {'floor s':>8} | {'project s':>9} | {'ratio':>5} | {'httpx-default s':>15} | "
+        f"{'aiohttp s':>9} | {'client cpu floor/proj/httpx/aiohttp s':>37} | goal <= {GOAL}x"
+    )
+    print(header)
+    print("-" * len(header))
+    with running_server(args.server) as port:
+        for n in sizes:
+            floor = measure(floor_client, port, n, args.repeat)
+            project = measure(project_client, port, n, args.repeat)
+            plain = measure(httpx_default_client, port, n, args.httpx_repeat)
+            direct = measure(aiohttp_direct_client, port, n, args.repeat)
+            ratio = project.wall / floor.wall
+            cpu = f"{floor.cpu:.2f}/{project.cpu:.2f}/{plain.cpu:.2f}/{direct.cpu:.2f}"
+            verdict = "meets" if ratio <= GOAL else "MISSES"
+            print(
+                f"{n:>6} | {floor.wall:>8.3f} | {project.wall:>9.3f} | {ratio:>5.2f} | "
+                f"{plain.wall:>15.3f} | {direct.wall:>9.3f} | {cpu:>37} | {verdict}",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

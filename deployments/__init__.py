@@ -1,0 +1,1 @@
+"""Deployments: the flows as Prefect deployments (`recovery serve`, prefect.yaml)."""

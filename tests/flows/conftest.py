@@ -1,0 +1,56 @@
+"""Prefect fixtures: ONE test API server for the whole session (Prefect tests live here).
+
+An ephemeral Prefect server costs ~15 s per process and a SQLite-backed one answers 503
+"database is locked" under load, so every flow test in the session shares one harness, and CLI
+subprocesses are pointed at it through PREFECT_API_URL instead of starting their own.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[str]:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        url = PREFECT_API_URL.value()
+        assert url, "the Prefect test harness did not set an API URL"
+        yield str(url)
+
+
+CliRunner = Callable[..., subprocess.CompletedProcess[str]]
+
+
+CLI = [sys.executable, "-m", "recovery_cli.main"]
+
+
+@pytest.fixture
+def cli_env(prefect_api: str) -> dict[str, str]:
+    """Environment for CLI subprocesses: talk to the session's test API, no analytics."""
+    return {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+
+
+@pytest.fixture
+def run_cli(cli_env: dict[str, str]) -> CliRunner:
+    """Run the real `recovery` console entry point in a subprocess against the test API."""
+
+    def run(*args: str, timeout: float = 180, cwd: Path | None = None,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*CLI, *args], capture_output=True, text=True, timeout=timeout,
+            cwd=cwd or REPO, env={**cli_env, **(env or {})},
+        )
+
+    return run

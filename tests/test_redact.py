@@ -1,0 +1,150 @@
+"""Redaction of URLs, free text, registered secrets, and log records (messages and tracebacks)."""
+
+from __future__ import annotations
+
+import io
+import logging
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from recovery.config import parse_config
+from recovery.redact import MASK, RedactingFilter, redact, redact_url, register_secret, register_secrets
+
+
+def unique(prefix: str) -> str:
+    # Registered secrets are process-wide; unique values keep tests independent of each other.
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("postgresql://u:S3cret@h:5432/db", "postgresql://u:***@h:5432/db"),
+        ("postgresql+psycopg://recovery:pw@db/audit", "postgresql+psycopg://recovery:***@db/audit"),
+        ("redis://:hunter22@cache:6379/0", "redis://:***@cache:6379/0"),
+        ("rediss://default:abc@cache:6380", "rediss://default:***@cache:6380"),
+        (
+            "connect to postgresql://u:pw1@h1/db failed, fallback redis://:pw2@h2/0 too",
+            "connect to postgresql://u:***@h1/db failed, fallback redis://:***@h2/0 too",
+        ),
+        ("http://user@host/path", "http://user@host/path"),  # no password: untouched
+        ("http://host:8080/path", "http://host:8080/path"),  # port is not a password
+        ("", ""),
+    ],
+)
+def test_url_passwords_in_text(text: str, expected: str) -> None:
+    assert redact(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("https://h/x?token=abc&page=2", "https://h/x?token=***&page=2"),
+        ("https://h/x?page=2&api_key=k1", "https://h/x?page=2&api_key=***"),
+        ("https://h/x?X-Amz-Signature=ff00&a=1", "https://h/x?X-Amz-Signature=***&a=1"),
+        ("https://h/x?PASSWORD=p&sig=s", "https://h/x?PASSWORD=***&sig=***"),
+        ("https://h/x?access_token=t#frag", "https://h/x?access_token=***#frag"),
+        ("GET /cb?auth=xyz HTTP/1.1", "GET /cb?auth=*** HTTP/1.1"),
+        ("https://h/x?page=2&sort=name", "https://h/x?page=2&sort=name"),
+    ],
+)
+def test_sensitive_query_params(text: str, expected: str) -> None:
+    assert redact(text) == expected
+
+
+def test_redact_url() -> None:
+    assert redact_url("postgresql://u:S3cret@h/db?sslmode=require") == "postgresql://u:***@h/db?sslmode=require"
+    assert redact_url("https://h/x?token=abc&page=2") == "https://h/x?token=***&page=2"
+    assert redact_url("redis://127.0.0.1:6379/1") == "redis://127.0.0.1:6379/1"
+    # A password with '@' (valid for redis-py, which splits at the last '@') is fully masked here.
+    assert redact_url("redis://:p@ss@h:6379/0") == "redis://:***@h:6379/0"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "BUG recovery/redact.py redact_url(): urlunsplit() drops the empty netloc of sqlite URLs, "
+        "so sqlite:///recovery.db (the default audit_url) is shown as sqlite:/recovery.db and "
+        "sqlite:////abs/a.db as sqlite://abs/a.db in AuditStore.description and error messages"
+    ),
+)
+@pytest.mark.parametrize("url", ["sqlite:///recovery.db", "sqlite:////tmp/audit/a.db"])
+def test_redact_url_keeps_sqlite_urls(url: str) -> None:
+    assert redact_url(url) == url
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "BUG recovery/redact.py redact(): _USERINFO_RE stops the password at the first '@' and runs "
+        "before the registered-secret pass, so redis://:p@ssw0rd@h (redis-py reads password "
+        "'p@ssw0rd') becomes redis://:***@ssw0rd@h, leaking the rest of the password"
+    ),
+)
+def test_password_containing_at_sign_is_fully_masked() -> None:
+    password = unique("p@ss")
+    parse_config({"state_url": f"redis://:{password}@cache.internal:6379/0"})  # registers it
+    assert password.split("@", 1)[1] not in redact(f"cannot reach redis://:{password}@cache.internal:6379/0")
+
+
+def test_registered_secrets_masked_anywhere() -> None:
+    short = unique("Tok")
+    longer = short + "Extended"
+    register_secrets([short, longer, None])
+    # Longest first: the longer secret is masked whole, not left with a visible tail.
+    assert redact(f"a={longer} b={short}") == f"a={MASK} b={MASK}"
+    assert redact(f"'{short}' rejected") == f"'{MASK}' rejected"
+
+
+def test_very_short_secrets_not_registered() -> None:
+    register_secret("abc")
+    assert redact("abc abcdef") == "abc abcdef"
+
+
+@pytest.fixture
+def redacting_logger() -> Iterator[tuple[logging.Logger, io.StringIO]]:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    handler.addFilter(RedactingFilter())
+    logger = logging.getLogger(f"test.redact.{uuid.uuid4().hex}")
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    try:
+        yield logger, stream
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def test_filter_redacts_message_args(redacting_logger: tuple[logging.Logger, io.StringIO]) -> None:
+    logger, stream = redacting_logger
+    secret = unique("Known")
+    register_secret(secret)
+    logger.warning("connecting to %s with key %s (attempt %d)", "postgresql://u:Pw123@h/db", secret, 2)
+    out = stream.getvalue()
+    assert out == "WARNING connecting to postgresql://u:***@h/db with key *** (attempt 2)\n"
+
+
+def test_filter_redacts_traceback(redacting_logger: tuple[logging.Logger, io.StringIO]) -> None:
+    logger, stream = redacting_logger
+    canary = unique("TbCanary")
+    try:
+        raise ConnectionError(f"could not connect to postgresql://svc:{canary}@db.internal/audit")
+    except ConnectionError:
+        logger.exception("audit write failed for %s", "redis://:AlsoSecret@r/0")
+    out = stream.getvalue()
+    assert "Traceback (most recent call last)" in out
+    assert "ConnectionError: could not connect to postgresql://svc:***@db.internal/audit" in out
+    assert canary not in out
+    assert "AlsoSecret" not in out
+    assert out.startswith("ERROR audit write failed for redis://:***@r/0\n")
+
+
+def test_filter_survives_bad_format_string(redacting_logger: tuple[logging.Logger, io.StringIO]) -> None:
+    logger, stream = redacting_logger
+    logger.error("broken %d format with postgresql://u:pw9@h/db", "not-a-number")
+    assert stream.getvalue() == "ERROR broken %d format with postgresql://u:***@h/db\n"
