@@ -1,9 +1,10 @@
 """How fast does the project probe N HTTP targets, compared with what asyncio itself can do?
 
-    python benchmarks/probe_scale.py [--sizes 100,1000,5000] [--repeat 3] [--server subprocess|thread]
+    python benchmarks/probe_scale.py [--sizes 100,1000,5000] [--repeat 3] [--httpx-repeat 1]
+                                     [--server subprocess|thread]
 
 For each N, against one local uvicorn server (``recovery.faultserver.FaultServer``, /health in
-"ok" mode), three clients each make N GET requests with 100 in flight:
+"ok" mode), each client below makes N GET requests with 100 in flight:
 
     floor     bare asyncio streams speaking HTTP/1.1, 100 keep-alive connections reused; no HTTP
               library at all, so nothing the project does can be faster than this
@@ -13,10 +14,10 @@ For each N, against one local uvicorn server (``recovery.faultserver.FaultServer
     aiohttp   (diagnostic) aiohttp.ClientSession directly, the transport under the project's httpx
               client, to separate aiohttp's cost from the httpx wrapper's
 
-Each cell is the best of ``--repeat`` runs (``--httpx-repeat`` for the slow httpx column) (after one warm-up), wall-clock seconds. The ``cpu``
-column is the client process's CPU seconds for those runs. Target configs are built once, outside
-the timed region (a monitor loads its config once); the project's client is built per run, as
-every monitor cycle does.
+Each cell is the best of ``--repeat`` runs after one warm-up (``--httpx-repeat`` for the slow
+httpx column), in wall-clock seconds. The ``cpu`` column is the client process's CPU seconds for
+those runs. Target configs are built once, outside the timed region (a monitor loads its config
+once); the project's HTTP client is built inside it, as every monitor cycle builds one.
 
 Where the server runs matters. By default it runs in a *subprocess*: in a thread of this process
 it would share the GIL with the client, so every client microsecond also delays the server and
@@ -98,7 +99,7 @@ def running_server(where: str) -> Iterator[int]:
             proc.wait()
 
 
-# --- the three clients; each returns how many requests got a 200 ---------------------------------
+# --- the clients; each returns how many requests got a 200 ---------------------------------
 
 
 async def floor_client(port: int, n: int) -> int:
@@ -203,8 +204,6 @@ class Timing:
 
 def measure(client: Client, port: int, n: int, repeat: int) -> Timing:
     """Best of ``repeat`` runs (one fresh event loop each, like a monitor cycle), after a warm-up."""
-    if client is project_client:
-        targets_for(port, n)
     asyncio.run(client(port, min(n, INFLIGHT)))  # warm-up: imports, first connections
     best: Timing | None = None
     for _ in range(repeat):
@@ -230,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"server: FaultServer /health (uvicorn, {args.server}); {INFLIGHT} in flight; "
-        f"best of {args.repeat} (httpx-default: {args.httpx_repeat}); python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
+        f"best of {args.repeat} (httpx-default: {args.httpx_repeat}); "
+        f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
     )
     header = (
         f"{'N':>6} | {'floor s':>8} | {'project s':>9} | {'ratio':>5} | {'httpx-default s':>15} | "
@@ -240,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * len(header))
     with running_server(args.server) as port:
         for n in sizes:
+            targets_for(port, n)
             floor = measure(floor_client, port, n, args.repeat)
             project = measure(project_client, port, n, args.repeat)
             plain = measure(httpx_default_client, port, n, args.httpx_repeat)

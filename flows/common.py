@@ -6,9 +6,8 @@ import asyncio
 from typing import Any, Literal
 
 from prefect import Flow, get_run_logger
-from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.objects import FlowRun, State
 from prefect.runtime import flow_run as current_flow_run
-from prefect.states import State
 
 from recovery.audit.store import AuditStore
 from recovery.config import load_config

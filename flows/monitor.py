@@ -27,9 +27,11 @@ async def monitor(config_path: str | None = None) -> dict[str, Any]:
                 "%s unhealthy (%s), %d consecutive failures -> %s", d.target, d.reason, d.failures, d.action
             )
     to_recover = [d for d in decisions if d.action == "recover"]
+    # Flow.__call__'s overloads do not type return_state=True; each call yields a State.
+    flows: dict[str, Any] = dict(RECOVERY_FLOWS)
     states = await asyncio.gather(
         *(
-            RECOVERY_FLOWS[d.workflow or ""](
+            flows[d.workflow or ""](
                 target=d.target,
                 config_path=config_path,
                 run_type="automatic",

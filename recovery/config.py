@@ -63,8 +63,8 @@ class BreakerConfig(_Model):
 class _TargetBase(_Model):
     name: str = Field(..., pattern=NAME_PATTERN, description="Unique target name, [a-z0-9-].")
     strategy: StrategyConfig | None = Field(None, description="Retry strategy; default: top level.")
-    verify: VerifyConfig = Field(default_factory=VerifyConfig)
-    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    verify: VerifyConfig = Field(default_factory=lambda: VerifyConfig())
+    breaker: BreakerConfig = Field(default_factory=lambda: BreakerConfig())
 
 
 class HttpTarget(_TargetBase):
@@ -283,9 +283,9 @@ class RecoveryConfig(_Model):
     state_url: SecretStr | None = Field(
         None, description="Redis URL for shared state; absent = in-process state."
     )
-    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    monitor: MonitorConfig = Field(default_factory=lambda: MonitorConfig())
     strategy: StrategyConfig = Field(
-        default_factory=ExponentialStrategyConfig, description="Default retry strategy."
+        default_factory=lambda: ExponentialStrategyConfig(), description="Default retry strategy."
     )
     targets: list[TargetConfig] = Field(default_factory=list)
 

@@ -8,9 +8,10 @@ monitors started at the same moment run one recovery between them and the loser 
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from recovery.breakers import breaker_for, open_breaker
@@ -54,35 +55,32 @@ def decide(
     decisions: list[Decision] = []
     for result in results:
         counters: HealthCounters = state.record_probe(result.target, result.healthy, result.reason, now)
-        base = dict(
+        base = Decision(
             target=result.target,
             healthy=result.healthy,
             reason=result.reason,
             failures=counters.failures,
             successes=counters.successes,
+            action="none",
             first_failure_at=counters.first_failure_at,
         )
         if result.healthy:
-            decisions.append(Decision(action="none", **base))  # type: ignore[arg-type]
+            decisions.append(base)
             continue
         if counters.failures < config.monitor.failure_threshold:
-            decisions.append(Decision(action="below-threshold", **base))  # type: ignore[arg-type]
+            decisions.append(replace(base, action="below-threshold"))
             continue
         target = config.target(result.target)
         token = str(uuid.uuid4())
         if not state.acquire_lock(target.name, token, config.monitor.lock_ttl_seconds):
-            decisions.append(Decision(action="in-progress", **base))  # type: ignore[arg-type]
+            decisions.append(replace(base, action="in-progress"))
             continue
         # The target is confirmed down: tell the application (paused flag, open breaker) so it
         # degrades or fails fast instead of piling requests onto a failing dependency.
         state.set_paused(target.name, f"monitor: {result.reason}")
-        try:
+        # The breaker is advisory here; the recovery's reset step reports Redis trouble.
+        with contextlib.suppress(StateUnavailable):
             open_breaker(breaker_for(target.name, target.breaker, state_url))
-        except StateUnavailable:
-            pass  # the breaker is advisory here; the recovery step will report Redis trouble
-        decisions.append(
-            Decision(
-                action="recover", workflow=select_workflow(target, result).name, lock_token=token, **base
-            )
-        )  # type: ignore[arg-type]
+        workflow = select_workflow(target, result).name
+        decisions.append(replace(base, action="recover", workflow=workflow, lock_token=token))
     return decisions

@@ -166,3 +166,9 @@ async def probe_targets(targets: Sequence[TargetConfig], concurrency: int = 100)
 
 def probe_targets_sync(targets: Sequence[TargetConfig], concurrency: int = 100) -> list[ProbeResult]:
     return asyncio.run(probe_targets(targets, concurrency))
+
+
+# The other kinds' probers register themselves in PROBERS on import. Kept last: those modules
+# import PROBERS/ProbeResult from here, which must already exist when they run.
+import recovery.cache  # noqa: E402
+import recovery.database  # noqa: E402, F401

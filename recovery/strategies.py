@@ -1,43 +1,85 @@
-"""Retry strategies: small pure objects that turn config into Prefect retry settings.
+"""Retry strategies: small pure objects that turn config into retry plans and admission decisions.
 
-A strategy answers two questions (tenacity style, no sleeping inside): how many attempts a step
-gets and how long to wait before each retry. Prefect applies them through a task's ``retries``
-and ``retry_delay_seconds``; jitter is computed here so it is seeded and testable, and every
-delay is capped (Prefect's own ``exponential_backoff`` has no cap).
+A strategy answers three questions (tenacity style, no sleeping and no I/O inside):
+
+* ``plan(inp)``: how many attempts a step gets and how long to wait before each retry. Prefect
+  applies the plan through a task's ``retries`` and ``retry_delay_seconds``; jitter is computed
+  here so it is seeded and testable, and every delay is capped (Prefect's own
+  ``exponential_backoff`` has no cap).
+* ``decide(inp)``: may a recovery of the target start now (allow/deny, reason, when to retry,
+  whether to escalate)?
+* what it must reserve if allowed (a slot in the time window, the breaker's half-open lease).
+
+Everything a strategy looks at arrives in a ``StrategyInput`` snapshot (clock reading, run type,
+recent recoveries, audit history, breaker state), so strategies are pure functions of data and
+unit-testable with a fake clock. ``recovery.admission`` gathers the snapshot from shared state
+and the audit store and commits the reservations atomically.
+
+Config is a pydantic discriminated union on ``kind``; see docs/strategies.md for a worked
+example of each strategy.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import Literal
+from typing import Protocol, overload
 
-from pydantic import BaseModel, ConfigDict, Field
+from recovery.strategy_config import (
+    STRATEGY_KINDS,
+    AdaptiveStrategyConfig,
+    BreakerAlignedStrategyConfig,
+    CompositeStrategyConfig,
+    ExponentialStrategyConfig,
+    Jitter,
+    LeafStrategyConfig,
+    LinearStrategyConfig,
+    StrategyConfig,
+    TimeWindowStrategyConfig,
+)
+
+__all__ = [
+    "BYPASS_RUN_TYPES",
+    "SINGLE_ATTEMPT",
+    "STRATEGY_KINDS",
+    "UNATTENDED_RUN_TYPES",
+    "AdaptiveBackoff",
+    "AdaptiveStrategyConfig",
+    "AnyStrategy",
+    "BreakerAligned",
+    "BreakerAlignedStrategyConfig",
+    "BreakerView",
+    "Composite",
+    "CompositeStrategyConfig",
+    "ExponentialBackoff",
+    "ExponentialStrategyConfig",
+    "Jitter",
+    "LeafStrategyConfig",
+    "LinearBackoff",
+    "LinearStrategyConfig",
+    "PastRun",
+    "RetryPlan",
+    "Strategy",
+    "StrategyConfig",
+    "StrategyDecision",
+    "StrategyInput",
+    "TimeWindow",
+    "TimeWindowStrategyConfig",
+    "WindowSlot",
+    "build_strategy",
+    "leaf_configs",
+    "retry_plan",
+    "strategy_kinds",
+]
+
+# Run types that may skip the time window and breaker alignment (never the target lock).
+BYPASS_RUN_TYPES = frozenset({"emergency"})
+# Run types a strategy may refuse for repeating errors (a person asked for the others).
+UNATTENDED_RUN_TYPES = frozenset({"automatic", "scheduled"})
 
 
-class Jitter(StrEnum):
-    none = "none"
-    full = "full"
-    equal = "equal"
-    decorrelated = "decorrelated"
-
-
-class ExponentialStrategyConfig(BaseModel):
-    """Exponential backoff: delay_n = min(cap, base * factor**n), then jitter."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: Literal["exponential"] = "exponential"
-    base_seconds: float = Field(1.0, gt=0, description="Delay before the first retry.")
-    factor: float = Field(2.0, ge=1, description="Multiplier applied per retry.")
-    max_delay_seconds: float = Field(60.0, gt=0, description="Cap on any single delay.")
-    max_attempts: int = Field(5, ge=1, le=100, description="Attempts per step, first included.")
-    jitter: Jitter = Field(Jitter.full, description="How delays are randomised.")
-    seed: int | None = Field(None, description="Seed for jitter (tests, reproducible runs).")
-
-
-StrategyConfig = ExponentialStrategyConfig
+# --- inputs and outputs ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -52,6 +94,93 @@ class RetryPlan:
         return self.max_attempts - 1
 
 
+SINGLE_ATTEMPT = RetryPlan(1, ())
+
+
+@dataclass(frozen=True)
+class PastRun:
+    """One earlier recovery of the target, as the audit store recorded it."""
+
+    started_at: float  # epoch seconds
+    state: str  # succeeded | failed | cancelled | refused | in_progress
+    error_type: str | None = None
+    error_message: str | None = None
+
+    @property
+    def signature(self) -> tuple[str | None, str | None]:
+        return (self.error_type, self.error_message)
+
+
+@dataclass(frozen=True)
+class BreakerView:
+    """The target's breaker as shared state holds it right now."""
+
+    state: str  # closed | open | half-open
+    opened_at: float | None
+    reset_timeout_seconds: float
+    probe_holder: str | None = None  # owner of the half-open probe lease, if any
+
+
+@dataclass(frozen=True)
+class StrategyInput:
+    """Everything a strategy may look at; gathered by ``recovery.admission``."""
+
+    target: str
+    run_type: str
+    now: float  # epoch seconds, from the injected clock
+    recent_recoveries: tuple[float, ...] = ()  # start times kept by the time-window store
+    history: tuple[PastRun, ...] = ()  # most recent first
+    breaker: BreakerView | None = None
+    retry_after_seconds: float | None = None  # the target's last known rate-limit reset
+
+
+@dataclass(frozen=True)
+class WindowSlot:
+    """A time-window strategy's reservation: one more recovery in the window, if still free."""
+
+    max_recoveries: int
+    window_seconds: float
+    force: bool = False  # emergency runs count in the window but are never refused by it
+
+
+@dataclass(frozen=True)
+class StrategyDecision:
+    """Allow or deny a recovery start, and what to reserve when allowed."""
+
+    allowed: bool
+    reason: str
+    strategy: str
+    retry_after_seconds: float | None = None  # when asking again may succeed
+    escalate: bool = False  # a person must look (budget exhausted, error keeps repeating)
+    window_slots: tuple[WindowSlot, ...] = ()
+    probe_lease: bool = False  # take the breaker's half-open probe lease across all workers
+
+    @classmethod
+    def allow(cls, strategy: str, reason: str = "allowed") -> StrategyDecision:
+        return cls(True, reason, strategy)
+
+
+class Strategy(Protocol):
+    @property
+    def kind(self) -> str: ...
+
+    def plan(self, inp: StrategyInput | None = None) -> RetryPlan | None:
+        """Attempts and delays for each step; ``None`` = no opinion (gates only)."""
+        ...
+
+    def decide(self, inp: StrategyInput) -> StrategyDecision:
+        """Allow or deny a recovery starting at ``inp.now``."""
+        ...
+
+
+def _cap(delay: float, cap: float) -> float:
+    # Round to the millisecond *before* capping: rounding after could push a delay over the cap.
+    return min(round(max(delay, 0.0), 3), cap)
+
+
+# --- strategies --------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class ExponentialBackoff:
     base_seconds: float
@@ -60,6 +189,7 @@ class ExponentialBackoff:
     max_attempts: int
     jitter: Jitter
     seed: int | None = None
+    kind: str = "exponential"
 
     def raw_delay(self, retry: int) -> float:
         """Un-jittered delay before retry ``retry`` (0-based), capped."""
@@ -86,16 +216,214 @@ class ExponentialBackoff:
                 delay = rng.uniform(self.base_seconds, max(self.base_seconds, previous * 3))
             else:
                 delay = raw
-            delay = round(min(delay, self.max_delay_seconds), 3)
+            delay = _cap(delay, self.max_delay_seconds)
             previous = delay
             out.append(delay)
         return tuple(out)
 
-    def plan(self) -> RetryPlan:
+    def plan(self, inp: StrategyInput | None = None) -> RetryPlan:
         return RetryPlan(self.max_attempts, self.delays())
 
+    def decide(self, inp: StrategyInput) -> StrategyDecision:
+        return StrategyDecision.allow(self.kind)
 
-def build_strategy(config: StrategyConfig) -> ExponentialBackoff:
+
+@dataclass(frozen=True)
+class LinearBackoff:
+    base_seconds: float
+    increment_seconds: float
+    max_delay_seconds: float
+    max_attempts: int
+    kind: str = "linear"
+
+    def delays(self) -> tuple[float, ...]:
+        return tuple(
+            _cap(self.base_seconds + self.increment_seconds * retry, self.max_delay_seconds)
+            for retry in range(self.max_attempts - 1)
+        )
+
+    def plan(self, inp: StrategyInput | None = None) -> RetryPlan:
+        return RetryPlan(self.max_attempts, self.delays())
+
+    def decide(self, inp: StrategyInput) -> StrategyDecision:
+        return StrategyDecision.allow(self.kind)
+
+
+@dataclass(frozen=True)
+class AdaptiveBackoff:
+    config: AdaptiveStrategyConfig
+    kind: str = "adaptive"
+
+    def recent_failures(self, inp: StrategyInput | None) -> list[PastRun]:
+        """Failed recoveries within the window, most recent first."""
+        if inp is None:
+            return []
+        since = inp.now - self.config.window_seconds
+        return [r for r in inp.history if r.state == "failed" and r.started_at >= since]
+
+    def repeating_error(self, inp: StrategyInput | None) -> tuple[str | None, str | None] | None:
+        """The error the last ``repeat_threshold`` failures share, if they all share one."""
+        failures = self.recent_failures(inp)[: self.config.repeat_threshold]
+        if len(failures) < self.config.repeat_threshold:
+            return None
+        signatures = {r.signature for r in failures}
+        return failures[0].signature if len(signatures) == 1 else None
+
+    def plan(self, inp: StrategyInput | None = None) -> RetryPlan:
+        c = self.config
+        failures = len(self.recent_failures(inp))
+        attempts = max(c.min_attempts, c.max_attempts - c.attempts_drop_per_failure * failures)
+        base = min(c.base_seconds * (1 + c.penalty_per_failure * failures), c.max_delay_seconds)
+        delays = ExponentialBackoff(base, c.factor, c.max_delay_seconds, attempts, c.jitter, c.seed).delays()
+        retry_after = inp.retry_after_seconds if inp is not None else None
+        if retry_after is not None and retry_after > 0:
+            floor = _cap(retry_after, c.max_delay_seconds)
+            delays = tuple(max(d, floor) for d in delays)
+        return RetryPlan(attempts, delays)
+
+    def decide(self, inp: StrategyInput) -> StrategyDecision:
+        repeated = self.repeating_error(inp)
+        if repeated is None or inp.run_type not in UNATTENDED_RUN_TYPES:
+            return StrategyDecision.allow(self.kind)
+        error_type, message = repeated
+        what = f"{error_type or 'error'}: {message}" if message else (error_type or "unknown error")
+        window = f"{self.config.window_seconds:g}s"
+        return StrategyDecision(
+            False,
+            f"adaptive: the last {self.config.repeat_threshold} recoveries of {inp.target} within "
+            f"{window} failed with the same error ({what}); escalating instead of retrying",
+            self.kind,
+            escalate=True,
+        )
+
+
+@dataclass(frozen=True)
+class BreakerAligned:
+    max_attempts: int
+    max_delay_seconds: float
+    reset_timeout_seconds: float
+    kind: str = "breaker_aligned"
+
+    def plan(self, inp: StrategyInput | None = None) -> RetryPlan:
+        delay = _cap(self.reset_timeout_seconds, self.max_delay_seconds)
+        return RetryPlan(self.max_attempts, (delay,) * (self.max_attempts - 1))
+
+    def decide(self, inp: StrategyInput) -> StrategyDecision:
+        breaker = inp.breaker
+        if inp.run_type in BYPASS_RUN_TYPES:
+            return StrategyDecision.allow(self.kind, f"{inp.run_type} run: breaker alignment bypassed")
+        if breaker is None or breaker.state == "closed":
+            return StrategyDecision.allow(self.kind, "breaker closed")
+        if breaker.state == "open":
+            opened = breaker.opened_at if breaker.opened_at is not None else inp.now
+            remaining = opened + breaker.reset_timeout_seconds - inp.now
+            if remaining > 0:
+                return StrategyDecision(
+                    False,
+                    f"breaker_aligned: the circuit breaker of {inp.target} is open; "
+                    f"its reset timeout elapses in {remaining:.1f}s",
+                    self.kind,
+                    retry_after_seconds=round(remaining, 3),
+                )
+        elif breaker.probe_holder is not None:
+            return StrategyDecision(
+                False,
+                f"breaker_aligned: the circuit breaker of {inp.target} is half-open and another "
+                f"worker holds its probe ({breaker.probe_holder})",
+                self.kind,
+                retry_after_seconds=breaker.reset_timeout_seconds,
+            )
+        return StrategyDecision(
+            True,
+            "breaker reset timeout elapsed: this recovery is the half-open probe",
+            self.kind,
+            probe_lease=True,
+        )
+
+
+@dataclass(frozen=True)
+class TimeWindow:
+    max_recoveries: int
+    window_seconds: float
+    kind: str = "time_window"
+
+    def plan(self, inp: StrategyInput | None = None) -> None:
+        return None  # a gate only: combine it with a retry strategy in a composite
+
+    def in_window(self, inp: StrategyInput) -> list[float]:
+        since = inp.now - self.window_seconds
+        return sorted(t for t in inp.recent_recoveries if t > since)
+
+    def decide(self, inp: StrategyInput) -> StrategyDecision:
+        slot = WindowSlot(self.max_recoveries, self.window_seconds)
+        if inp.run_type in BYPASS_RUN_TYPES:
+            forced = WindowSlot(self.max_recoveries, self.window_seconds, force=True)
+            return StrategyDecision(
+                True, f"{inp.run_type} run: time window bypassed", self.kind, window_slots=(forced,)
+            )
+        recent = self.in_window(inp)
+        if len(recent) < self.max_recoveries:
+            return StrategyDecision(True, "allowed", self.kind, window_slots=(slot,))
+        frees_in = recent[len(recent) - self.max_recoveries] + self.window_seconds - inp.now
+        return StrategyDecision(
+            False,
+            f"time_window: {len(recent)} recoveries of {inp.target} in the last "
+            f"{self.window_seconds:g}s (max {self.max_recoveries}); escalating",
+            self.kind,
+            retry_after_seconds=round(max(frees_in, 0.0), 3),
+            escalate=True,
+        )
+
+
+@dataclass(frozen=True)
+class Composite:
+    strategies: tuple[Strategy, ...]
+    kind: str = "composite"
+
+    def plan(self, inp: StrategyInput | None = None) -> RetryPlan | None:
+        plans = [p for p in (s.plan(inp) for s in self.strategies) if p is not None]
+        if not plans:
+            return None
+        attempts = min(p.max_attempts for p in plans)
+        delays = tuple(max(p.delays[i] for p in plans) for i in range(attempts - 1))
+        return RetryPlan(attempts, delays)
+
+    def decide(self, inp: StrategyInput) -> StrategyDecision:
+        decisions = [s.decide(inp) for s in self.strategies]
+        denied = [d for d in decisions if not d.allowed]
+        if not denied:
+            return StrategyDecision(
+                True,
+                "; ".join(d.reason for d in decisions if d.reason != "allowed") or "allowed",
+                self.kind,
+                window_slots=tuple(slot for d in decisions for slot in d.window_slots),
+                probe_lease=any(d.probe_lease for d in decisions),
+            )
+        waits = [d.retry_after_seconds for d in denied if d.retry_after_seconds is not None]
+        return StrategyDecision(
+            False,
+            "; ".join(d.reason for d in denied),
+            ",".join(d.strategy for d in denied),
+            retry_after_seconds=max(waits) if waits else None,
+            escalate=any(d.escalate for d in denied),
+        )
+
+
+AnyStrategy = ExponentialBackoff | LinearBackoff | AdaptiveBackoff | BreakerAligned | TimeWindow | Composite
+
+
+@overload
+def build_strategy(
+    config: ExponentialStrategyConfig, *, breaker_reset_seconds: float | None = None
+) -> ExponentialBackoff: ...
+
+
+@overload
+def build_strategy(config: StrategyConfig, *, breaker_reset_seconds: float | None = None) -> AnyStrategy: ...
+
+
+def build_strategy(config: StrategyConfig, *, breaker_reset_seconds: float | None = None) -> AnyStrategy:
+    """The strategy object for ``config``; ``breaker_reset_seconds`` is the target's breaker's."""
     if isinstance(config, ExponentialStrategyConfig):
         return ExponentialBackoff(
             base_seconds=config.base_seconds,
@@ -105,4 +433,35 @@ def build_strategy(config: StrategyConfig) -> ExponentialBackoff:
             jitter=config.jitter,
             seed=config.seed,
         )
+    if isinstance(config, LinearStrategyConfig):
+        return LinearBackoff(
+            config.base_seconds, config.increment_seconds, config.max_delay_seconds, config.max_attempts
+        )
+    if isinstance(config, AdaptiveStrategyConfig):
+        return AdaptiveBackoff(config)
+    if isinstance(config, BreakerAlignedStrategyConfig):
+        reset = config.reset_timeout_seconds or breaker_reset_seconds or 60.0
+        return BreakerAligned(config.max_attempts, config.max_delay_seconds, reset)
+    if isinstance(config, TimeWindowStrategyConfig):
+        return TimeWindow(config.max_recoveries, config.window_seconds)
+    if isinstance(config, CompositeStrategyConfig):
+        return Composite(
+            tuple(build_strategy(c, breaker_reset_seconds=breaker_reset_seconds) for c in config.strategies)
+        )
     raise TypeError(f"unsupported strategy {config!r}")  # pragma: no cover - union is exhaustive
+
+
+def retry_plan(strategy: Strategy, inp: StrategyInput | None = None) -> RetryPlan:
+    """The strategy's plan; a gate-only strategy (time_window) gives each step one attempt."""
+    return strategy.plan(inp) or SINGLE_ATTEMPT
+
+
+def strategy_kinds(config: StrategyConfig) -> frozenset[str]:
+    """Every kind in ``config`` (composites expanded): tells admission what to read."""
+    if isinstance(config, CompositeStrategyConfig):
+        return frozenset(c.kind for c in config.strategies) | {"composite"}
+    return frozenset({config.kind})
+
+
+def leaf_configs(config: StrategyConfig) -> Sequence[StrategyConfig]:
+    return list(config.strategies) if isinstance(config, CompositeStrategyConfig) else [config]

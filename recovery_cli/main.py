@@ -172,8 +172,8 @@ def cmd_recover(args: argparse.Namespace) -> int:
     prefect_environment()
     from flows.recovery_flows import RECOVERY_FLOWS
 
-    flow_fn = RECOVERY_FLOWS[spec.name]
-    state = asyncio.run(
+    flow_fn: Any = RECOVERY_FLOWS[spec.name]  # Flow's overloads do not type return_state=True
+    state: Any = asyncio.run(
         flow_fn(
             target=target.name,
             config_path=str(resolve_config_path(args.config)),

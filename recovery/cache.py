@@ -1,0 +1,436 @@
+"""Redis cache targets: health, corrupted-entry clearing, rebuild from a source of truth.
+
+* Health: PING latency, ``INFO memory`` (used vs ``maxmemory``; unhealthy above
+  ``max_memory_ratio``) and ``evicted_keys`` since this process last looked.
+* Corrupted entries: ``SCAN`` (never ``KEYS``) over ``validate.key_pattern`` in batches, values
+  fetched and deleted with pipelines. A bad key is deleted only if it still holds the value that
+  was judged (compare-and-delete in Lua), so a concurrent writer's fresh value is never lost.
+* Rebuild: rows from SQL, a JSON object from HTTP, or a Python callable, written in pipelined
+  batches with ``SET NX`` (only missing keys; ``overwrite: true`` for all). Values that fail the
+  target's validation are never written.
+
+The probe uses redis' asyncio client so many targets are probed concurrently; the steps run the
+blocking client on a worker thread. Redis errors become ``TemporaryError`` (retried with the
+target's backoff) naming the target and its redacted URL, except auth failures (permanent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import json
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any
+
+import httpx
+import redis
+import redis.asyncio as aioredis
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import NullPool
+
+from recovery.config import CacheValidation, RedisTarget, TargetConfig
+from recovery.errors import PermanentError, RecoveryError, TemporaryError
+from recovery.probes import PROBERS, ProbeContext, ProbeResult
+from recovery.redact import redact_url
+from recovery.state import scan_delete
+
+Detail = dict[str, Any] | None
+SAMPLE_KEYS = 10  # corrupted keys listed in the audit detail (counts are exact)
+
+# KEYS[1] is deleted only if its type (ARGV[1]) and, for strings, its value (ARGV[2]) are still
+# what the scan judged corrupted.
+_COMPARE_AND_DELETE = """
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t ~= ARGV[1] then return 0 end
+if t == 'string' and redis.call('GET', KEYS[1]) ~= ARGV[2] then return 0 end
+return redis.call('UNLINK', KEYS[1])
+"""
+
+_last_evicted: dict[tuple[str, str], int] = {}
+
+
+def as_redis(target: TargetConfig) -> RedisTarget:
+    if not isinstance(target, RedisTarget):
+        raise PermanentError(f"{target.name} is a {target.kind} target, not a redis cache")
+    return target
+
+
+def classify_redis_error(exc: BaseException) -> str:
+    """A short, stable reason for a Redis client error (never the URL or password)."""
+    message = str(exc).lower()
+    if isinstance(exc, redis.AuthenticationError | redis.exceptions.AuthenticationWrongNumberOfArgsError):
+        return "auth failed"
+    if "wrongpass" in message or "noauth" in message or "invalid password" in message:
+        return "auth failed"
+    if isinstance(exc, redis.BusyLoadingError):
+        return "loading"
+    if isinstance(exc, redis.TimeoutError | TimeoutError):
+        return "timeout"
+    if "connection refused" in message or "connect call failed" in message:
+        return "connection refused"
+    if isinstance(exc, redis.ConnectionError | ConnectionError | OSError):
+        return "connection lost" if "closed" in message or "reset" in message else "connection error"
+    if isinstance(exc, redis.ResponseError):
+        return f"error: {str(exc).split(' ', 1)[0][:40]}"
+    return f"error: {type(exc).__name__}"
+
+
+def _error(target: RedisTarget, exc: BaseException, doing: str) -> RecoveryError:
+    reason = classify_redis_error(exc)
+    where = f"redis target {target.name} ({redact_url(target.url.get_secret_value())})"
+    if reason == "auth failed" or reason.startswith("error:"):
+        return PermanentError(f"{where}: {doing}: {reason}")
+    return TemporaryError(f"{where} unreachable while {doing}: {reason}")
+
+
+def sync_client(target: RedisTarget) -> redis.Redis:
+    return redis.Redis.from_url(
+        target.url.get_secret_value(),
+        decode_responses=False,
+        socket_timeout=target.timeout_seconds,
+        socket_connect_timeout=target.timeout_seconds,
+    )
+
+
+# --- health ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CacheHealth:
+    ping_ms: float
+    used_memory: int
+    maxmemory: int
+    evicted_keys: int
+    evictions_since_last_check: int | None  # None on this process' first look
+
+    @property
+    def memory_ratio(self) -> float | None:
+        return self.used_memory / self.maxmemory if self.maxmemory else None
+
+    def problem(self, target: RedisTarget) -> str | None:
+        ratio = self.memory_ratio
+        if ratio is not None and ratio > target.max_memory_ratio:
+            return f"memory {ratio:.0%} of maxmemory (limit {target.max_memory_ratio:.0%})"
+        return None
+
+    def as_json(self) -> dict[str, Any]:
+        ratio = self.memory_ratio
+        return {
+            "ping_ms": round(self.ping_ms, 2),
+            "used_memory": self.used_memory,
+            "maxmemory": self.maxmemory,
+            "memory_ratio": round(ratio, 4) if ratio is not None else None,
+            "evicted_keys": self.evicted_keys,
+            "evictions_since_last_check": self.evictions_since_last_check,
+        }
+
+
+async def cache_health(target: RedisTarget) -> CacheHealth:
+    """PING latency, memory use and evictions; raises ``redis.RedisError`` if unreachable."""
+    client = aioredis.Redis.from_url(
+        target.url.get_secret_value(),
+        socket_timeout=target.timeout_seconds,
+        socket_connect_timeout=target.timeout_seconds,
+    )
+    try:
+        started = time.perf_counter()
+        await client.ping()
+        ping_ms = (time.perf_counter() - started) * 1000
+        memory = await client.info("memory")
+        stats = await client.info("stats")
+    finally:
+        await client.aclose()
+    evicted = int(stats.get("evicted_keys", 0))
+    key = (target.name, target.url.get_secret_value())
+    previous = _last_evicted.get(key)
+    _last_evicted[key] = evicted
+    # A restarted server starts counting at 0 again: everything it reports is new.
+    since = None if previous is None else (evicted - previous if evicted >= previous else evicted)
+    used, limit = int(memory.get("used_memory", 0)), int(memory.get("maxmemory", 0))
+    return CacheHealth(ping_ms, used, limit, evicted, since)
+
+
+async def probe_redis(target: RedisTarget, ctx: ProbeContext) -> ProbeResult:
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(target.timeout_seconds * 2 + 1):
+            health = await cache_health(target)
+    except Exception as exc:
+        reason = "timeout" if isinstance(exc, TimeoutError) else classify_redis_error(exc)
+        return ProbeResult(target.name, "redis", False, reason, (time.perf_counter() - started) * 1000)
+    problem = health.problem(target)
+    return ProbeResult(target.name, "redis", problem is None, problem or "ok", health.ping_ms)
+
+
+PROBERS["redis"] = probe_redis
+
+
+async def check_cache_health(target: TargetConfig) -> Detail:
+    """Diagnosis step: record latency, memory and evictions (never fails the run)."""
+    cache = as_redis(target)
+    try:
+        health = await cache_health(cache)
+    except Exception as exc:
+        return {"healthy": False, "reason": classify_redis_error(exc)}
+    problem = health.problem(cache)
+    return {"healthy": problem is None, "reason": problem or "ok", **health.as_json()}
+
+
+# --- validation and corrupted entries ---------------------------------------------------------
+
+
+def invalid_reason(value: bytes | str, rules: CacheValidation) -> str | None:
+    """Why ``value`` is corrupted under ``rules``, or None if it is valid."""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            return "not utf-8"
+    if rules.format == "string":
+        return None if value else "empty"
+    try:
+        data = json.loads(value)
+    except ValueError:
+        return "invalid json"
+    if rules.required_fields:
+        if not isinstance(data, dict):
+            return "not a json object"
+        for name in rules.required_fields:
+            if name not in data:
+                return f"missing field {name}"
+    return None
+
+
+def _key_text(key: bytes) -> str:
+    return key.decode("utf-8", errors="backslashreplace")
+
+
+def _judge_batch(client: redis.Redis, keys: list[bytes], rules: CacheValidation) -> list[tuple[bytes, str, bytes, str]]:
+    """The corrupted keys of one SCAN batch: (key, type, value judged, reason)."""
+    with client.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.get(key)
+        values = pipe.execute(raise_on_error=False)
+    wrong_type = [k for k, v in zip(keys, values, strict=True) if isinstance(v, redis.ResponseError)]
+    types: dict[bytes, str] = {}
+    if wrong_type:  # GET answered WRONGTYPE: a hash/list/... where a string value belongs
+        with client.pipeline(transaction=False) as pipe:
+            for key in wrong_type:
+                pipe.type(key)
+            types = {k: _key_text(t) for k, t in zip(wrong_type, pipe.execute(), strict=True)}
+    bad: list[tuple[bytes, str, bytes, str]] = []
+    for key, value in zip(keys, values, strict=True):
+        if isinstance(value, redis.ResponseError):
+            kind = types.get(key, "none")
+            if kind != "none":
+                bad.append((key, kind, b"", f"wrong type: {kind}"))
+        elif isinstance(value, Exception):
+            raise value
+        elif value is not None:  # None: expired between SCAN and GET
+            why = invalid_reason(value, rules)
+            if why is not None:
+                bad.append((key, "string", value, why))
+    return bad
+
+
+def _clear_corrupted_sync(target: RedisTarget) -> Detail:
+    rules = target.validation
+    if rules is None:
+        return None
+    client = sync_client(target)
+    delete = client.register_script(_COMPARE_AND_DELETE)
+    scanned = corrupted = deleted = 0
+    reasons: Counter[str] = Counter()
+    sample: list[str] = []
+    try:
+        cursor = 0
+        while True:
+            cursor, keys = client.scan(cursor, match=rules.key_pattern, count=target.batch_size)
+            scanned += len(keys)
+            bad = _judge_batch(client, keys, rules) if keys else []
+            if bad:
+                corrupted += len(bad)
+                reasons.update(why for _, _, _, why in bad)
+                sample.extend(_key_text(k) for k, _, _, _ in bad[: max(0, SAMPLE_KEYS - len(sample))])
+                with client.pipeline(transaction=False) as pipe:
+                    for key, kind, value, _ in bad:
+                        delete(keys=[key], args=[kind, value], client=pipe)
+                    deleted += sum(int(n) for n in pipe.execute())
+            if cursor == 0:
+                break
+    except redis.RedisError as exc:
+        raise _error(target, exc, "clearing corrupted entries") from None
+    finally:
+        client.close()
+    return {
+        "pattern": rules.key_pattern,
+        "scanned": scanned,
+        "corrupted": corrupted,
+        "deleted": deleted,
+        "changed_since_scan": corrupted - deleted,
+        "reasons": dict(reasons),
+        "sample": sample,
+    }
+
+
+async def clear_corrupted_entries(target: TargetConfig) -> Detail:
+    """SCAN ``validate.key_pattern``, delete values that fail validation (pipelined batches)."""
+    return await asyncio.to_thread(_clear_corrupted_sync, as_redis(target))
+
+
+def _clear_pattern_sync(target: RedisTarget, pattern: str) -> Detail:
+    client = sync_client(target)
+    try:
+        deleted = scan_delete(client, pattern, target.batch_size)
+    except redis.RedisError as exc:
+        raise _error(target, exc, "clearing keys") from None
+    finally:
+        client.close()
+    return {"pattern": pattern, "deleted": deleted}
+
+
+async def clear_cache(target: TargetConfig, pattern: str | None = None) -> Detail:
+    """Manual clear: delete every key matching ``pattern`` (default: ``validate.key_pattern``)."""
+    cache = as_redis(target)
+    pattern = pattern or (cache.validation.key_pattern if cache.validation else None)
+    if not pattern:
+        raise PermanentError(f"{cache.name}: no pattern given and the target has no validate.key_pattern")
+    return await asyncio.to_thread(_clear_pattern_sync, cache, pattern)
+
+
+# --- rebuild -----------------------------------------------------------------------------------
+
+
+def _encode(value: Any) -> str | bytes | None:
+    if value is None:
+        return None
+    if isinstance(value, str | bytes):
+        return value
+    return json.dumps(value, default=str, separators=(",", ":"))
+
+
+def _batches(items: Iterable[tuple[str, Any]], size: int) -> Iterator[list[tuple[str, Any]]]:
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+def _write(target: RedisTarget, items: Iterable[tuple[str, Any]]) -> dict[str, int]:
+    """Write ``items`` in pipelined batches: SET NX (or plain SET with ``overwrite``), optional TTL."""
+    rebuild = target.rebuild
+    assert rebuild is not None
+    counts = {"rows": 0, "written": 0, "existing": 0, "invalid": 0, "batches": 0}
+    client = sync_client(target)
+    try:
+        for batch in _batches(items, target.batch_size):
+            counts["rows"] += len(batch)
+            with client.pipeline(transaction=False) as pipe:
+                queued = 0
+                for key, raw in batch:
+                    value = _encode(raw)
+                    if value is None or (
+                        target.validation is not None and invalid_reason(value, target.validation)
+                    ):
+                        counts["invalid"] += 1
+                        continue
+                    pipe.set(key, value, nx=not rebuild.overwrite, ex=rebuild.ttl_seconds)
+                    queued += 1
+                results = pipe.execute() if queued else []
+            counts["batches"] += 1
+            written = sum(1 for r in results if r)
+            counts["written"] += written
+            counts["existing"] += len(results) - written
+    except redis.RedisError as exc:
+        raise _error(target, exc, "rebuilding the cache") from None
+    finally:
+        client.close()
+    return counts
+
+
+def _rebuild_from_sql(target: RedisTarget) -> dict[str, int]:
+    assert target.rebuild is not None and target.rebuild.sql is not None
+    source = target.rebuild.sql
+    engine = create_engine(source.url.get_secret_value(), poolclass=NullPool)
+
+    def rows() -> Iterator[tuple[str, Any]]:
+        with engine.connect() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=target.batch_size).execute(
+                text(source.query)
+            )
+            for row in result.mappings():
+                try:
+                    key = source.key_template.format_map(row)
+                except KeyError as exc:
+                    raise PermanentError(f"rebuild.sql.key_template: no column {exc} in the query") from None
+                yield key, (row[source.value_column] if source.value_column else dict(row))
+
+    try:
+        return _write(target, rows())
+    except SQLAlchemyError as exc:
+        from recovery.database import classify_db_error
+
+        reason = classify_db_error(exc)
+        message = f"redis target {target.name}: rebuild source (sql): {reason}"
+        if reason.startswith(("connection", "timeout", "server starting")):
+            raise TemporaryError(message) from None
+        raise PermanentError(message) from None
+    finally:
+        engine.dispose()
+
+
+async def _fetch_http(target: RedisTarget) -> Mapping[str, Any]:
+    assert target.rebuild is not None and target.rebuild.http is not None
+    source = target.rebuild.http
+    where = f"redis target {target.name}: rebuild source {redact_url(source.url)}"
+    try:
+        async with httpx.AsyncClient(timeout=source.timeout_seconds, trust_env=False) as client:
+            response = await client.get(source.url)
+    except httpx.HTTPError as exc:
+        raise TemporaryError(f"{where}: {type(exc).__name__}") from None
+    if response.status_code >= 500 or response.status_code == 429:
+        raise TemporaryError(f"{where}: status {response.status_code}")
+    if response.status_code != 200:
+        raise PermanentError(f"{where}: status {response.status_code}")
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise PermanentError(f"{where}: expected a JSON object of key -> value")
+    return data
+
+
+async def _call_python(target: RedisTarget) -> Iterable[tuple[str, Any]]:
+    assert target.rebuild is not None and target.rebuild.python is not None
+    module_name, _, name = target.rebuild.python.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as exc:
+        raise PermanentError(f"rebuild.python: cannot load {target.rebuild.python}: {exc}") from None
+    result = await fn() if inspect.iscoroutinefunction(fn) else await asyncio.to_thread(fn)
+    if isinstance(result, Mapping):
+        return list(result.items())
+    return list(result)
+
+
+async def rebuild_cache(target: TargetConfig) -> Detail:
+    """Warm the cache from ``rebuild`` (sql, http or python); report keys written."""
+    cache = as_redis(target)
+    rebuild = cache.rebuild
+    if rebuild is None:
+        return None
+    if rebuild.sql is not None:
+        source, counts = "sql", await asyncio.to_thread(_rebuild_from_sql, cache)
+    elif rebuild.http is not None:
+        data = await _fetch_http(cache)
+        source, counts = "http", await asyncio.to_thread(_write, cache, list(data.items()))
+    else:
+        items = await _call_python(cache)
+        source, counts = "python", await asyncio.to_thread(_write, cache, items)
+    return {"source": source, "overwrite": rebuild.overwrite, **counts}
