@@ -1,6 +1,6 @@
 """How fast does the project probe N HTTP targets, compared with what asyncio itself can do?
 
-    python benchmarks/probe_scale.py [--sizes 100,1000,5000] [--repeat 3] [--httpx-repeat 1]
+    python benchmarks/probe_scale.py [--sizes 100,1000,5000] [--repeat 5] [--httpx-repeat 1]
                                      [--server subprocess|thread]
 
 For each N, against one local uvicorn server (``recovery.faultserver.FaultServer``, /health in
@@ -15,9 +15,10 @@ For each N, against one local uvicorn server (``recovery.faultserver.FaultServer
               client, to separate aiohttp's cost from the httpx wrapper's
 
 Each cell is the best of ``--repeat`` runs after one warm-up (``--httpx-repeat`` for the slow
-httpx column), in wall-clock seconds. The ``cpu`` column is the client process's CPU seconds for
-those runs. Target configs are built once, outside the timed region (a monitor loads its config
-once); the project's HTTP client is built inside it, as every monitor cycle builds one.
+httpx column), in wall-clock seconds; the clients' runs are interleaved round by round. The
+``cpu`` column is the client process's CPU seconds for those runs. Target configs are built once,
+outside the timed region (a monitor loads its config once); the project's HTTP client is built
+inside it, as every monitor cycle builds one.
 
 Where the server runs matters. By default it runs in a *subprocess*: in a thread of this process
 it would share the GIL with the client, so every client microsecond also delays the server and
@@ -202,26 +203,35 @@ class Timing:
     cpu: float
 
 
-def measure(client: Client, port: int, n: int, repeat: int) -> Timing:
-    """Best of ``repeat`` runs (one fresh event loop each, like a monitor cycle), after a warm-up."""
-    asyncio.run(client(port, min(n, INFLIGHT)))  # warm-up: imports, first connections
-    best: Timing | None = None
-    for _ in range(repeat):
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        ok = asyncio.run(client(port, n))
-        timing = Timing(time.perf_counter() - wall0, time.process_time() - cpu0)
-        if ok != n:
-            raise RuntimeError(f"{client.__name__}: only {ok}/{n} requests succeeded")
-        if best is None or timing.wall < best.wall:
-            best = timing
-    assert best is not None
+def run_once(client: Client, port: int, n: int) -> Timing:
+    """One timed run in a fresh event loop (as each monitor cycle gets)."""
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    ok = asyncio.run(client(port, n))
+    timing = Timing(time.perf_counter() - wall0, time.process_time() - cpu0)
+    if ok != n:
+        raise RuntimeError(f"{client.__name__}: only {ok}/{n} requests succeeded")
+    return timing
+
+
+def measure_row(clients: dict[str, tuple[Client, int]], port: int, n: int) -> dict[str, Timing]:
+    """Best run per client. Runs are interleaved round by round, so drift in machine load hits
+    every client alike instead of whichever happened to run during it. Each client gets a warm-up."""
+    for client, _ in clients.values():
+        asyncio.run(client(port, min(n, INFLIGHT)))  # warm-up: imports, code paths, first sockets
+    best: dict[str, Timing] = {}
+    for round_ in range(max(runs for _, runs in clients.values())):
+        for name, (client, runs) in clients.items():
+            if round_ < runs:
+                timing = run_once(client, port, n)
+                if name not in best or timing.wall < best[name].wall:
+                    best[name] = timing
     return best
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="100,1000,5000", help="comma-separated target counts")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per cell; the best is reported")
+    parser.add_argument("--repeat", type=int, default=5, help="runs per cell; the best is reported")
     parser.add_argument("--httpx-repeat", type=int, default=1, help="runs for the slow httpx-default column")
     parser.add_argument("--server", choices=("subprocess", "thread"), default="subprocess")
     args = parser.parse_args(argv)
@@ -241,10 +251,17 @@ def main(argv: list[str] | None = None) -> int:
     with running_server(args.server) as port:
         for n in sizes:
             targets_for(port, n)
-            floor = measure(floor_client, port, n, args.repeat)
-            project = measure(project_client, port, n, args.repeat)
-            plain = measure(httpx_default_client, port, n, args.httpx_repeat)
-            direct = measure(aiohttp_direct_client, port, n, args.repeat)
+            row = measure_row(
+                {
+                    "floor": (floor_client, args.repeat),
+                    "project": (project_client, args.repeat),
+                    "aiohttp": (aiohttp_direct_client, args.repeat),
+                    "httpx": (httpx_default_client, args.httpx_repeat),
+                },
+                port,
+                n,
+            )
+            floor, project, plain, direct = row["floor"], row["project"], row["httpx"], row["aiohttp"]
             ratio = project.wall / floor.wall
             cpu = f"{floor.cpu:.2f}/{project.cpu:.2f}/{plain.cpu:.2f}/{direct.cpu:.2f}"
             verdict = "meets" if ratio <= GOAL else "MISSES"

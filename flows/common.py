@@ -21,16 +21,20 @@ RunType = Literal["automatic", "manual", "scheduled", "emergency"]
 
 
 async def execute_workflow(
-    workflow: str, request: RecoveryRequest, config_path: str | None
+    workflow: str, request: RecoveryRequest, config_path: str | None, run_id: str | None = None
 ) -> dict[str, Any]:
-    """Run every step of ``workflow`` as a retrying task; the audit row tracks each one."""
+    """Run every step of ``workflow`` as a retrying task; the audit row tracks each one.
+
+    The audit row's id is ``run_id`` when the caller chose one (so it can find the row), else
+    this flow run's id.
+    """
     install_log_redaction()
     logger = get_run_logger()
     config = load_config(config_path)
     flow_run_id = str(current_flow_run.id)
     request = RecoveryRequest(**{**request.__dict__, "workflow": workflow})
     try:
-        rt = RecoveryRuntime.begin(config, request, run_id=flow_run_id, flow_run_id=flow_run_id)
+        rt = RecoveryRuntime.begin(config, request, run_id=run_id or flow_run_id, flow_run_id=flow_run_id)
     except RecoveryRefused as exc:
         logger.warning("recovery refused: %s", exc.reason)
         raise
@@ -62,7 +66,7 @@ def _finalize(flow_run: FlowRun, final: str) -> None:
     try:
         config = load_config(params.get("config_path"))
         audit = AuditStore(config.audit_url.get_secret_value())
-        record = audit.run(str(flow_run.id))
+        record = audit.run(params.get("request_id") or str(flow_run.id))
         if record is None or record.state != "in_progress":
             return
         audit.finish_run(record.id, final, f"flow run {final}", error_type=f"Flow{final.title()}")

@@ -211,7 +211,9 @@ def _key_text(key: bytes) -> str:
     return key.decode("utf-8", errors="backslashreplace")
 
 
-def _judge_batch(client: redis.Redis, keys: list[bytes], rules: CacheValidation) -> list[tuple[bytes, str, bytes, str]]:
+def _judge_batch(
+    client: redis.Redis, keys: list[Any], rules: CacheValidation
+) -> list[tuple[bytes, str, bytes, str]]:
     """The corrupted keys of one SCAN batch: (key, type, value judged, reason)."""
     with client.pipeline(transaction=False) as pipe:
         for key in keys:

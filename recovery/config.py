@@ -50,14 +50,40 @@ class MonitorConfig(_Model):
     )
 
 
+class ManualTriggerConfig(_Model):
+    """Per-target limit on manual/emergency triggers, so a script in a loop cannot hammer a target."""
+
+    max_triggers: int = Field(5, ge=1, description="Manual triggers admitted per target per window.")
+    window_seconds: float = Field(60.0, gt=0, description="Sliding window length.")
+
+
 class VerifyConfig(_Model):
     consecutive_successes: int = Field(3, ge=1, description="Good probes in a row to verify.")
     interval_seconds: float = Field(0.5, ge=0, description="Pause between verification probes.")
 
 
 class BreakerConfig(_Model):
+    """The target's circuit breaker (``recovery.breakers``), shared through ``state_url``."""
+
     fail_max: int = Field(5, ge=1, description="Failures that open the breaker.")
     reset_timeout_seconds: float = Field(60.0, gt=0, description="Open -> half-open after this.")
+    success_threshold: int = Field(1, ge=1, description="Good half-open probes in a row that close it.")
+    probe_lease_seconds: float = Field(
+        30.0, gt=0, description="Lease of the one half-open probe; set above the guarded call's timeout."
+    )
+    on_state_unavailable: Literal["allow", "reject"] = Field(
+        "allow",
+        description="Redis down: allow (fail-open: calls run unguarded) or reject (fail-closed).",
+    )
+    state_ttl_seconds: float = Field(
+        86400.0, gt=0, description="Breaker keys expire this long after their last change."
+    )
+
+    @model_validator(mode="after")
+    def _ttl_covers_reset(self) -> BreakerConfig:
+        if self.state_ttl_seconds < self.reset_timeout_seconds:
+            raise ValueError("state_ttl_seconds must be at least reset_timeout_seconds")
+        return self
 
 
 class _TargetBase(_Model):
@@ -284,6 +310,7 @@ class RecoveryConfig(_Model):
         None, description="Redis URL for shared state; absent = in-process state."
     )
     monitor: MonitorConfig = Field(default_factory=lambda: MonitorConfig())
+    manual_triggers: ManualTriggerConfig = Field(default_factory=lambda: ManualTriggerConfig())
     strategy: StrategyConfig = Field(
         default_factory=lambda: ExponentialStrategyConfig(), description="Default retry strategy."
     )

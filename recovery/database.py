@@ -141,6 +141,10 @@ def classify_db_error(exc: BaseException) -> str:
         return "connection lost"
     if "could not translate host name" in message or "name or service not known" in message:
         return "unknown host"
+    if "database" in message and "does not exist" in message:
+        return "database does not exist"
+    if message.startswith("connection failed"):
+        return "connection error"
     if "unable to open database file" in message:
         return "connection error: unable to open database file"
     if type(orig).__module__.startswith(("sqlite3", "psycopg", "sqlalchemy")):

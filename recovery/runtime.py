@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from recovery import actions
+from recovery import actions, cache, database
 from recovery.actions import Detail
 from recovery.audit.store import AuditStore, PlannedStep
 from recovery.config import HttpTarget, RecoveryConfig, TargetConfig
@@ -45,6 +45,7 @@ class RecoveryRequest:
     detected_reason: str | None = None
     first_failure_at: float | None = None  # epoch seconds of the first failed probe
     dry_run: bool = False
+    options: dict[str, str] | None = None  # workflow parameters, e.g. clear-cache's "pattern"
 
 
 def _ts(epoch: float | None) -> datetime | None:
@@ -84,6 +85,48 @@ ACTIONS: dict[str, Action] = {
 }
 
 
+# Database and cache steps (recovery/database.py, recovery/cache.py).
+async def _clear_stuck(rt: RecoveryRuntime) -> Detail:
+    return await database.clear_stuck_sessions(rt.target)
+
+
+async def _reset_pool(rt: RecoveryRuntime) -> Detail:
+    return await database.reset_connection_pool(rt.state, rt.target)
+
+
+async def _integrity(rt: RecoveryRuntime) -> Detail:
+    return await database.verify_integrity(rt.target)
+
+
+async def _cache_health(rt: RecoveryRuntime) -> Detail:
+    return await cache.check_cache_health(rt.target)
+
+
+async def _clear_corrupted(rt: RecoveryRuntime) -> Detail:
+    return await cache.clear_corrupted_entries(rt.target)
+
+
+async def _rebuild(rt: RecoveryRuntime) -> Detail:
+    return await cache.rebuild_cache(rt.target)
+
+
+async def _clear_keys(rt: RecoveryRuntime) -> Detail:
+    return await cache.clear_cache(rt.target, rt.options.get("pattern"))
+
+
+ACTIONS.update(
+    {
+        "clear_stuck_sessions": _clear_stuck,
+        "reset_connection_pool": _reset_pool,
+        "verify_integrity": _integrity,
+        "check_cache_health": _cache_health,
+        "clear_corrupted_entries": _clear_corrupted,
+        "rebuild_cache": _rebuild,
+        "clear_cache_keys": _clear_keys,
+    }
+)
+
+
 class RecoveryRuntime:
     def __init__(
         self,
@@ -102,6 +145,7 @@ class RecoveryRuntime:
         self.audit = audit
         self.run_id = run_id
         self.owner = owner
+        self.options: dict[str, str] = {}  # the request's workflow parameters
         self.plans: dict[str, PlannedStepRetry] = {p.step.name: p for p in step_plans(config, target, spec)}
 
     @classmethod
@@ -133,9 +177,12 @@ class RecoveryRuntime:
                 reason=reason,
                 requested_by=request.requested_by,
                 flow_run_id=flow_run_id,
+                run_id=run_id,
+                request_reason=request.reason,
             )
             raise RecoveryRefused(reason)
         rt = cls(config, target, spec, state, audit, run_id, owner)
+        rt.options = dict(request.options or {})
         try:
             audit.start_run(
                 run_id=run_id,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +57,19 @@ class HealthCounters:
     reason: str
     probed_at: float
     first_failure_at: float | None
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    """Outcome of a sliding-window admission: allowed, hits in the window, wait if refused."""
+
+    allowed: bool
+    count: int
+    retry_after_seconds: float
+
+
+def window_key(name: str) -> str:
+    return f"{PREFIX}:window:{name}"
 
 
 class SharedState(ABC):
@@ -103,6 +117,14 @@ class SharedState(ABC):
         """The current pool generation of ``target`` (0 until a recovery resets the pool)."""
         raise NotImplementedError(f"{type(self).__name__} does not track pool generations")
 
+    @abstractmethod
+    def window_hit(self, name: str, limit: int, window_seconds: float, now: float) -> WindowResult:
+        """Count one hit in the sliding window ``name`` unless ``limit`` hits are already in it.
+
+        Atomic across processes (a Lua script on Redis): 20 concurrent callers with limit 5
+        admit exactly 5. Refused hits are not counted.
+        """
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
@@ -129,6 +151,22 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
+"""
+
+_WINDOW_HIT = """
+local key = KEYS[1]
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+local count = redis.call('ZCARD', key)
+if count < limit then
+  redis.call('ZADD', key, now, ARGV[4])
+  redis.call('PEXPIRE', key, math.ceil(window * 1000))
+  return {1, count + 1, '0'}
+end
+local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+return {0, count, tostring(tonumber(oldest[2]) + window - now)}
 """
 
 _RELEASE_LOCK = """
@@ -170,6 +208,7 @@ class RedisState(SharedState):
         self._record = self.client.register_script(_RECORD_PROBE)
         self._refresh = self.client.register_script(_REFRESH_LOCK)
         self._release = self.client.register_script(_RELEASE_LOCK)
+        self._window = self.client.register_script(_WINDOW_HIT)
 
     def _call(self, fn: Callable[[], Any]) -> Any:
         try:
@@ -219,6 +258,13 @@ class RedisState(SharedState):
         value = self._call(lambda: self.client.get(pool_generation_key(target)))
         return int(value) if value is not None else 0
 
+    def window_hit(self, name: str, limit: int, window_seconds: float, now: float) -> WindowResult:
+        member = f"{now}:{uuid.uuid4().hex}"
+        allowed, count, retry = self._call(
+            lambda: self._window(keys=[window_key(name)], args=[now, window_seconds, limit, member])
+        )
+        return WindowResult(bool(allowed), int(count), max(0.0, float(retry)))
+
     def close(self) -> None:
         self.client.close()
 
@@ -237,6 +283,7 @@ class MemoryState(SharedState):
         self._health: dict[str, HealthCounters] = {}
         self._locks: dict[str, tuple[str, float]] = {}
         self._paused: dict[str, str] = {}
+        self._windows: dict[str, list[float]] = {}
         self._generations: dict[str, int] = {}
 
     def record_probe(self, target: str, healthy: bool, reason: str, now: float) -> HealthCounters:
@@ -300,6 +347,16 @@ class MemoryState(SharedState):
     def paused(self, target: str) -> str | None:
         with self._mutex:
             return self._paused.get(target)
+
+    def window_hit(self, name: str, limit: int, window_seconds: float, now: float) -> WindowResult:
+        with self._mutex:
+            hits = [t for t in self._windows.get(name, []) if t > now - window_seconds]
+            if len(hits) < limit:
+                hits.append(now)
+                self._windows[name] = hits
+                return WindowResult(True, len(hits), 0.0)
+            self._windows[name] = hits
+            return WindowResult(False, len(hits), max(0.0, min(hits) + window_seconds - now))
 
     def bump_pool_generation(self, target: str) -> int:
         with self._mutex:

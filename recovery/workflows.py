@@ -27,6 +27,7 @@ class WorkflowSpec:
     kinds: tuple[str, ...]
     steps: tuple[StepSpec, ...]
     description: str
+    manual: bool = False  # a manual operation: run on request, never chosen by select_workflow
 
 
 API_FAILURE = WorkflowSpec(
@@ -42,13 +43,72 @@ API_FAILURE = WorkflowSpec(
     ),
 )
 
-WORKFLOWS: dict[str, WorkflowSpec] = {API_FAILURE.name: API_FAILURE}
+DATABASE_RECOVERY = WorkflowSpec(
+    name="database-recovery",
+    kinds=("database",),
+    description="Recover a SQL database: clear stuck sessions, reset pools, check integrity, resume.",
+    steps=(
+        StepSpec("check_service_health", "Probe once and record the diagnosis.", retryable=False),
+        StepSpec(
+            "clear_stuck_sessions",
+            "PostgreSQL: terminate idle-in-transaction / lock-blocking sessions over the threshold.",
+        ),
+        StepSpec("reset_connection_pool", "Dispose the recovery's engine; bump pool_generation for apps."),
+        StepSpec(
+            "verify_integrity",
+            "Probe query, rolled-back canary write/read, no stuck sessions (SQLite: PRAGMA check).",
+        ),
+        StepSpec("reset_circuit_breaker", "Close the target's circuit breaker."),
+        StepSpec("test_connectivity", "N consecutive good probes; retried with backoff."),
+        StepSpec("restore_operations", "Clear the target's paused flag."),
+    ),
+)
+
+CACHE_RECOVERY = WorkflowSpec(
+    name="cache-recovery",
+    kinds=("redis",),
+    description="Recover a Redis cache: delete corrupted entries, rebuild them, verify, resume.",
+    steps=(
+        StepSpec("check_cache_health", "PING latency, memory vs maxmemory, evictions.", retryable=False),
+        StepSpec("clear_corrupted_entries", "SCAN validate.key_pattern; delete invalid values (pipelined)."),
+        # Optional: a cold but correct cache can serve traffic; a source outage must not keep it paused.
+        StepSpec("rebuild_cache", "Warm missing keys from the rebuild source (pipelined).", optional=True),
+        StepSpec("reset_circuit_breaker", "Close the target's circuit breaker."),
+        StepSpec("test_connectivity", "N consecutive good probes; retried with backoff."),
+        StepSpec("restore_operations", "Clear the target's paused flag."),
+    ),
+)
+
+CLEAR_CACHE = WorkflowSpec(
+    name="clear-cache",
+    kinds=("redis",),
+    manual=True,
+    description="Manual: delete every key matching a pattern (default: validate.key_pattern).",
+    steps=(StepSpec("clear_cache_keys", "SCAN + UNLINK the pattern in batches."),),
+)
+
+RECONNECT_DATABASE = WorkflowSpec(
+    name="reconnect-database",
+    kinds=("database",),
+    manual=True,
+    description="Manual: drop pooled connections everywhere (pool_generation) and verify.",
+    steps=(
+        StepSpec("check_service_health", "Probe once and record the diagnosis.", retryable=False),
+        StepSpec("reset_connection_pool", "Dispose the recovery's engine; bump pool_generation for apps."),
+        StepSpec("test_connectivity", "N consecutive good probes; retried with backoff."),
+    ),
+)
+
+WORKFLOWS: dict[str, WorkflowSpec] = {
+    spec.name: spec
+    for spec in (API_FAILURE, DATABASE_RECOVERY, CACHE_RECOVERY, CLEAR_CACHE, RECONNECT_DATABASE)
+}
 
 
 def select_workflow(target: TargetConfig, probe: ProbeResult | None = None) -> WorkflowSpec:
     """The workflow that recovers ``target`` given what its last probe saw."""
     for spec in WORKFLOWS.values():
-        if target.kind in spec.kinds:
+        if target.kind in spec.kinds and not spec.manual:
             return spec
     raise LookupError(f"no recovery workflow for target kind {target.kind!r}")
 

@@ -37,6 +37,16 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {value!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected 1..65535, got {port}")
+    return port
+
+
 def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
 
@@ -147,53 +157,127 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
+    import uuid
+
+    from recovery.audit.store import AuditStore
     from recovery.config import load_config, resolve_config_path
     from recovery.runtime import RecoveryRequest, record_dry_run
-    from recovery.workflows import describe_plan, select_workflow, workflow_named
+    from recovery.triggers import validate_request
+    from recovery.workflows import describe_plan, workflow_named
 
     config = load_config(args.config)
-    target = config.target(args.target)
-    spec = workflow_named(args.workflow, target) if args.workflow else select_workflow(target)
-    if args.type == "emergency" and not args.reason:
-        raise ConfigError("--reason", "required for an emergency recovery")
     request = RecoveryRequest(
-        target=target.name,
-        workflow=spec.name,
+        target=args.target,
+        workflow=args.workflow,
         run_type=args.type,
         requested_by=args.requested_by,
         reason=args.reason,
         dry_run=args.dry_run,
     )
+    try:
+        workflow = validate_request(config, request)  # bad input -> exit 2 before paying for Prefect
+    except ConfigError as exc:
+        raise ConfigError(
+            f"--{exc.field.replace('_', '-')}" if exc.field != "target" else "target", exc.message
+        ) from None
+    target = config.target(args.target)
     if args.dry_run:
         run_id = record_dry_run(config, request)
-        print("\n".join(describe_plan(config, target, spec)))
+        print("\n".join(describe_plan(config, target, workflow_named(workflow, target))))
         print(f"dry run recorded as {run_id}; nothing was touched")
         return EXIT_OK
     prefect_environment()
-    from flows.recovery_flows import RECOVERY_FLOWS
+    from flows.manual_flows import recover
 
-    flow_fn: Any = RECOVERY_FLOWS[spec.name]  # Flow's overloads do not type return_state=True
+    request_id = str(uuid.uuid4())  # the audit row's id, so this command can read it back
+    flow_fn: Any = recover  # Flow's overloads do not type return_state=True
     state: Any = asyncio.run(
         flow_fn(
             target=target.name,
-            config_path=str(resolve_config_path(args.config)),
-            run_type=args.type,
             requested_by=args.requested_by,
+            type=args.type,
+            workflow=args.workflow,
             reason=args.reason,
+            request_id=request_id,
+            config_path=str(resolve_config_path(args.config)),
             return_state=True,
         )
     )
-    from recovery.audit.store import AuditStore
-
-    runs = AuditStore(config.audit_url.get_secret_value()).history(target.name, limit=5)
-    run = next((r for r in runs if r.flow_run_id == str(state.state_details.flow_run_id)), None)
+    run = AuditStore(config.audit_url.get_secret_value()).run(request_id)
     if args.json:
-        _print_json(run.as_json() if run else {"state": "failed", "message": state.message})
+        _print_json(run.as_json() if run else {"state": "failed", "message": redact(state.message or "")})
     elif run:
         print("\n".join(format_run(run)))
     else:
         print(f"recovery did not start: {redact(state.message or '')}")
     return EXIT_OK if run is not None and run.state == "succeeded" else EXIT_FAILED
+
+
+def _run_operation(args: argparse.Namespace, workflow: str, **params: Any) -> int:
+    """Run a manual-operation flow for ``args.target`` and print its audit record."""
+    from recovery.audit.store import AuditStore
+    from recovery.config import load_config, resolve_config_path
+    from recovery.workflows import workflow_named
+
+    config = load_config(args.config)
+    target = config.target(args.target)
+    workflow_named(workflow, target)  # wrong kind of target -> exit 2 before paying for Prefect
+    if workflow == "clear-cache" and not params.get("pattern"):
+        validation = getattr(target, "validation", None)
+        if validation is None:
+            raise ConfigError("--pattern", f"required: target '{target.name}' has no validate.key_pattern")
+    prefect_environment()
+    from flows.recovery_flows import RECOVERY_FLOWS
+
+    flow_fn: Any = RECOVERY_FLOWS[workflow]  # flows differ in their extra parameters (pattern)
+    state = asyncio.run(
+        flow_fn(
+            target=target.name,
+            config_path=str(resolve_config_path(args.config)),
+            run_type="manual",
+            requested_by=args.requested_by,
+            reason=args.reason,
+            return_state=True,
+            **params,
+        )
+    )
+    runs = AuditStore(config.audit_url.get_secret_value()).history(target.name, limit=5)
+    run = next((r for r in runs if r.flow_run_id == str(state.state_details.flow_run_id)), None)
+    if args.json:
+        _print_json(run.as_json() if run else {"state": "failed", "message": redact(state.message or "")})
+    elif run:
+        print("\n".join(format_run(run)))
+        for step in run.steps:
+            if step.detail:
+                print(f"    {step.name}: {json.dumps(step.detail, default=str)}")
+    else:
+        print(f"{workflow} did not start: {redact(state.message or '')}")
+    return EXIT_OK if run is not None and run.state == "succeeded" else EXIT_FAILED
+
+
+def cmd_clear_cache(args: argparse.Namespace) -> int:
+    if args.pattern is not None and not args.pattern.strip():
+        raise ConfigError("--pattern", "must not be empty")
+    return _run_operation(args, "clear-cache", pattern=args.pattern)
+
+
+def cmd_reconnect_database(args: argparse.Namespace) -> int:
+    return _run_operation(args, "reconnect-database")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from recovery.config import load_config, resolve_config_path
+
+    load_config(args.config)  # bad config -> exit 2 before Prefect starts
+    prefect_environment()
+    if args.metrics_port:
+        from recovery.metrics import start_metrics_server
+
+        start_metrics_server(args.metrics_port)
+    from deployments.serve import serve_all
+
+    serve_all(str(resolve_config_path(args.config)), limit=args.limit)
+    return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -239,6 +323,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive_int, default=20)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("clear-cache", help="delete a cache target's keys (audited manual operation)")
+    p.add_argument("target")
+    p.add_argument("--pattern", help="SCAN MATCH pattern (default: the target's validate.key_pattern)")
+    p.add_argument("--reason", help="why (audited)")
+    p.add_argument("--requested-by", default=os.environ.get("USER") or "cli", help="who (audited)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_clear_cache)
+
+    p = sub.add_parser("reconnect-database", help="reset a database target's connection pools (audited)")
+    p.add_argument("target")
+    p.add_argument("--reason", help="why (audited)")
+    p.add_argument("--requested-by", default=os.environ.get("USER") or "cli", help="who (audited)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_reconnect_database)
+
+    p = sub.add_parser("serve", help="serve every deployment from this process (schedules kept on exit)")
+    p.add_argument("--limit", type=_positive_int, help="max concurrent flow runs in this process")
+    p.add_argument("--metrics-port", type=_port, help="expose Prometheus metrics on this port")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="watch a flaky local service fail and be recovered")
     p.add_argument("--keep", action="store_true", help="keep the demo's temp directory")

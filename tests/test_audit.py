@@ -101,9 +101,21 @@ def test_start_run_is_written_ahead(db_url: str, raw: sqlalchemy.Connection) -> 
         id=run_id,
     )
     assert steps == [
-        {"name": "check_service_health", "state": "pending", "attempts": 0, "max_attempts": 1, "optional": False},
+        {
+            "name": "check_service_health",
+            "state": "pending",
+            "attempts": 0,
+            "max_attempts": 1,
+            "optional": False,
+        },
         {"name": "clear_error_cache", "state": "pending", "attempts": 0, "max_attempts": 3, "optional": True},
-        {"name": "test_connectivity", "state": "pending", "attempts": 0, "max_attempts": 3, "optional": False},
+        {
+            "name": "test_connectivity",
+            "state": "pending",
+            "attempts": 0,
+            "max_attempts": 3,
+            "optional": False,
+        },
     ]
     record = store.run(run_id)
     assert record is not None
@@ -206,7 +218,9 @@ def test_history_order_limit_and_filter(db_url: str) -> None:
     ids = []
     for i in range(5):
         ids.append(
-            store.start_run(target="api" if i % 2 == 0 else "db", workflow="wf", run_type="manual", steps=STEPS)
+            store.start_run(
+                target="api" if i % 2 == 0 else "db", workflow="wf", run_type="manual", steps=STEPS
+            )
         )
         time.sleep(0.002)  # distinct started_at even on coarse clocks
     assert [r.id for r in store.history()] == ids[::-1]

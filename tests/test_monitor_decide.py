@@ -190,7 +190,9 @@ def test_racing_monitors_many_rounds_redis(redis_url: str) -> None:
             barrier = threading.Barrier(len(states))
             actions: list[str] = []
 
-            def monitor(state: SharedState, target: str = target, barrier: threading.Barrier = barrier) -> None:
+            def monitor(
+                state: SharedState, target: str = target, barrier: threading.Barrier = barrier
+            ) -> None:
                 barrier.wait(timeout=10)
                 actions.append(only(decide(config, state, [failed(target)])).action)
 

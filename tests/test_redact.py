@@ -55,7 +55,9 @@ def test_sensitive_query_params(text: str, expected: str) -> None:
 
 
 def test_redact_url() -> None:
-    assert redact_url("postgresql://u:S3cret@h/db?sslmode=require") == "postgresql://u:***@h/db?sslmode=require"
+    assert (
+        redact_url("postgresql://u:S3cret@h/db?sslmode=require") == "postgresql://u:***@h/db?sslmode=require"
+    )
     assert redact_url("https://h/x?token=abc&page=2") == "https://h/x?token=***&page=2"
     assert redact_url("redis://127.0.0.1:6379/1") == "redis://127.0.0.1:6379/1"
     # A password with '@' (valid for redis-py, which splits at the last '@') is fully masked here.

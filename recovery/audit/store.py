@@ -321,8 +321,14 @@ class AuditStore:
         reason: str,
         requested_by: str | None = None,
         flow_run_id: str | None = None,
+        run_id: str | None = None,
+        request_reason: str | None = None,
     ) -> str:
-        """Record a recovery that was not started (lock held, budget exhausted...)."""
+        """Record a recovery that was not started (lock held, budget exhausted...).
+
+        ``reason`` is why it was refused (stored as the error); ``request_reason`` is the
+        requester's own reason for asking.
+        """
         run_id = self.start_run(
             target=target,
             workflow=workflow,
@@ -330,8 +336,9 @@ class AuditStore:
             steps=(),
             state="refused",
             requested_by=requested_by,
-            reason=reason,
+            reason=request_reason,
             flow_run_id=flow_run_id,
+            run_id=run_id,
         )
         with self._session() as session:
             session.execute(

@@ -46,11 +46,16 @@ def cli_env(prefect_api: str) -> dict[str, str]:
 def run_cli(cli_env: dict[str, str]) -> CliRunner:
     """Run the real `recovery` console entry point in a subprocess against the test API."""
 
-    def run(*args: str, timeout: float = 180, cwd: Path | None = None,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str, timeout: float = 180, cwd: Path | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [*CLI, *args], capture_output=True, text=True, timeout=timeout,
-            cwd=cwd or REPO, env={**cli_env, **(env or {})},
+            [*CLI, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=cwd or REPO,
+            env={**cli_env, **(env or {})},
         )
 
     return run

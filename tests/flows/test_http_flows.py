@@ -27,8 +27,9 @@ FAST_STRATEGY = (
 )
 
 
-def write_config(path: Path, *, audit_url: str, url: str, state_url: str | None = None,
-                 threshold: int = 1, extra: str = "") -> Path:
+def write_config(
+    path: Path, *, audit_url: str, url: str, state_url: str | None = None, threshold: int = 1, extra: str = ""
+) -> Path:
     lines = [f"audit_url: {audit_url}"]
     if state_url:
         lines.append(f"state_url: {state_url}")
@@ -52,11 +53,13 @@ def audit_url(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url"))
 
 
-def test_monitor_once_recovers_503_target(run_cli, fault_server: FaultServer, redis_url: str,
-                                          audit_url: str, tmp_path: Path) -> None:
+def test_monitor_once_recovers_503_target(
+    run_cli, fault_server: FaultServer, redis_url: str, audit_url: str, tmp_path: Path
+) -> None:
     """`recovery monitor --once` on a 503 target: recovery runs, cache cleared, breaker closed."""
-    config = write_config(tmp_path / "recovery.yaml", audit_url=audit_url, url=fault_server.url,
-                          state_url=redis_url)
+    config = write_config(
+        tmp_path / "recovery.yaml", audit_url=audit_url, url=fault_server.url, state_url=redis_url
+    )
     client = redis.Redis.from_url(redis_url)
     for i in range(30):
         client.set(f"errors:payments-api:{i}", "cached 503")
@@ -83,13 +86,20 @@ def test_monitor_once_recovers_503_target(run_cli, fault_server: FaultServer, re
     assert len(runs) == 1
     run = runs[0]
     assert {k: run[k] for k in ("target", "workflow", "type", "state")} == {
-        "target": "payments-api", "workflow": "api-failure-recovery",
-        "type": "automatic", "state": "succeeded",
+        "target": "payments-api",
+        "workflow": "api-failure-recovery",
+        "type": "automatic",
+        "state": "succeeded",
     }
     assert run["started_at"] and run["finished_at"] and run["duration_seconds"] > 0
     steps = {s["name"]: s for s in run["steps"]}
-    assert list(steps) == ["check_service_health", "clear_error_cache", "reset_circuit_breaker",
-                           "test_connectivity", "restore_operations"]
+    assert list(steps) == [
+        "check_service_health",
+        "clear_error_cache",
+        "reset_circuit_breaker",
+        "test_connectivity",
+        "restore_operations",
+    ]
     assert all(s["state"] == "succeeded" for s in run["steps"])
     assert steps["clear_error_cache"]["detail"]["deleted"] == 30
     assert steps["reset_circuit_breaker"]["detail"] == {"before": "open", "after": "closed"}
@@ -99,17 +109,24 @@ def test_monitor_once_recovers_503_target(run_cli, fault_server: FaultServer, re
     assert cfg.targets[0].name == "payments-api"
 
 
-def test_two_monitors_at_once_run_one_recovery(cli_env: dict[str, str], fault_server: FaultServer,
-                                               redis_url: str, sqlite_url: str, tmp_path: Path) -> None:
+def test_two_monitors_at_once_run_one_recovery(
+    cli_env: dict[str, str], fault_server: FaultServer, redis_url: str, sqlite_url: str, tmp_path: Path
+) -> None:
     """Two `monitor --once` processes started together: one recovery between them."""
-    config = write_config(tmp_path / "recovery.yaml", audit_url=sqlite_url, url=fault_server.url,
-                          state_url=redis_url)
+    config = write_config(
+        tmp_path / "recovery.yaml", audit_url=sqlite_url, url=fault_server.url, state_url=redis_url
+    )
     # 503 for both monitors' probes, the winner's diagnosis and its first verification probe;
     # counted, not timed, so slow process start-up cannot make the outage end early.
     fault_server.app.set_mode("fail-next:4")
     procs = [
-        subprocess.Popen([*CLI, "--config", str(config), "monitor", "--once", "--json"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env)
+        subprocess.Popen(
+            [*CLI, "--config", str(config), "monitor", "--once", "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env,
+        )
         for _ in range(2)
     ]
     outputs = [p.communicate(timeout=240) for p in procs]
@@ -124,7 +141,9 @@ def test_two_monitors_at_once_run_one_recovery(cli_env: dict[str, str], fault_se
 
 def test_malformed_config_is_one_line_exit_2(run_cli, tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("targets:\n  - {name: a, kind: http, url: http://x/h}\n  - {name: b, kind: http, url: nope}\n")
+    bad.write_text(
+        "targets:\n  - {name: a, kind: http, url: http://x/h}\n  - {name: b, kind: http, url: nope}\n"
+    )
     for command in (["validate"], ["check"], ["history"], ["monitor", "--once"], ["recover", "a"]):
         result = run_cli("--config", str(bad), *command)
         assert result.returncode == 2, (command, result.stderr)

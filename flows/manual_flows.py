@@ -1,0 +1,75 @@
+"""Manual operations as flows: ``recover`` is the seed's ``/trigger`` endpoint.
+
+People trigger it from the Prefect UI or the CLI, other systems through the Prefect REST API
+(``POST /api/deployments/{id}/create_flow_run``). The recovery runs inside this flow run (no
+subflow): one flow run per trigger, whose tasks are the workflow's steps.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run as current_flow_run
+from pydantic import Field
+
+from flows.common import execute_workflow, on_cancelled, on_crashed
+from recovery.audit.store import AuditStore
+from recovery.config import load_config
+from recovery.errors import RecoveryRefused
+from recovery.redact import install_log_redaction
+from recovery.runtime import RecoveryRequest, record_dry_run
+from recovery.state import open_state
+from recovery.triggers import admit, validate_request
+from recovery.workflows import describe_plan, workflow_named
+
+TriggerType = Literal["manual", "emergency", "scheduled"]
+
+
+@flow(name="recover", on_cancellation=[on_cancelled], on_crashed=[on_crashed])
+async def recover(
+    target: Annotated[str, Field(min_length=1, max_length=63, description="Target to recover.")],
+    requested_by: Annotated[str, Field(min_length=1, max_length=128, description="Who asks (audited).")],
+    type: TriggerType = "manual",
+    workflow: Annotated[str | None, Field(description="Override the target kind's workflow.")] = None,
+    reason: Annotated[str | None, Field(max_length=2000, description="Why (required for emergency).")] = None,
+    dry_run: Annotated[bool, Field(description="Record and return the plan; touch nothing.")] = False,
+    request_id: Annotated[
+        str | None, Field(description="Audit id to use (lets callers find the row).")
+    ] = None,
+    config_path: str | None = None,
+) -> dict[str, Any]:
+    """Recover ``target`` now (manual, scheduled or emergency trigger), audited."""
+    install_log_redaction()
+    logger = get_run_logger()
+    config = load_config(config_path)
+    request = RecoveryRequest(
+        target=target,
+        workflow=workflow,
+        run_type=type,
+        requested_by=requested_by,
+        reason=reason,
+        dry_run=dry_run,
+    )
+    workflow_name = validate_request(config, request)
+    if dry_run:
+        run_id = record_dry_run(config, request)
+        plan = describe_plan(
+            config, config.target(target), workflow_named(workflow_name, config.target(target))
+        )
+        logger.info("dry run of %s:\n%s", target, "\n".join(plan))
+        return {
+            "run_id": run_id,
+            "target": target,
+            "workflow": workflow_name,
+            "state": "dry_run",
+            "plan": plan,
+        }
+    run_id = request_id or str(current_flow_run.id)
+    state = open_state(config.state_url.get_secret_value() if config.state_url else None)
+    try:
+        admit(config, state, AuditStore(config.audit_url.get_secret_value()), request, workflow_name, run_id)
+    except RecoveryRefused as exc:
+        logger.warning("trigger refused: %s", exc.reason)
+        raise
+    return await execute_workflow(workflow_name, request, config_path, run_id=run_id)

@@ -1,0 +1,126 @@
+"""Operator views of the breakers: status of all (or one) targets, and an audited manual reset.
+
+Used by the ``circuit-breaker-status`` / ``reset-circuit-breaker`` flows and by the CLI
+(``recovery breaker-status`` reads without Prefect). Both raise ``StateUnavailable`` when the
+breaker state cannot be read or written: an operator must not mistake "unknown" for "closed".
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from recovery.audit.store import AuditStore, PlannedStep
+from recovery.breakers import OPEN, breaker_for
+from recovery.config import RecoveryConfig
+
+RESET_WORKFLOW = "reset-circuit-breaker"
+RESET_STEP = "reset_circuit_breaker"
+
+
+@dataclass(frozen=True)
+class BreakerStatus:
+    target: str
+    state: str
+    fail_counter: int
+    fail_max: int
+    opened_at: float | None
+    reset_timeout_seconds: float
+    half_open_in_seconds: float | None  # open: seconds until a probe may run
+    probe_holder: str | None
+    storage: str
+    on_state_unavailable: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "state": self.state,
+            "fail_counter": self.fail_counter,
+            "fail_max": self.fail_max,
+            "opened_at": datetime.fromtimestamp(self.opened_at, UTC).isoformat() if self.opened_at else None,
+            "reset_timeout_seconds": self.reset_timeout_seconds,
+            "half_open_in_seconds": self.half_open_in_seconds,
+            "probe_holder": self.probe_holder,
+            "storage": self.storage,
+            "on_state_unavailable": self.on_state_unavailable,
+        }
+
+
+def _state_url(config: RecoveryConfig) -> str | None:
+    return config.state_url.get_secret_value() if config.state_url else None
+
+
+def breaker_statuses(
+    config: RecoveryConfig, target: str | None = None, now: float | None = None
+) -> list[BreakerStatus]:
+    """Status of every target's breaker (or of ``target``'s; unknown target -> ``ConfigError``)."""
+    targets = [config.target(target)] if target else list(config.targets)
+    now = time.time() if now is None else now
+    out: list[BreakerStatus] = []
+    for t in targets:
+        breaker = breaker_for(t.name, t.breaker, _state_url(config))
+        snap = breaker.snapshot()
+        half_open_in = None
+        if snap.state == OPEN:
+            opened = snap.opened_at if snap.opened_at is not None else now
+            half_open_in = round(max(0.0, opened + t.breaker.reset_timeout_seconds - now), 3)
+        out.append(
+            BreakerStatus(
+                target=t.name,
+                state=snap.state,
+                fail_counter=snap.fail_counter,
+                fail_max=t.breaker.fail_max,
+                opened_at=snap.opened_at,
+                reset_timeout_seconds=t.breaker.reset_timeout_seconds,
+                half_open_in_seconds=half_open_in,
+                probe_holder=snap.probe_holder,
+                storage=breaker.store.description,
+                on_state_unavailable=t.breaker.on_state_unavailable,
+            )
+        )
+    return out
+
+
+def reset_breaker(
+    config: RecoveryConfig,
+    target: str,
+    *,
+    requested_by: str | None,
+    reason: str | None,
+    run_id: str | None = None,
+    flow_run_id: str | None = None,
+) -> dict[str, Any]:
+    """Close ``target``'s breaker by hand, audited as a one-step ``reset-circuit-breaker`` run.
+
+    The target's recovery lock is not taken: a reset is an operator override, and it is
+    recorded (who, why, state before and after) like any recovery.
+    """
+    t = config.target(target)
+    audit = AuditStore(config.audit_url.get_secret_value())
+    run_id = audit.start_run(
+        run_id=run_id or str(uuid.uuid4()),
+        target=t.name,
+        workflow=RESET_WORKFLOW,
+        run_type="manual",
+        steps=[PlannedStep(RESET_STEP, False, 1)],
+        requested_by=requested_by,
+        reason=reason,
+        flow_run_id=flow_run_id,
+    )
+    audit.step_attempt(run_id, RESET_STEP, 1)
+    breaker = breaker_for(t.name, t.breaker, _state_url(config))
+    try:
+        before = breaker.snapshot()
+        breaker.close()
+        after = breaker.snapshot()
+    except Exception as exc:
+        audit.step_finished(run_id, RESET_STEP, "failed", exc)
+        audit.finish_run(run_id, "failed", exc)
+        raise
+    detail = {"before": before.state, "after": after.state, "fail_counter_before": before.fail_counter}
+    audit.step_finished(run_id, RESET_STEP, "succeeded", detail=detail)
+    audit.finish_run(run_id, "succeeded")
+    return {"run_id": run_id, "target": t.name, "state": "succeeded", **detail}

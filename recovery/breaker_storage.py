@@ -1,0 +1,531 @@
+"""Circuit-breaker state stores: pybreaker storages whose every transition is atomic.
+
+pybreaker's ``CircuitRedisStorage`` reads and writes state, counters and ``opened_at`` in
+separate commands (a failure counted on one worker can race a close on another), stores
+``opened_at`` in whole seconds and keys that never expire, and raises from its constructor when
+Redis is down. Here each decision is one Lua script:
+
+    admit      closed -> pass; open and reset timeout not elapsed -> reject; otherwise take the
+               half-open probe lease (SET NX PX) -> exactly one probe across all workers
+    succeeded  closed: reset the failure count; the probe: close after success_threshold probes
+    failed     closed: count, open at fail_max; the probe: re-open (new opened_at)
+    release    a cancelled probe gives its lease back without counting anything
+    force      open / close / half-open (operators, recoveries); ``trip`` keeps an open breaker's
+               opened_at so re-opening cannot postpone its reset timeout
+
+Redis layout (``recovery:breaker:{target}``, hash, PEXPIRE ``state_ttl_seconds`` on each write):
+``state``, ``fail_counter``, ``success_counter``, ``opened_at`` (epoch seconds, microseconds),
+``changed_at``; ``recovery:breaker:{target}:probe`` (string, PX lease) holds the probe's owner.
+
+Every method raises ``StateUnavailable`` when Redis cannot be reached; ``recovery.breakers``
+decides what a guarded call does then. Constructing a store performs no I/O and never raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import weakref
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import pybreaker
+import redis
+import redis.asyncio
+
+from recovery.errors import StateUnavailable
+from recovery.redact import redact, redact_url
+
+CLOSED, OPEN, HALF_OPEN = pybreaker.STATE_CLOSED, pybreaker.STATE_OPEN, pybreaker.STATE_HALF_OPEN
+PREFIX = "recovery:breaker"
+T = TypeVar("T")
+
+
+def breaker_key(target: str) -> str:
+    return f"{PREFIX}:{target}"
+
+
+def probe_key(target: str) -> str:
+    return f"{PREFIX}:{target}:probe"
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """What ``admit`` decided for one call: ``pass`` (closed), ``probe`` (holds the lease), ``reject``."""
+
+    verdict: str
+    state: str  # the state admit saw
+    fail_counter: int = 0
+    retry_in: float | None = None  # reject while open: seconds until the reset timeout elapses
+    holder: str | None = None  # reject while half-open: who holds the probe lease
+    owner: str = ""
+
+
+@dataclass(frozen=True)
+class BreakerSnapshot:
+    state: str
+    fail_counter: int
+    success_counter: int
+    opened_at: float | None
+    probe_holder: str | None
+    probe_ttl_seconds: float | None
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+_ADMIT = """
+local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
+if state == 'closed' then
+  return {'pass', state, redis.call('HGET', KEYS[1], 'fail_counter') or '0', ''}
+end
+if state == 'open' then
+  local opened = tonumber(redis.call('HGET', KEYS[1], 'opened_at') or ARGV[1])
+  local remaining = opened + tonumber(ARGV[2]) - tonumber(ARGV[1])
+  if remaining > 0 then return {'reject', state, tostring(remaining), ''} end
+end
+if redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', ARGV[3]) then
+  if state == 'open' then
+    redis.call('HSET', KEYS[1], 'state', 'half-open', 'success_counter', 0, 'changed_at', ARGV[1])
+  end
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  return {'probe', state, '0', ARGV[4]}
+end
+return {'reject', 'half-open', '0', redis.call('GET', KEYS[2]) or ''}
+"""
+
+_SUCCEEDED = """
+local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
+if ARGV[3] == '1' then
+  if state == 'half-open' and redis.call('GET', KEYS[2]) == ARGV[2] then
+    redis.call('DEL', KEYS[2])
+    local successes = redis.call('HINCRBY', KEYS[1], 'success_counter', 1)
+    if successes >= tonumber(ARGV[4]) then
+      redis.call('HSET', KEYS[1], 'state', 'closed', 'fail_counter', 0, 'success_counter', 0,
+                 'changed_at', ARGV[1])
+      redis.call('HDEL', KEYS[1], 'opened_at')
+      state = 'closed'
+    end
+    redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  end
+  return state
+end
+if state == 'closed' and tonumber(redis.call('HGET', KEYS[1], 'fail_counter') or '0') > 0 then
+  redis.call('HSET', KEYS[1], 'fail_counter', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+end
+return state
+"""
+
+_FAILED = """
+local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
+local function trip()
+  redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', ARGV[1], 'success_counter', 0,
+             'changed_at', ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  return {'open', 1}
+end
+if ARGV[3] == '1' then
+  if state == 'half-open' and redis.call('GET', KEYS[2]) == ARGV[2] then
+    redis.call('DEL', KEYS[2])
+    return trip()
+  end
+  return {state, 0}
+end
+if state ~= 'closed' then return {state, 0} end
+local failures = redis.call('HINCRBY', KEYS[1], 'fail_counter', 1)
+if failures >= tonumber(ARGV[4]) then return trip() end
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return {'closed', 0}
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[2]) == ARGV[1] then return redis.call('DEL', KEYS[2]) end
+return 0
+"""
+
+_FORCE = """
+local prev = redis.call('HGET', KEYS[1], 'state') or 'closed'
+if ARGV[4] == 'trip' and prev == 'open' then return prev end
+if ARGV[1] == 'open' then
+  redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', ARGV[2], 'success_counter', 0,
+             'changed_at', ARGV[2])
+elseif ARGV[1] == 'half-open' then
+  redis.call('HSET', KEYS[1], 'state', 'half-open', 'success_counter', 0, 'changed_at', ARGV[2])
+else
+  redis.call('HSET', KEYS[1], 'state', 'closed', 'fail_counter', 0, 'success_counter', 0,
+             'changed_at', ARGV[2])
+  redis.call('HDEL', KEYS[1], 'opened_at')
+end
+redis.call('DEL', KEYS[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return prev
+"""
+
+
+def _ticket(raw: list[Any], owner: str) -> Ticket:
+    verdict, state, number, holder = (str(x) for x in raw)
+    if verdict == "pass":
+        return Ticket(verdict, state, fail_counter=int(number), owner=owner)
+    if verdict == "probe":
+        return Ticket(verdict, state, owner=owner)
+    if state == OPEN:
+        return Ticket(verdict, state, retry_in=float(number), owner=owner)
+    return Ticket(verdict, state, holder=holder or None, owner=owner)
+
+
+class BreakerStore(pybreaker.CircuitBreakerStorage, ABC):
+    """Atomic breaker state for one target (and pybreaker's storage interface on top of it)."""
+
+    description: str
+
+    def __init__(self, target: str, ttl_seconds: float, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(target)
+        self.target = target
+        self.ttl_seconds = ttl_seconds
+        self.clock = clock
+
+    @abstractmethod
+    def snapshot(self) -> BreakerSnapshot: ...
+
+    @abstractmethod
+    def admit(self, reset_timeout: float, lease_seconds: float, owner: str) -> Ticket: ...
+
+    @abstractmethod
+    def succeeded(self, owner: str, probe: bool, success_threshold: int) -> str:
+        """Record a success; returns the state after it."""
+
+    @abstractmethod
+    def failed(self, owner: str, probe: bool, fail_max: int) -> tuple[str, bool]:
+        """Record a failure; returns the state after it and whether this failure opened it."""
+
+    @abstractmethod
+    def release(self, owner: str) -> None:
+        """Give the probe lease back (a cancelled probe) if ``owner`` holds it."""
+
+    @abstractmethod
+    def force(self, state: str, trip: bool = False) -> str:
+        """Move to ``state`` (``trip``: only if not already open); returns the previous state."""
+
+    # Async variants; the in-memory store answers without awaiting anything.
+    async def aadmit(self, reset_timeout: float, lease_seconds: float, owner: str) -> Ticket:
+        return self.admit(reset_timeout, lease_seconds, owner)
+
+    async def asucceeded(self, owner: str, probe: bool, success_threshold: int) -> str:
+        return self.succeeded(owner, probe, success_threshold)
+
+    async def afailed(self, owner: str, probe: bool, fail_max: int) -> tuple[str, bool]:
+        return self.failed(owner, probe, fail_max)
+
+    async def arelease(self, owner: str) -> None:
+        self.release(owner)
+
+    # --- pybreaker's CircuitBreakerStorage interface (compatibility; not used by FleetBreaker) ---
+
+    @property
+    def state(self) -> str:
+        return self.snapshot().state
+
+    @state.setter
+    def state(self, state: str) -> None:
+        self.force(state)
+
+    @property
+    def counter(self) -> int:
+        return self.snapshot().fail_counter
+
+    @property
+    def success_counter(self) -> int:
+        return self.snapshot().success_counter
+
+    @property
+    def opened_at(self) -> datetime | None:
+        opened = self.snapshot().opened_at
+        return datetime.fromtimestamp(opened, UTC) if opened is not None else None
+
+    @opened_at.setter
+    def opened_at(self, value: datetime) -> None:
+        pass  # set atomically together with the state by force(OPEN)
+
+    def increment_counter(self) -> None:
+        raise NotImplementedError("use failed(): counting and tripping are one atomic step")
+
+    def reset_counter(self) -> None:
+        pass  # closing resets the counters atomically
+
+    def increment_success_counter(self) -> None:
+        raise NotImplementedError("use succeeded(): counting and closing are one atomic step")
+
+    def reset_success_counter(self) -> None:
+        pass
+
+
+class RedisBreakerStore(BreakerStore):
+    """Shared by every process pointed at the same Redis: recovery flows and the application."""
+
+    def __init__(
+        self,
+        target: str,
+        url: str,
+        ttl_seconds: float,
+        clock: Callable[[], float] = time.time,
+        timeout: float = 2.0,
+    ) -> None:
+        super().__init__(target, ttl_seconds, clock)
+        self.url = url
+        self.timeout = timeout
+        self.description = f"redis ({redact_url(url)})"
+        self.keys = [breaker_key(target), probe_key(target)]
+        self._client: redis.Redis | None = None
+        self._scripts: dict[str, Any] = {}
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, dict[str, Any]]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._init_lock = threading.Lock()
+
+    def _fail(self, exc: BaseException) -> StateUnavailable:
+        return StateUnavailable(
+            f"breaker state {redact_url(self.url)}: {redact(str(exc)) or type(exc).__name__}"
+        )
+
+    def _sync(self, name: str) -> Any:
+        with self._init_lock:
+            if self._client is None:
+                self._client = redis.Redis.from_url(
+                    self.url,
+                    decode_responses=True,
+                    socket_timeout=self.timeout,
+                    socket_connect_timeout=self.timeout,
+                )
+                self._scripts = {n: self._client.register_script(s) for n, s in _SCRIPTS.items()}
+            return self._scripts[name]
+
+    def _async_script(self, name: str) -> Any:
+        # redis.asyncio connections belong to the loop that opened them: one client per loop.
+        loop = asyncio.get_running_loop()
+        entry = self._async.get(loop)
+        if entry is None:
+            client = redis.asyncio.Redis.from_url(
+                self.url,
+                decode_responses=True,
+                socket_timeout=self.timeout,
+                socket_connect_timeout=self.timeout,
+            )
+            entry = (client, {n: client.register_script(s) for n, s in _SCRIPTS.items()})
+            self._async[loop] = entry
+        return entry[1][name]
+
+    def _run(self, name: str, args: list[Any]) -> Any:
+        try:
+            return self._sync(name)(keys=self.keys, args=args)
+        except (redis.RedisError, OSError, ValueError) as exc:
+            raise self._fail(exc) from None
+
+    async def _arun(self, name: str, args: list[Any]) -> Any:
+        try:
+            return await self._async_script(name)(keys=self.keys, args=args)
+        except (redis.RedisError, OSError, ValueError) as exc:
+            raise self._fail(exc) from None
+
+    def _admit_args(self, reset_timeout: float, lease_seconds: float, owner: str) -> list[Any]:
+        return [
+            repr(self.clock()),
+            repr(float(reset_timeout)),
+            _ms(lease_seconds),
+            owner,
+            _ms(self.ttl_seconds),
+        ]
+
+    def admit(self, reset_timeout: float, lease_seconds: float, owner: str) -> Ticket:
+        return _ticket(self._run("admit", self._admit_args(reset_timeout, lease_seconds, owner)), owner)
+
+    async def aadmit(self, reset_timeout: float, lease_seconds: float, owner: str) -> Ticket:
+        raw = await self._arun("admit", self._admit_args(reset_timeout, lease_seconds, owner))
+        return _ticket(raw, owner)
+
+    def _settle_args(self, owner: str, probe: bool, limit: int) -> list[Any]:
+        return [repr(self.clock()), owner, "1" if probe else "0", limit, _ms(self.ttl_seconds)]
+
+    def succeeded(self, owner: str, probe: bool, success_threshold: int) -> str:
+        return str(self._run("succeeded", self._settle_args(owner, probe, success_threshold)))
+
+    async def asucceeded(self, owner: str, probe: bool, success_threshold: int) -> str:
+        return str(await self._arun("succeeded", self._settle_args(owner, probe, success_threshold)))
+
+    def failed(self, owner: str, probe: bool, fail_max: int) -> tuple[str, bool]:
+        state, tripped = self._run("failed", self._settle_args(owner, probe, fail_max))
+        return str(state), bool(int(tripped))
+
+    async def afailed(self, owner: str, probe: bool, fail_max: int) -> tuple[str, bool]:
+        state, tripped = await self._arun("failed", self._settle_args(owner, probe, fail_max))
+        return str(state), bool(int(tripped))
+
+    def release(self, owner: str) -> None:
+        self._run("release", [owner])
+
+    async def arelease(self, owner: str) -> None:
+        await self._arun("release", [owner])
+
+    def force(self, state: str, trip: bool = False) -> str:
+        if state not in (CLOSED, OPEN, HALF_OPEN):
+            raise ValueError(f"unknown breaker state {state!r}")
+        args = [state, repr(self.clock()), _ms(self.ttl_seconds), "trip" if trip else "always"]
+        return str(self._run("force", args))
+
+    def snapshot(self) -> BreakerSnapshot:
+        self._sync("admit")
+        assert self._client is not None
+        try:
+            with self._client.pipeline(transaction=True) as pipe:
+                pipe.hgetall(self.keys[0])
+                pipe.get(self.keys[1])
+                pipe.pttl(self.keys[1])
+                raw, holder, pttl = pipe.execute()
+        except (redis.RedisError, OSError, ValueError) as exc:
+            raise self._fail(exc) from None
+        opened = raw.get("opened_at")
+        return BreakerSnapshot(
+            state=raw.get("state", CLOSED),
+            fail_counter=int(raw.get("fail_counter", 0)),
+            success_counter=int(raw.get("success_counter", 0)),
+            opened_at=float(opened) if opened else None,
+            probe_holder=holder,
+            probe_ttl_seconds=pttl / 1000 if holder is not None and pttl > 0 else None,
+        )
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+_SCRIPTS = {"admit": _ADMIT, "succeeded": _SUCCEEDED, "failed": _FAILED, "release": _RELEASE, "force": _FORCE}
+
+
+class MemoryBreakerStore(BreakerStore):
+    """The same state machine for one process (no ``state_url``); a mutex makes it atomic."""
+
+    description = "in-process"
+
+    def __init__(
+        self, target: str, ttl_seconds: float = 86400.0, clock: Callable[[], float] = time.time
+    ) -> None:
+        super().__init__(target, ttl_seconds, clock)
+        self._mutex = threading.Lock()
+        self._state = CLOSED
+        self._fails = 0
+        self._successes = 0
+        self._opened_at: float | None = None
+        self._lease: tuple[str, float] | None = None  # owner, expires at
+
+    def _holder(self, now: float) -> str | None:
+        if self._lease is not None and self._lease[1] <= now:
+            self._lease = None
+        return self._lease[0] if self._lease else None
+
+    def _locked(self, fn: Callable[[float], T]) -> T:
+        with self._mutex:
+            return fn(self.clock())
+
+    def _trip(self, now: float) -> None:
+        self._state, self._opened_at, self._successes = OPEN, now, 0
+
+    def _close(self) -> None:
+        self._state, self._fails, self._successes, self._opened_at = CLOSED, 0, 0, None
+
+    def admit(self, reset_timeout: float, lease_seconds: float, owner: str) -> Ticket:
+        def step(now: float) -> Ticket:
+            if self._state == CLOSED:
+                return Ticket("pass", CLOSED, fail_counter=self._fails, owner=owner)
+            if self._state == OPEN:
+                remaining = (self._opened_at if self._opened_at is not None else now) + reset_timeout - now
+                if remaining > 0:
+                    return Ticket("reject", OPEN, retry_in=remaining, owner=owner)
+            holder = self._holder(now)
+            if holder is not None:
+                return Ticket("reject", HALF_OPEN, holder=holder, owner=owner)
+            seen = self._state
+            self._lease = (owner, now + lease_seconds)
+            if seen == OPEN:
+                self._state, self._successes = HALF_OPEN, 0
+            return Ticket("probe", seen, owner=owner)
+
+        return self._locked(step)
+
+    def succeeded(self, owner: str, probe: bool, success_threshold: int) -> str:
+        def step(now: float) -> str:
+            if probe:
+                if self._state == HALF_OPEN and self._holder(now) == owner:
+                    self._lease = None
+                    self._successes += 1
+                    if self._successes >= success_threshold:
+                        self._close()
+            elif self._state == CLOSED:
+                self._fails = 0
+            return self._state
+
+        return self._locked(step)
+
+    def failed(self, owner: str, probe: bool, fail_max: int) -> tuple[str, bool]:
+        def step(now: float) -> tuple[str, bool]:
+            if probe:
+                if self._state == HALF_OPEN and self._holder(now) == owner:
+                    self._lease = None
+                    self._trip(now)
+                    return OPEN, True
+                return self._state, False
+            if self._state != CLOSED:
+                return self._state, False
+            self._fails += 1
+            if self._fails >= fail_max:
+                self._trip(now)
+                return OPEN, True
+            return CLOSED, False
+
+        return self._locked(step)
+
+    def release(self, owner: str) -> None:
+        def step(now: float) -> None:
+            if self._holder(now) == owner:
+                self._lease = None
+
+        self._locked(step)
+
+    def force(self, state: str, trip: bool = False) -> str:
+        if state not in (CLOSED, OPEN, HALF_OPEN):
+            raise ValueError(f"unknown breaker state {state!r}")
+
+        def step(now: float) -> str:
+            previous = self._state
+            if trip and previous == OPEN:
+                return previous
+            if state == OPEN:
+                self._trip(now)
+            elif state == HALF_OPEN:
+                self._state, self._successes = HALF_OPEN, 0
+            else:
+                self._close()
+            self._lease = None
+            return previous
+
+        return self._locked(step)
+
+    def snapshot(self) -> BreakerSnapshot:
+        def step(now: float) -> BreakerSnapshot:
+            holder = self._holder(now)
+            ttl = self._lease[1] - now if self._lease is not None else None
+            return BreakerSnapshot(self._state, self._fails, self._successes, self._opened_at, holder, ttl)
+
+        return self._locked(step)
+
+
+async def close_async_clients(store: BreakerStore) -> None:
+    """Close the running loop's Redis client of ``store`` (optional tidy-up at application exit)."""
+    if isinstance(store, RedisBreakerStore):
+        entry = store._async.pop(asyncio.get_running_loop(), None)
+        if entry is not None:
+            await entry[0].aclose()
