@@ -211,7 +211,7 @@ def _key_text(key: bytes) -> str:
     return key.decode("utf-8", errors="backslashreplace")
 
 
-def _judge_batch(
+def judge_batch(
     client: redis.Redis, keys: list[Any], rules: CacheValidation
 ) -> list[tuple[bytes, str, bytes, str]]:
     """The corrupted keys of one SCAN batch: (key, type, value judged, reason)."""
@@ -241,12 +241,20 @@ def _judge_batch(
     return bad
 
 
+def delete_unchanged(client: redis.Redis, bad: list[tuple[bytes, str, bytes, str]]) -> int:
+    """Pipelined compare-and-delete: a key goes only if it still holds the value that was judged."""
+    script = client.register_script(_COMPARE_AND_DELETE)
+    with client.pipeline(transaction=False) as pipe:
+        for key, kind, value, _ in bad:
+            script(keys=[key], args=[kind, value], client=pipe)
+        return sum(int(n) for n in pipe.execute())
+
+
 def _clear_corrupted_sync(target: RedisTarget) -> Detail:
     rules = target.validation
     if rules is None:
         return None
     client = sync_client(target)
-    delete = client.register_script(_COMPARE_AND_DELETE)
     scanned = corrupted = deleted = 0
     reasons: Counter[str] = Counter()
     sample: list[str] = []
@@ -255,15 +263,12 @@ def _clear_corrupted_sync(target: RedisTarget) -> Detail:
         while True:
             cursor, keys = client.scan(cursor, match=rules.key_pattern, count=target.batch_size)
             scanned += len(keys)
-            bad = _judge_batch(client, keys, rules) if keys else []
+            bad = judge_batch(client, keys, rules) if keys else []
             if bad:
                 corrupted += len(bad)
                 reasons.update(why for _, _, _, why in bad)
                 sample.extend(_key_text(k) for k, _, _, _ in bad[: max(0, SAMPLE_KEYS - len(sample))])
-                with client.pipeline(transaction=False) as pipe:
-                    for key, kind, value, _ in bad:
-                        delete(keys=[key], args=[kind, value], client=pipe)
-                    deleted += sum(int(n) for n in pipe.execute())
+                deleted += delete_unchanged(client, bad)
             if cursor == 0:
                 break
     except redis.RedisError as exc:

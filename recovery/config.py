@@ -28,8 +28,9 @@ from pydantic import (
 )
 
 from recovery.errors import ConfigError
+from recovery.ratelimit import RateLimitConfig
 from recovery.redact import register_secret, register_secrets
-from recovery.strategies import ExponentialStrategyConfig, StrategyConfig
+from recovery.strategies import STRATEGY_KINDS, ExponentialStrategyConfig, StrategyConfig
 
 DEFAULT_CONFIG_PATH = "recovery.yaml"
 CONFIG_ENV_VAR = "RECOVERY_CONFIG"
@@ -105,6 +106,9 @@ class HttpTarget(_TargetBase):
     )
     error_cache_url: SecretStr | None = Field(
         None, description="Redis holding the error cache; default: state_url."
+    )
+    rate_limit: RateLimitConfig = Field(
+        default_factory=RateLimitConfig, description="rate-limit-recovery: reset waits, AIMD request rate."
     )
 
     @field_validator("url")

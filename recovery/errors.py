@@ -6,7 +6,8 @@
     │   ├── ProbeFailed           a verification probe did not pass
     │   └── StateUnavailable      shared state (Redis) could not be reached
     ├── PermanentError            retrying cannot help; the recovery fails at once
-    │   └── IntegrityCheckFailed  a post-recovery check found damage (never "fixed" blindly)
+    │   ├── IntegrityCheckFailed  a post-recovery check found damage (never "fixed" blindly)
+    │   └── EscalationRequired    a person must act (rate-limit reset beyond max_wait_seconds)
     └── RecoveryRefused           a recovery was not started (lock held, budget exhausted, ...)
 
 Temporary vs permanent follows kopf: the task wrapper retries only ``TemporaryError``; anything
@@ -53,9 +54,18 @@ class IntegrityCheckFailed(PermanentError):
     """A post-recovery integrity check failed; the recovery must not be reported as a success."""
 
 
-class RecoveryRefused(RecoveryError):
-    """The recovery was not started; ``reason`` says why (already in progress, budget...)."""
+class EscalationRequired(PermanentError):
+    """Waiting or retrying is not the answer here; the run fails so that a person looks."""
 
-    def __init__(self, reason: str) -> None:
+
+class RecoveryRefused(RecoveryError):
+    """The recovery was not started; ``reason`` says why (already in progress, budget...).
+
+    ``escalate`` is set when the refusal needs a person (time-window budget exhausted, the same
+    error repeating), as opposed to a normal race (another run holds the lock).
+    """
+
+    def __init__(self, reason: str, escalate: bool = False) -> None:
         self.reason = reason
+        self.escalate = escalate
         super().__init__(reason)

@@ -273,12 +273,16 @@ class AuditStore:
         flow_run_id: str | None = None,
         state: str = "in_progress",
         run_id: str | None = None,
+        now: datetime | None = None,
     ) -> str:
-        """Write the run row and its planned steps before anything is touched."""
+        """Write the run row and its planned steps before anything is touched.
+
+        ``now`` (default: the current time) becomes ``started_at``; scripted timelines set it.
+        """
         if state not in RUN_STATES:
             raise ValueError(f"invalid run state {state}")
         run_id = run_id or str(uuid.uuid4())
-        now = utcnow()
+        now = now or utcnow()
         finished = state != "in_progress"
         row = RecoveryRun(
             id=run_id,
@@ -323,6 +327,7 @@ class AuditStore:
         flow_run_id: str | None = None,
         run_id: str | None = None,
         request_reason: str | None = None,
+        now: datetime | None = None,
     ) -> str:
         """Record a recovery that was not started (lock held, budget exhausted...).
 
@@ -339,6 +344,7 @@ class AuditStore:
             reason=request_reason,
             flow_run_id=flow_run_id,
             run_id=run_id,
+            now=now,
         )
         with self._session() as session:
             session.execute(
@@ -378,15 +384,21 @@ class AuditStore:
                 step.detail = {k: (redact(v) if isinstance(v, str) else v) for k, v in detail.items()}
 
     def finish_run(
-        self, run_id: str, state: str, error: BaseException | str | None = None, error_type: str | None = None
+        self,
+        run_id: str,
+        state: str,
+        error: BaseException | str | None = None,
+        error_type: str | None = None,
+        now: datetime | None = None,
     ) -> None:
+        """Set the final state; ``now`` (default: the current time) becomes ``finished_at``."""
         if state not in RUN_STATES:
             raise ValueError(f"invalid run state {state}")
         with self._session() as session:
             row = session.get(RecoveryRun, run_id)
             if row is None:
                 raise AuditUnavailable(f"audit row {run_id} not found")
-            now = utcnow()
+            now = now or utcnow()
             row.state = state
             row.finished_at = now
             row.duration_seconds = (now - _aware(row.started_at)).total_seconds()  # type: ignore[operator]

@@ -1,0 +1,202 @@
+"""Other systems drive recoveries through the Prefect REST API — raw HTTP, no Prefect client.
+
+A real `prefect server start` (SQLite) on loopback, a real `recovery serve` process serving the
+deployments, and plain httpx calls the way a shell script with curl would make them, including
+retrying the 503 "database is locked" a SQLite-backed Prefect server answers under load.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from recovery.audit.store import AuditStore
+from recovery.faultserver import FaultServer, free_port
+from recovery.state import RedisState
+
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+AUTH = ("admin", "Sup3rSecretAuth")
+
+
+class Api:
+    """Minimal REST client: JSON in/out, retries 503 like the README's curl recipe."""
+
+    def __init__(self, base: str, auth: tuple[str, str] | None = None) -> None:
+        self.client = httpx.Client(base_url=base, auth=auth, timeout=30)
+
+    def call(self, method: str, path: str, expect: int | tuple[int, ...] = (200, 201), **kw: Any) -> Any:
+        expected = (expect,) if isinstance(expect, int) else expect
+        for attempt in range(20):
+            response = self.client.request(method, path, **kw)
+            if response.status_code != 503:
+                break
+            time.sleep(min(0.2 * 2**attempt, 3))
+        assert response.status_code in expected, (method, path, response.status_code, response.text)
+        return response.json() if response.content else None
+
+    def deployment_id(self, flow: str, deployment: str, timeout: float = 120) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            response = self.client.get(f"/deployments/name/{flow}/{deployment}")
+            if response.status_code == 200:
+                return str(response.json()["id"])
+            assert time.monotonic() < deadline, f"deployment {flow}/{deployment} never appeared"
+            time.sleep(1)
+
+    def trigger(self, deployment_id: str, parameters: dict[str, Any]) -> str:
+        run = self.call("POST", f"/deployments/{deployment_id}/create_flow_run",
+                        json={"parameters": parameters})
+        return str(run["id"])
+
+    def wait(self, flow_run_id: str, timeout: float = 180) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            run = self.call("GET", f"/flow_runs/{flow_run_id}")
+            if run["state"] and run["state"]["type"] in FINAL:
+                return dict(run)
+            assert time.monotonic() < deadline, f"flow run stuck in {run['state']}"
+            time.sleep(0.5)
+
+
+def _start_server(home: Path, auth: bool) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_UI_ENABLED": "false", "PREFECT_API_URL": ""}
+    if auth:
+        env["PREFECT_SERVER_API_AUTH_STRING"] = ":".join(AUTH)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/health", timeout=2, auth=AUTH if auth else None).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None, "prefect server exited during start-up"
+        time.sleep(0.5)
+    _stop(proc)
+    raise AssertionError("prefect server did not start in 180 s")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _write_config(path: Path, audit_url: str, state_url: str, url: str) -> Path:
+    path.write_text(
+        f"audit_url: {audit_url}\nstate_url: {state_url}\n"
+        "monitor: {interval_seconds: 3600, failure_threshold: 1}\n"
+        "manual_triggers: {max_triggers: 50, window_seconds: 60}\n"
+        "strategy: {kind: exponential, base_seconds: 0.5, factor: 2, max_delay_seconds: 2, "
+        "max_attempts: 30, jitter: none}\n"
+        f"targets:\n  - {{name: payments-api, kind: http, url: '{url}/health', timeout_seconds: 1,\n"
+        "     verify: {consecutive_successes: 2, interval_seconds: 0.05}}\n"
+    )
+    return path
+
+
+@pytest.fixture
+def served(tmp_path: Path, fault_server: FaultServer, redis_url: str, sqlite_url: str,
+           request: pytest.FixtureRequest) -> Iterator[tuple[Api, str, dict[str, Any]]]:
+    auth = bool(getattr(request, "param", False))
+    server, base = _start_server(tmp_path / "prefect-home", auth)
+    config = _write_config(tmp_path / "recovery.yaml", sqlite_url, redis_url, fault_server.url)
+    env = {**os.environ, "PREFECT_API_URL": base, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    if auth:
+        env["PREFECT_API_AUTH_STRING"] = ":".join(AUTH)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "recovery_cli.main", "--config", str(config), "serve", "--limit", "4"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        yield Api(base, AUTH if auth else None), base, {"config": config, "fault": fault_server,
+                                                         "audit": sqlite_url, "redis": redis_url}
+    finally:
+        _stop(worker)
+        _stop(server)
+
+
+def test_rest_trigger_recover_and_history(served: tuple[Api, str, dict[str, Any]]) -> None:
+    api, _, ctx = served
+    recover_id = api.deployment_id("recover", "recover")
+
+    # Unknown target: rejected by the API's parameter schema, no flow run created.
+    api.call("POST", f"/deployments/{recover_id}/create_flow_run", expect=(409, 422),
+             json={"parameters": {"target": "no-such-api", "requested_by": "ops-bot"}})
+
+    ctx["fault"].app.set_mode("fail-next:2")
+    request_id = str(uuid.uuid4())
+    run_id = api.trigger(recover_id, {"target": "payments-api", "requested_by": "ops-bot",
+                                      "reason": "pager #4711", "request_id": request_id})
+    run = api.wait(run_id)
+    assert run["state"]["type"] == "COMPLETED", run["state"]
+    record = AuditStore(ctx["audit"]).run(request_id)
+    assert record is not None and record.state == "succeeded"
+    assert (record.type, record.requested_by, record.reason) == ("manual", "ops-bot", "pager #4711")
+    assert record.flow_run_id == run_id
+    assert [s.state for s in record.steps][-1] == "succeeded"
+
+    history_id = api.deployment_id("recovery-history", "recovery-history")
+    hist = api.wait(api.trigger(history_id, {"limit": 5}))
+    assert hist["state"]["type"] == "COMPLETED", hist["state"]
+
+
+def test_rest_cancel_marks_audit_cancelled_and_releases_lock(
+    served: tuple[Api, str, dict[str, Any]],
+) -> None:
+    api, _, ctx = served
+    recover_id = api.deployment_id("recover", "recover")
+    ctx["fault"].app.set_mode("status:503")  # verification keeps retrying until we cancel
+    request_id = str(uuid.uuid4())
+    run_id = api.trigger(recover_id, {"target": "payments-api", "requested_by": "ops-bot",
+                                      "request_id": request_id})
+    audit = AuditStore(ctx["audit"])
+    deadline = time.monotonic() + 120
+    while (rec := audit.run(request_id)) is None or not any(s.attempts for s in rec.steps[3:4]):
+        assert time.monotonic() < deadline, "recovery never reached verification"
+        time.sleep(0.5)
+    assert RedisState(ctx["redis"]).lock_owner("payments-api") == request_id
+    api.call("POST", f"/flow_runs/{run_id}/set_state",
+             json={"state": {"type": "CANCELLING", "name": "Cancelling"}, "force": True})
+    run = api.wait(run_id)
+    assert run["state"]["type"] == "CANCELLED", run["state"]
+    deadline = time.monotonic() + 60
+    while (rec := audit.run(request_id)) is not None and rec.state == "in_progress":
+        assert time.monotonic() < deadline, "audit row never left in_progress"
+        time.sleep(0.5)
+    assert rec is not None and rec.state == "cancelled"
+    assert RedisState(ctx["redis"]).lock_owner("payments-api") is None
+
+
+@pytest.mark.parametrize("served", [True], indirect=True)
+def test_rest_auth_required(served: tuple[Api, str, dict[str, Any]]) -> None:
+    api, base, ctx = served
+    anonymous = httpx.post(f"{base}/deployments/filter", json={}, timeout=30)
+    assert anonymous.status_code == 401
+    recover_id = api.deployment_id("recover", "recover")
+    request_id = str(uuid.uuid4())
+    run = api.wait(api.trigger(recover_id, {"target": "payments-api", "requested_by": "ops-bot",
+                                            "request_id": request_id}))
+    assert run["state"]["type"] == "COMPLETED", run["state"]
+    record = AuditStore(ctx["audit"]).run(request_id)
+    assert record is not None and record.state == "succeeded"
