@@ -24,13 +24,16 @@ Where the server runs matters. By default it runs in a *subprocess*: in a thread
 it would share the GIL with the client, so every client microsecond also delays the server and
 the measurement mixes the two. ``--server thread`` is kept to show that effect.
 
-Goal: project <= 1.5 x floor. Exit code 0 whether or not the goal is met (the table says).
+Goal: project <= 1.5 x floor. Exit code 0 whether or not the goal is met (the table says). A
+request that fails (timeout, connection reset on an overloaded machine) is counted, not fatal;
+the row then lists the failures per client.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -117,30 +120,38 @@ async def floor_client(port: int, n: int) -> int:
         writer: asyncio.StreamWriter | None = None
         while remaining > 0:
             remaining -= 1
-            if writer is None:
-                reader, writer = await asyncio.open_connection(HOST, port)
-            assert reader is not None
-            writer.write(request)
-            status = int((await reader.readline()).split()[1])
-            length, keep_alive = 0, True
-            while True:
-                line = await reader.readline()
-                if line in (b"\r\n", b""):
-                    break
-                name, _, value = line.partition(b":")
-                name = name.strip().lower()
-                if name == b"content-length":
-                    length = int(value)
-                elif name == b"connection" and value.strip().lower() == b"close":
-                    keep_alive = False
-            await reader.readexactly(length)
+            try:
+                if writer is None:
+                    reader, writer = await asyncio.open_connection(HOST, port)
+                assert reader is not None
+                writer.write(request)
+                status = int((await reader.readline()).split()[1])
+                length, keep_alive = 0, True
+                while True:
+                    line = await reader.readline()
+                    if line in (b"\r\n", b""):
+                        break
+                    name, _, value = line.partition(b":")
+                    name = name.strip().lower()
+                    if name == b"content-length":
+                        length = int(value)
+                    elif name == b"connection" and value.strip().lower() == b"close":
+                        keep_alive = False
+                await reader.readexactly(length)
+            except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+                # Counted as failed, like the other clients' errors; reconnect for the next one.
+                if writer is not None:
+                    writer.close()
+                reader = writer = None
+                continue
             ok += status == 200
             if not keep_alive:
                 writer.close()
                 reader = writer = None
         if writer is not None:
             writer.close()
-            await writer.wait_closed()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
 
     await asyncio.gather(*(worker() for _ in range(min(INFLIGHT, n))))
     return ok
@@ -173,9 +184,12 @@ async def aiohttp_direct_client(port: int, n: int) -> int:
     async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
 
         async def one() -> int:
-            async with semaphore, session.get(url, timeout=timeout) as response:
-                await response.read()
-                return int(response.status == 200)
+            try:
+                async with semaphore, session.get(url, timeout=timeout) as response:
+                    await response.read()
+                    return int(response.status == 200)
+            except (aiohttp.ClientError, TimeoutError):
+                return 0
 
         return sum(await asyncio.gather(*(one() for _ in range(n))))
 
@@ -188,7 +202,10 @@ async def httpx_default_client(port: int, n: int) -> int:
 
         async def one() -> int:
             async with semaphore:
-                response = await client.get(url)
+                try:
+                    response = await client.get(url)
+                except httpx.HTTPError:
+                    return 0
                 return int(response.status_code == 200)
 
         return sum(await asyncio.gather(*(one() for _ in range(n))))
@@ -201,31 +218,37 @@ Client = Callable[[int, int], Awaitable[int]]
 class Timing:
     wall: float
     cpu: float
+    failed: int = 0  # requests without a 200 in this run (timeouts, resets under load)
 
 
 def run_once(client: Client, port: int, n: int) -> Timing:
     """One timed run in a fresh event loop (as each monitor cycle gets)."""
     cpu0, wall0 = time.process_time(), time.perf_counter()
     ok = asyncio.run(client(port, n))
-    timing = Timing(time.perf_counter() - wall0, time.process_time() - cpu0)
-    if ok != n:
-        raise RuntimeError(f"{client.__name__}: only {ok}/{n} requests succeeded")
-    return timing
+    return Timing(time.perf_counter() - wall0, time.process_time() - cpu0, n - ok)
 
 
-def measure_row(clients: dict[str, tuple[Client, int]], port: int, n: int) -> dict[str, Timing]:
-    """Best run per client. Runs are interleaved round by round, so drift in machine load hits
-    every client alike instead of whichever happened to run during it. Each client gets a warm-up."""
+def measure_row(
+    clients: dict[str, tuple[Client, int]], port: int, n: int
+) -> tuple[dict[str, Timing], dict[str, int]]:
+    """Best clean run per client, and each client's failed requests over all its runs.
+
+    Runs are interleaved round by round, so drift in machine load hits every client alike instead
+    of whichever happened to run during it. Each client gets a warm-up. A run with failed requests
+    is only reported when a client has no clean run (its failures are then shown in the table)."""
     for client, _ in clients.values():
         asyncio.run(client(port, min(n, INFLIGHT)))  # warm-up: imports, code paths, first sockets
     best: dict[str, Timing] = {}
+    failed = dict.fromkeys(clients, 0)
     for round_ in range(max(runs for _, runs in clients.values())):
         for name, (client, runs) in clients.items():
             if round_ < runs:
                 timing = run_once(client, port, n)
-                if name not in best or timing.wall < best[name].wall:
+                failed[name] += timing.failed
+                current = best.get(name)
+                if current is None or (timing.failed, timing.wall) < (current.failed, current.wall):
                     best[name] = timing
-    return best
+    return best, failed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -251,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     with running_server(args.server) as port:
         for n in sizes:
             targets_for(port, n)
-            row = measure_row(
+            row, failed = measure_row(
                 {
                     "floor": (floor_client, args.repeat),
                     "project": (project_client, args.repeat),
@@ -265,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
             ratio = project.wall / floor.wall
             cpu = f"{floor.cpu:.2f}/{project.cpu:.2f}/{plain.cpu:.2f}/{direct.cpu:.2f}"
             verdict = "meets" if ratio <= GOAL else "MISSES"
+            if any(failed.values()):
+                verdict += " (failed requests f/p/h/a: {floor}/{project}/{httpx}/{aiohttp})".format(**failed)
             print(
                 f"{n:>6} | {floor.wall:>8.3f} | {project.wall:>9.3f} | {ratio:>5.2f} | "
                 f"{plain.wall:>15.3f} | {direct.wall:>9.3f} | {cpu:>37} | {verdict}",

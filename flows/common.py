@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, Literal
 
 from prefect import Flow, get_run_logger
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.runtime import flow_run as current_flow_run
 
+from flows import signals
 from recovery.audit.store import AuditStore
 from recovery.config import load_config
 from recovery.errors import RecoveryRefused
@@ -18,6 +20,10 @@ from recovery.state import open_state
 from tasks.steps import step_task
 
 RunType = Literal["automatic", "manual", "scheduled", "emergency"]
+
+
+def _since(started: float) -> float:
+    return time.monotonic() - started
 
 
 async def execute_workflow(
@@ -33,10 +39,15 @@ async def execute_workflow(
     config = load_config(config_path)
     flow_run_id = str(current_flow_run.id)
     request = RecoveryRequest(**{**request.__dict__, "workflow": workflow})
+    started = time.monotonic()
     try:
         rt = RecoveryRuntime.begin(config, request, run_id=run_id or flow_run_id, flow_run_id=flow_run_id)
     except RecoveryRefused as exc:
-        logger.warning("recovery refused: %s", exc.reason)
+        if exc.escalate:  # time-window budget spent, same error repeating: a person must look
+            logger.error("recovery refused, escalating: %s", exc.reason)
+        else:
+            logger.warning("recovery refused: %s", exc.reason)
+        signals.run_refused(request.target, workflow, request.run_type, exc.reason, exc.escalate)
         raise
     logger.info("%s of %s started (%s)", workflow, rt.target.name, request.run_type)
     try:
@@ -50,12 +61,19 @@ async def execute_workflow(
                 logger.warning("optional step %s failed, continuing: %s", name, redact(str(exc)))
     except asyncio.CancelledError as exc:
         rt.finish("cancelled", exc)
+        signals.run_finished(
+            rt.target.name, workflow, request.run_type, "cancelled", _since(started), rt.run_id
+        )
         raise
     except BaseException as exc:
         rt.finish("failed", exc)
         logger.error("%s of %s failed: %s", workflow, rt.target.name, redact(str(exc)))
+        signals.run_finished(
+            rt.target.name, workflow, request.run_type, "failed", _since(started), rt.run_id, exc
+        )
         raise
     rt.finish("succeeded")
+    signals.run_finished(rt.target.name, workflow, request.run_type, "succeeded", _since(started), rt.run_id)
     logger.info("%s of %s succeeded", workflow, rt.target.name)
     return {"run_id": rt.run_id, "target": rt.target.name, "workflow": workflow, "state": "succeeded"}
 
@@ -82,3 +100,8 @@ def on_cancelled(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> 
 
 def on_crashed(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
     _finalize(flow_run, "failed")
+    params = flow_run.parameters or {}
+    workflow = str(params.get("workflow") or flow.name)
+    run_type = str(params.get("run_type") or params.get("type") or "manual")
+    target = str(params.get("target", "unknown"))
+    signals.run_finished(target, workflow, run_type, "failed", None, str(flow_run.id), state.message)

@@ -7,10 +7,13 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from flows import signals
 from flows.recovery_flows import RECOVERY_FLOWS
 from recovery.config import load_config
-from recovery.redact import install_log_redaction
+from recovery.redact import install_log_redaction, redact
+from recovery.status import TargetStatus
 from tasks.probe import apply_thresholds, probe_all
+from tasks.status import publish_status
 
 
 @flow(name="monitor", log_prints=False)
@@ -55,6 +58,15 @@ async def monitor(config_path: str | None = None) -> dict[str, Any]:
                 "message": state.message,
             }
         )
+    # Status board (recovery-status artifact), gauges, flapping escalations: after the
+    # recoveries, so the board shows their outcome. A board failure must not fail the cycle.
+    board: list[TargetStatus] = []
+    try:
+        board = await publish_status(config)
+    except Exception as exc:
+        logger.warning("status board not updated: %s", redact(str(exc)))
+    for target in signals.monitor_cycle(decisions, board):
+        logger.error("%s is flapping: escalated (target.flapping), no automatic recovery meanwhile", target)
     return {
         "targets": [d.as_json() for d in decisions],
         "recoveries": recoveries,

@@ -132,7 +132,32 @@ async def reconnect_database(
     return await execute_workflow("reconnect-database", request, config_path)
 
 
+@flow(name="rate-limit-recovery", on_cancellation=[on_cancelled], on_crashed=[on_crashed], log_prints=False)
+async def rate_limit_recovery(
+    target: str,
+    config_path: str | None = None,
+    run_type: RunType = "manual",
+    requested_by: str | None = None,
+    reason: str | None = None,
+    lock_token: str | None = None,
+    detected_reason: str | None = None,
+    first_failure_at: float | None = None,
+) -> dict[str, Any]:
+    """Back off a rate-limited HTTP dependency: lower the rate, wait for the reset, verify, resume."""
+    request = RecoveryRequest(
+        target=target,
+        run_type=run_type,
+        requested_by=requested_by,
+        reason=reason,
+        lock_token=lock_token,
+        detected_reason=detected_reason,
+        first_failure_at=first_failure_at,
+    )
+    return await execute_workflow("rate-limit-recovery", request, config_path)
+
+
 RECOVERY_FLOWS: dict[str, Flow[..., Any]] = {
+    "rate-limit-recovery": rate_limit_recovery,
     "api-failure-recovery": api_failure_recovery,
     "database-recovery": database_recovery,
     "cache-recovery": cache_recovery,

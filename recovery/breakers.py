@@ -38,13 +38,13 @@ from typing import Any, Literal, ParamSpec, TypeVar
 
 import pybreaker
 
+from recovery.breaker_memory import MemoryBreakerStore
 from recovery.breaker_storage import (
     CLOSED,
     HALF_OPEN,
     OPEN,
     BreakerSnapshot,
     BreakerStore,
-    MemoryBreakerStore,
     RedisBreakerStore,
     Ticket,
 )
@@ -220,15 +220,16 @@ class FleetBreaker(pybreaker.CircuitBreaker):
             return "ignore"  # CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit
         return "failure" if self.is_system_error(exc) else "success"
 
-    def _after_failure(self, exc: BaseException, result: tuple[str, bool]) -> None:
+    def _after_failure(self, exc: BaseException, result: tuple[str, bool], probe: bool) -> None:
         for listener in self.listeners:
             listener.failure(self, exc)
         state, tripped = result
         if tripped:
-            self._transition(CLOSED, state)
+            self._transition(HALF_OPEN if probe else CLOSED, state)
             logger.warning("breaker %s opened after %s", self.name, type(exc).__name__)
             if self._throw_new_error_on_trip:
-                raise CircuitBreakerError(f"circuit breaker {self.name} opened: failures threshold reached")
+                why = "the half-open trial call failed" if probe else "failures threshold reached"
+                raise CircuitBreakerError(f"circuit breaker {self.name} opened: {why}")
 
     def _after_success(self, ticket: Ticket, state: str | None) -> None:
         if state is not None and ticket.verdict == "probe":
@@ -263,7 +264,7 @@ class FleetBreaker(pybreaker.CircuitBreaker):
             logger.warning("breaker %s: could not record the outcome: %s", self.name, exc_state)
             return
         assert exc is not None
-        self._after_failure(exc, result)
+        self._after_failure(exc, result, probe)
 
     async def _asettle(self, ticket: Ticket, exc: BaseException | None) -> None:
         if ticket.verdict == "bypass":
@@ -289,7 +290,7 @@ class FleetBreaker(pybreaker.CircuitBreaker):
             logger.warning("breaker %s: could not record the outcome: %s", self.name, exc_state)
             return
         assert exc is not None
-        self._after_failure(exc, result)
+        self._after_failure(exc, result, probe)
 
     def call(self, func: Callable[..., R], *args: Any, **kwargs: Any) -> R:
         """Run ``func`` guarded by the breaker (no lock is held while it runs)."""

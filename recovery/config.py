@@ -49,6 +49,19 @@ class MonitorConfig(_Model):
     lock_ttl_seconds: float = Field(
         900.0, gt=0, description="A recovery lock expires after this, so a crashed run cannot block."
     )
+    flap_detection: bool = Field(True, description="Hold off automatic recovery of flapping targets.")
+    flap_low_threshold: float = Field(
+        15.0, ge=0, le=100, description="A flapping target stops flapping below this % state change."
+    )
+    flap_high_threshold: float = Field(
+        30.0, ge=0, le=100, description="A target starts flapping above this % state change (21 probes)."
+    )
+
+    @model_validator(mode="after")
+    def _flap_thresholds(self) -> MonitorConfig:
+        if self.flap_low_threshold > self.flap_high_threshold:
+            raise ValueError("flap_low_threshold must not be above flap_high_threshold")
+        return self
 
 
 class ManualTriggerConfig(_Model):
@@ -183,14 +196,19 @@ class DatabaseTarget(_TargetBase):
     integrity_check: Literal["quick", "full"] = Field(
         "quick", description="SQLite: PRAGMA quick_check (quick) or integrity_check (full)."
     )
-    canary_table: str = Field(
-        "recovery_canary", pattern=_IDENTIFIER, description="Table of the rolled-back write/read check."
-    )
+    canary_table: str = Field("recovery_canary", description="Table of the rolled-back write/read check.")
 
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: SecretStr) -> SecretStr:
         _check_sqlalchemy_url(value.get_secret_value())
+        return value
+
+    @field_validator("canary_table")
+    @classmethod
+    def _check_canary(cls, value: str) -> str:
+        if not re.match(_IDENTIFIER, value):
+            raise ValueError("must be a plain SQL identifier ([A-Za-z_][A-Za-z0-9_]*)")
         return value
 
     def secret_values(self) -> list[str]:
@@ -250,12 +268,17 @@ class CacheRebuild(_Model):
     sql: SqlSource | None = None
     http: HttpSource | None = None
     python: str | None = Field(
-        None,
-        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
-        description="module:function returning a mapping (or pairs) of key -> value.",
+        None, description="module:function returning a mapping (or pairs) of key -> value."
     )
     ttl_seconds: int | None = Field(None, ge=1, description="Expiry of rebuilt keys; default: none.")
     overwrite: bool = Field(False, description="false: write only missing keys (SET NX).")
+
+    @field_validator("python")
+    @classmethod
+    def _check_python(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", value):
+            raise ValueError("expected module:function, e.g. myapp.cache:warm_users")
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> CacheRebuild:
@@ -390,6 +413,10 @@ def format_loc(loc: Sequence[int | str]) -> str:
             out += f"[{part}]"
         elif i > 0 and isinstance(items[i - 1], int) and part in TARGET_KINDS:
             continue  # pydantic inserts the discriminator tag; users never wrote it
+        elif i > 0 and part in STRATEGY_KINDS and items[i - 1] == "strategy":
+            continue  # the strategy union's tag: strategy.<kind>
+        elif i > 0 and part in STRATEGY_KINDS and isinstance(items[i - 1], int):
+            continue  # ... and a composite's strategies[i].<kind>
         elif part.startswith("function-") or part in ("str", "none", "is-instance[SecretStr]"):
             continue
         else:
@@ -402,7 +429,11 @@ def _message(error: Any) -> str:
     if error.get("type") == "extra_forbidden":
         return "unknown field"
     if error.get("type") == "union_tag_invalid":
-        return f"unknown kind {error.get('input', {}).get('kind')!r} (expected one of: {', '.join(TARGET_KINDS)})"
+        expected = ", ".join(TARGET_KINDS)
+        tags = (error.get("ctx") or {}).get("expected_tags")
+        if isinstance(tags, str) and tags:  # pydantic: "'a', 'b'" (strategies: a callable discriminator)
+            expected = tags.replace("'", "")
+        return f"unknown kind {error.get('input', {}).get('kind')!r} (expected one of: {expected})"
     if error.get("type") == "union_tag_not_found":
         return "missing field 'kind'"
     if error.get("type") == "string_pattern_mismatch":

@@ -4,7 +4,7 @@ Every driver call blocks, so it runs on this module's own thread pool (``run_blo
 event loop stays free and probes of many database targets run concurrently (the default
 ``asyncio.to_thread`` pool has only ``cpu_count + 4`` threads). Each target has one cached engine
 in this process; ``reset_connection_pool`` disposes it and bumps the target's ``pool_generation``
-in shared state, which applications watch with ``PoolGenerationWatcher``.
+in shared state, which applications watch with ``recovery.poolwatch.PoolGenerationWatcher``.
 
 Errors are reduced to short, stable reasons (``connection refused``, ``auth failed``,
 ``timeout``, ``query error: UndefinedTable (42P01)``...) before they reach a probe result, an
@@ -27,10 +27,10 @@ from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 from recovery.config import DatabaseTarget, TargetConfig
-from recovery.errors import IntegrityCheckFailed, PermanentError, StateUnavailable, TemporaryError
+from recovery.errors import IntegrityCheckFailed, PermanentError, TemporaryError
 from recovery.probes import PROBERS, ProbeContext, ProbeResult
 from recovery.redact import redact
-from recovery.state import SharedState, open_state
+from recovery.state import SharedState
 
 Detail = dict[str, Any] | None
 T = TypeVar("T")
@@ -108,6 +108,16 @@ def dispose_engine(target: DatabaseTarget) -> bool:
         return False
     engine.dispose()
     return True
+
+
+def dispose_all_engines() -> int:
+    """Dispose every cached engine (process shutdown, tests); returns how many there were."""
+    with _engines_lock:
+        engines = list(_engines.values())
+        _engines.clear()
+    for engine in engines:
+        engine.dispose()
+    return len(engines)
 
 
 # --- error classification --------------------------------------------------------------------
@@ -320,61 +330,6 @@ async def reset_connection_pool(state: SharedState, target: TargetConfig) -> Det
     return {"disposed_engine": disposed, "pool_generation": generation}
 
 
-class PoolGenerationWatcher:
-    """Application side of the pool reset: dispose ``engine`` when the target's generation changes.
-
-    A recovery's ``reset_connection_pool`` step bumps ``recovery:target:{name}:pool_generation``.
-    The application calls ``check()`` before using its engine (cheap: shared state is read at most
-    every ``interval_seconds``)::
-
-        from recovery.database import PoolGenerationWatcher
-
-        watcher = PoolGenerationWatcher(engine, "orders-db", "redis://state:6379/0")
-        def handle_request() -> None:
-            watcher.check()  # disposes the pool if a recovery reset it since the last check
-            with engine.connect() as conn: ...
-
-    The first check only records the generation. If shared state is unreachable the engine is
-    kept as it is (``check()`` returns False) - the application must never fail because of it.
-    """
-
-    def __init__(
-        self,
-        engine: Engine,
-        target: str,
-        state_url: str | None = None,
-        *,
-        state: SharedState | None = None,
-        interval_seconds: float = 5.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.engine = engine
-        self.target = target
-        self.state = state or open_state(state_url)
-        self.interval_seconds = interval_seconds
-        self.generation: int | None = None
-        self._clock = clock
-        self._next_check = 0.0
-        self._lock = threading.Lock()
-
-    def check(self) -> bool:
-        """Dispose the engine if the generation changed since the last check; True if it did."""
-        with self._lock:
-            now = self._clock()
-            if now < self._next_check:
-                return False
-            self._next_check = now + self.interval_seconds
-            try:
-                current = self.state.pool_generation(self.target)
-            except StateUnavailable:
-                return False
-            changed = self.generation is not None and current != self.generation
-            self.generation = current
-        if changed:
-            self.engine.dispose()
-        return changed
-
-
 # --- integrity checks ------------------------------------------------------------------------
 
 
@@ -403,7 +358,7 @@ def _sqlite_check(conn: Connection, target: DatabaseTarget) -> str:
     pragma = "quick_check" if target.integrity_check == "quick" else "integrity_check"
     rows = [str(r[0]) for r in conn.exec_driver_sql(f"PRAGMA {pragma}")]
     if rows != ["ok"]:
-        problems = "; ".join(rows[:5])
+        problems = "; ".join(rows[:5]).replace("\n", "; ")
         raise IntegrityCheckFailed(
             f"database {target.name}: PRAGMA {pragma} failed: {redact(problems)[:500]}"
         )

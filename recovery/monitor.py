@@ -17,7 +17,9 @@ from typing import Any
 from recovery.breakers import breaker_for, open_breaker
 from recovery.config import RecoveryConfig
 from recovery.errors import StateUnavailable
+from recovery.flapping import FlapStatus, evaluate
 from recovery.probes import ProbeResult
+from recovery.ratelimit import rate_store_for
 from recovery.state import HealthCounters, SharedState
 from recovery.workflows import select_workflow
 
@@ -29,10 +31,13 @@ class Decision:
     reason: str
     failures: int
     successes: int
-    action: str  # "none" | "recover" | "in-progress" | "below-threshold"
+    action: str  # "none" | "recover" | "in-progress" | "below-threshold" | "flapping"
     workflow: str | None = None
     lock_token: str | None = None
     first_failure_at: float | None = None
+    flapping: bool = False  # recovery/flapping.py: automatic recovery is held off while set
+    flap_percent: float = 0.0
+    flap_started: bool = False  # this probe made the target flapping (escalate)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -43,7 +48,26 @@ class Decision:
             "successes": self.successes,
             "action": self.action,
             "workflow": self.workflow,
+            "flapping": self.flapping,
+            "flap_percent": self.flap_percent,
         }
+
+
+def _flap_status(
+    config: RecoveryConfig, state: SharedState, result: ProbeResult, now: float
+) -> FlapStatus | None:
+    """Push the probe into the target's history and apply the flap thresholds (None: disabled)."""
+    if not config.monitor.flap_detection:
+        return None
+    try:
+        history = state.push_probe_history(result.target, result.healthy)
+        was = state.flapping_since(result.target) is not None
+    except NotImplementedError:  # a SharedState without probe history: no flap detection
+        return None
+    status = evaluate(history, was, config.monitor.flap_low_threshold, config.monitor.flap_high_threshold)
+    if status.changed:
+        state.set_flapping(result.target, now if status.flapping else None)
+    return status
 
 
 def decide(
@@ -53,8 +77,23 @@ def decide(
     now = time.time() if now is None else now
     state_url = config.state_url.get_secret_value() if config.state_url else None
     decisions: list[Decision] = []
+    rates = rate_store_for(state)
+    healthy: list[str] = []
     for result in results:
         counters: HealthCounters = state.record_probe(result.target, result.healthy, result.reason, now)
+        if result.healthy:
+            healthy.append(result.target)
+        elif result.rate_limited:
+            # Keep what the dependency announced (reset time, limit) for rate-limit-recovery.
+            ttl = getattr(config.target(result.target), "rate_limit", None)
+            rates.note_limited(
+                result.target,
+                now,
+                result.retry_after_seconds,
+                result.rate_limit_per_second,
+                ttl.ttl_seconds if ttl is not None else 86400.0,
+            )
+        flap = _flap_status(config, state, result, now)
         base = Decision(
             target=result.target,
             healthy=result.healthy,
@@ -63,12 +102,20 @@ def decide(
             successes=counters.successes,
             action="none",
             first_failure_at=counters.first_failure_at,
+            flapping=flap.flapping if flap else False,
+            flap_percent=flap.percent if flap else 0.0,
+            flap_started=flap.started if flap else False,
         )
         if result.healthy:
             decisions.append(base)
             continue
         if counters.failures < config.monitor.failure_threshold:
             decisions.append(replace(base, action="below-threshold"))
+            continue
+        if base.flapping:
+            # Recovering a flapping target again and again hides the real fault: hold off and
+            # let the flow escalate (target.flapping event) so a person looks.
+            decisions.append(replace(base, action="flapping"))
             continue
         target = config.target(result.target)
         token = str(uuid.uuid4())
@@ -83,4 +130,6 @@ def decide(
             open_breaker(breaker_for(target.name, target.breaker, state_url))
         workflow = select_workflow(target, result).name
         decisions.append(replace(base, action="recover", workflow=workflow, lock_token=token))
+    # AIMD: each healthy cycle raises a lowered request rate by one step (one round trip for all).
+    rates.raise_rates(healthy, now)
     return decisions

@@ -20,6 +20,7 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from recovery.config import HttpTarget, TargetConfig
+from recovery.ratelimit import observed_limit, reset_after_seconds
 from recovery.redact import redact
 
 
@@ -35,6 +36,7 @@ class ProbeResult:
     status: int | None = None
     rate_limited: bool = False
     retry_after_seconds: float | None = None
+    rate_limit_per_second: float | None = None  # X-RateLimit-Limit / rate_limit.limit_window_seconds
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -129,9 +131,11 @@ async def probe_http(target: HttpTarget, ctx: ProbeContext) -> ProbeResult:
     status = response.status_code
     remaining = response.headers.get("x-ratelimit-remaining")
     if status == 429 or (remaining is not None and remaining.strip() == "0"):
-        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        # Retry-After (seconds or HTTP date), else X-RateLimit-Reset (epoch or seconds).
+        retry_after = reset_after_seconds(response.headers)
+        limit = observed_limit(response.headers, target.rate_limit.limit_window_seconds)
         return ProbeResult(
-            target.name, "http", False, f"rate limited ({status})", latency, status, True, retry_after
+            target.name, "http", False, f"rate limited ({status})", latency, status, True, retry_after, limit
         )
     if status in target.expect_status:
         return ProbeResult(target.name, "http", True, "ok", latency, status)

@@ -15,12 +15,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from recovery import actions, cache, database
+from recovery import actions, cache, database, ratelimit_steps
 from recovery.actions import Detail
+from recovery.admission import Admission, admit
 from recovery.audit.store import AuditStore, PlannedStep
 from recovery.config import HttpTarget, RecoveryConfig, TargetConfig
 from recovery.errors import PermanentError, RecoveryRefused, TemporaryError
 from recovery.state import SharedState, open_state
+from recovery.strategies import RetryPlan
 from recovery.workflows import (
     PlannedStepRetry,
     WorkflowSpec,
@@ -127,6 +129,18 @@ ACTIONS.update(
 )
 
 
+# Rate-limit steps (recovery/ratelimit_steps.py).
+async def _adjust_rate(rt: RecoveryRuntime) -> Detail:
+    return ratelimit_steps.adjust_request_rate(rt.config, rt.state, rt.target)
+
+
+async def _wait_reset(rt: RecoveryRuntime) -> Detail:
+    return await ratelimit_steps.wait_for_rate_limit_reset(rt.state, rt.target)
+
+
+ACTIONS.update({"adjust_request_rate": _adjust_rate, "wait_for_rate_limit_reset": _wait_reset})
+
+
 class RecoveryRuntime:
     def __init__(
         self,
@@ -137,6 +151,7 @@ class RecoveryRuntime:
         audit: AuditStore,
         run_id: str,
         owner: str,
+        plan: RetryPlan | None = None,
     ) -> None:
         self.config = config
         self.target = target
@@ -146,7 +161,11 @@ class RecoveryRuntime:
         self.run_id = run_id
         self.owner = owner
         self.options: dict[str, str] = {}  # the request's workflow parameters
-        self.plans: dict[str, PlannedStepRetry] = {p.step.name: p for p in step_plans(config, target, spec)}
+        # ``plan``: what admission computed from the target's history (adaptive strategies).
+        self.plans: dict[str, PlannedStepRetry] = {
+            p.step.name: p for p in step_plans(config, target, spec, plan)
+        }
+        self.admission: Admission | None = None  # the strategy decision; settled by finish()
 
     @classmethod
     def begin(
@@ -181,7 +200,29 @@ class RecoveryRuntime:
                 request_reason=request.reason,
             )
             raise RecoveryRefused(reason)
-        rt = cls(config, target, spec, state, audit, run_id, owner)
+        # The target's strategy: allow/deny (time window, breaker alignment, repeating errors) and
+        # the retry plan. Decided under the lock; an emergency bypasses the window and breaker only.
+        try:
+            admission = admit(config, target, request.run_type, owner, state, audit)
+        except Exception:
+            state.release_lock(target.name, owner)
+            raise
+        if not admission.allowed:
+            state.release_lock(target.name, owner)
+            decision = admission.decision
+            audit.refuse(
+                target=target.name,
+                workflow=spec.name,
+                run_type=request.run_type,
+                reason=decision.reason,
+                requested_by=request.requested_by,
+                flow_run_id=flow_run_id,
+                run_id=run_id,
+                request_reason=request.reason,
+            )
+            raise RecoveryRefused(decision.reason, escalate=decision.escalate)
+        rt = cls(config, target, spec, state, audit, run_id, owner, plan=admission.plan)
+        rt.admission = admission
         rt.options = dict(request.options or {})
         try:
             audit.start_run(
@@ -200,6 +241,7 @@ class RecoveryRuntime:
                 flow_run_id=flow_run_id,
             )
         except Exception:
+            admission.settle("not-started")
             state.release_lock(target.name, owner)  # never hold a lock for a run that is not audited
             raise
         return rt
@@ -231,6 +273,8 @@ class RecoveryRuntime:
         try:
             self.audit.finish_run(self.run_id, state, error)
         finally:
+            if self.admission is not None:
+                self.admission.settle(state)  # a breaker_aligned probe closes or re-opens the breaker
             self.state.release_lock(self.target.name, self.owner)
 
 

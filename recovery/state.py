@@ -9,6 +9,9 @@ Key layout (all under the ``recovery:`` prefix, see ARCHITECTURE.md):
                                           first_failure_at
     recovery:target:{name}:lock     str   owner token; PX ttl so a crashed run cannot block
     recovery:target:{name}:paused   str   reason the target was paused
+    recovery:target:{name}:pool_generation  int  bumped by a pool reset; applications reconnect
+    recovery:target:{name}:probes   list  last 21 probe results, newest first ("1"/"0")
+    recovery:target:{name}:flapping str   epoch seconds the target started flapping
     pybreaker:recovery:breaker:{name}:{state,fail_counter,...}  pybreaker's own keys
 """
 
@@ -45,6 +48,17 @@ def paused_key(target: str) -> str:
 
 def pool_generation_key(target: str) -> str:
     return f"{PREFIX}:target:{target}:pool_generation"
+
+
+def probe_history_key(target: str) -> str:
+    return f"{PREFIX}:target:{target}:probes"
+
+
+def flapping_key(target: str) -> str:
+    return f"{PREFIX}:target:{target}:flapping"
+
+
+PROBE_HISTORY_SIZE = 21  # Nagios' flap-detection window (recovery/flapping.py)
 
 
 @dataclass(frozen=True)
@@ -124,6 +138,22 @@ class SharedState(ABC):
         Atomic across processes (a Lua script on Redis): 20 concurrent callers with limit 5
         admit exactly 5. Refused hits are not counted.
         """
+
+    def push_probe_history(self, target: str, healthy: bool, size: int = PROBE_HISTORY_SIZE) -> list[bool]:
+        """Append a probe result to ``target``'s history (capped at ``size``); return it, oldest first."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep probe history")
+
+    def probe_history(self, target: str) -> list[bool]:
+        """The last probe results of ``target``, oldest first (flap detection)."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep probe history")
+
+    def set_flapping(self, target: str, since: float | None) -> None:
+        """Mark ``target`` flapping since ``since`` (epoch seconds), or clear the mark with None."""
+        raise NotImplementedError(f"{type(self).__name__} does not track flapping")
+
+    def flapping_since(self, target: str) -> float | None:
+        """When ``target`` started flapping, or None if it is not flapping."""
+        raise NotImplementedError(f"{type(self).__name__} does not track flapping")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
@@ -265,6 +295,33 @@ class RedisState(SharedState):
         )
         return WindowResult(bool(allowed), int(count), max(0.0, float(retry)))
 
+    def push_probe_history(self, target: str, healthy: bool, size: int = PROBE_HISTORY_SIZE) -> list[bool]:
+        key = probe_history_key(target)
+
+        def push() -> list[Any]:
+            with self.client.pipeline(transaction=True) as pipe:  # MULTI/EXEC: push, cap, read
+                pipe.lpush(key, "1" if healthy else "0")
+                pipe.ltrim(key, 0, size - 1)
+                pipe.lrange(key, 0, -1)
+                return list(pipe.execute())
+
+        newest_first = self._call(push)[2]
+        return [v == "1" for v in reversed(newest_first)]
+
+    def probe_history(self, target: str) -> list[bool]:
+        newest_first = self._call(lambda: self.client.lrange(probe_history_key(target), 0, -1))
+        return [v == "1" for v in reversed(newest_first)]
+
+    def set_flapping(self, target: str, since: float | None) -> None:
+        if since is None:
+            self._call(lambda: self.client.delete(flapping_key(target)))
+        else:
+            self._call(lambda: self.client.set(flapping_key(target), repr(since)))
+
+    def flapping_since(self, target: str) -> float | None:
+        value = self._call(lambda: self.client.get(flapping_key(target)))
+        return float(value) if value is not None else None
+
     def close(self) -> None:
         self.client.close()
 
@@ -285,6 +342,8 @@ class MemoryState(SharedState):
         self._paused: dict[str, str] = {}
         self._windows: dict[str, list[float]] = {}
         self._generations: dict[str, int] = {}
+        self._probe_history: dict[str, list[bool]] = {}
+        self._flapping: dict[str, float] = {}
 
     def record_probe(self, target: str, healthy: bool, reason: str, now: float) -> HealthCounters:
         with self._mutex:
@@ -366,6 +425,27 @@ class MemoryState(SharedState):
     def pool_generation(self, target: str) -> int:
         with self._mutex:
             return self._generations.get(target, 0)
+
+    def push_probe_history(self, target: str, healthy: bool, size: int = PROBE_HISTORY_SIZE) -> list[bool]:
+        with self._mutex:
+            history = [*self._probe_history.get(target, []), healthy][-size:]
+            self._probe_history[target] = history
+            return list(history)
+
+    def probe_history(self, target: str) -> list[bool]:
+        with self._mutex:
+            return list(self._probe_history.get(target, []))
+
+    def set_flapping(self, target: str, since: float | None) -> None:
+        with self._mutex:
+            if since is None:
+                self._flapping.pop(target, None)
+            else:
+                self._flapping[target] = since
+
+    def flapping_since(self, target: str) -> float | None:
+        with self._mutex:
+            return self._flapping.get(target)
 
 
 # One MemoryState per process: the monitor and the recovery subflows it starts run in the same

@@ -26,138 +26,28 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, overload
 
-from recovery.strategy_config import (
-    STRATEGY_KINDS,
-    AdaptiveStrategyConfig,
-    BreakerAlignedStrategyConfig,
-    CompositeStrategyConfig,
-    ExponentialStrategyConfig,
-    Jitter,
-    LeafStrategyConfig,
-    LinearStrategyConfig,
-    StrategyConfig,
-    TimeWindowStrategyConfig,
-)
-
-__all__ = [
-    "BYPASS_RUN_TYPES",
-    "SINGLE_ATTEMPT",
-    "STRATEGY_KINDS",
-    "UNATTENDED_RUN_TYPES",
-    "AdaptiveBackoff",
-    "AdaptiveStrategyConfig",
-    "AnyStrategy",
-    "BreakerAligned",
-    "BreakerAlignedStrategyConfig",
-    "BreakerView",
-    "Composite",
-    "CompositeStrategyConfig",
-    "ExponentialBackoff",
-    "ExponentialStrategyConfig",
-    "Jitter",
-    "LeafStrategyConfig",
-    "LinearBackoff",
-    "LinearStrategyConfig",
-    "PastRun",
-    "RetryPlan",
-    "Strategy",
-    "StrategyConfig",
-    "StrategyDecision",
-    "StrategyInput",
-    "TimeWindow",
-    "TimeWindowStrategyConfig",
-    "WindowSlot",
-    "build_strategy",
-    "leaf_configs",
-    "retry_plan",
-    "strategy_kinds",
-]
+from recovery.strategy_config import SINGLE_ATTEMPT as SINGLE_ATTEMPT
+from recovery.strategy_config import STRATEGY_KINDS as STRATEGY_KINDS
+from recovery.strategy_config import AdaptiveStrategyConfig as AdaptiveStrategyConfig
+from recovery.strategy_config import BreakerAlignedStrategyConfig as BreakerAlignedStrategyConfig
+from recovery.strategy_config import BreakerView as BreakerView
+from recovery.strategy_config import CompositeStrategyConfig as CompositeStrategyConfig
+from recovery.strategy_config import ExponentialStrategyConfig as ExponentialStrategyConfig
+from recovery.strategy_config import Jitter as Jitter
+from recovery.strategy_config import LeafStrategyConfig as LeafStrategyConfig
+from recovery.strategy_config import LinearStrategyConfig as LinearStrategyConfig
+from recovery.strategy_config import PastRun as PastRun
+from recovery.strategy_config import RetryPlan as RetryPlan
+from recovery.strategy_config import StrategyConfig as StrategyConfig
+from recovery.strategy_config import StrategyDecision as StrategyDecision
+from recovery.strategy_config import StrategyInput as StrategyInput
+from recovery.strategy_config import TimeWindowStrategyConfig as TimeWindowStrategyConfig
+from recovery.strategy_config import WindowSlot as WindowSlot
 
 # Run types that may skip the time window and breaker alignment (never the target lock).
 BYPASS_RUN_TYPES = frozenset({"emergency"})
 # Run types a strategy may refuse for repeating errors (a person asked for the others).
 UNATTENDED_RUN_TYPES = frozenset({"automatic", "scheduled"})
-
-
-# --- inputs and outputs ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RetryPlan:
-    """What a Prefect task needs: retries after the first attempt and the delay before each."""
-
-    max_attempts: int
-    delays: tuple[float, ...]
-
-    @property
-    def retries(self) -> int:
-        return self.max_attempts - 1
-
-
-SINGLE_ATTEMPT = RetryPlan(1, ())
-
-
-@dataclass(frozen=True)
-class PastRun:
-    """One earlier recovery of the target, as the audit store recorded it."""
-
-    started_at: float  # epoch seconds
-    state: str  # succeeded | failed | cancelled | refused | in_progress
-    error_type: str | None = None
-    error_message: str | None = None
-
-    @property
-    def signature(self) -> tuple[str | None, str | None]:
-        return (self.error_type, self.error_message)
-
-
-@dataclass(frozen=True)
-class BreakerView:
-    """The target's breaker as shared state holds it right now."""
-
-    state: str  # closed | open | half-open
-    opened_at: float | None
-    reset_timeout_seconds: float
-    probe_holder: str | None = None  # owner of the half-open probe lease, if any
-
-
-@dataclass(frozen=True)
-class StrategyInput:
-    """Everything a strategy may look at; gathered by ``recovery.admission``."""
-
-    target: str
-    run_type: str
-    now: float  # epoch seconds, from the injected clock
-    recent_recoveries: tuple[float, ...] = ()  # start times kept by the time-window store
-    history: tuple[PastRun, ...] = ()  # most recent first
-    breaker: BreakerView | None = None
-    retry_after_seconds: float | None = None  # the target's last known rate-limit reset
-
-
-@dataclass(frozen=True)
-class WindowSlot:
-    """A time-window strategy's reservation: one more recovery in the window, if still free."""
-
-    max_recoveries: int
-    window_seconds: float
-    force: bool = False  # emergency runs count in the window but are never refused by it
-
-
-@dataclass(frozen=True)
-class StrategyDecision:
-    """Allow or deny a recovery start, and what to reserve when allowed."""
-
-    allowed: bool
-    reason: str
-    strategy: str
-    retry_after_seconds: float | None = None  # when asking again may succeed
-    escalate: bool = False  # a person must look (budget exhausted, error keeps repeating)
-    window_slots: tuple[WindowSlot, ...] = ()
-    probe_lease: bool = False  # take the breaker's half-open probe lease across all workers
-
-    @classmethod
-    def allow(cls, strategy: str, reason: str = "allowed") -> StrategyDecision:
-        return cls(True, reason, strategy)
 
 
 class Strategy(Protocol):
@@ -175,7 +65,7 @@ class Strategy(Protocol):
 
 def _cap(delay: float, cap: float) -> float:
     # Round to the millisecond *before* capping: rounding after could push a delay over the cap.
-    return min(round(max(delay, 0.0), 3), cap)
+    return float(min(round(max(delay, 0.0), 3), cap))
 
 
 # --- strategies --------------------------------------------------------------------------------

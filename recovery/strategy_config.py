@@ -1,4 +1,5 @@
-"""Strategy configuration: a pydantic discriminated union on ``kind``.
+"""Strategy configuration (a pydantic discriminated union on ``kind``) and the data strategies
+exchange with ``recovery.admission``: ``StrategyInput`` in, ``RetryPlan``/``StrategyDecision`` out.
 
 ``strategy: {kind: exponential, ...}`` per target and at the top level of the config file;
 ``recovery.strategies`` turns each model into a pure strategy object. docs/strategies.md has a
@@ -7,10 +8,11 @@ worked example of each.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 
 class Jitter(StrEnum):
@@ -39,7 +41,7 @@ class ExponentialStrategyConfig(_StrategyModel):
 class LinearStrategyConfig(_StrategyModel):
     """Linear backoff: delay_n = min(cap, base + increment * n)."""
 
-    kind: Literal["linear"]
+    kind: Literal["linear"] = "linear"
     base_seconds: float = Field(1.0, ge=0, description="Delay before the first retry.")
     increment_seconds: float = Field(1.0, ge=0, description="Added to the delay per retry.")
     max_delay_seconds: float = Field(60.0, gt=0, description="Cap on any single delay.")
@@ -56,7 +58,7 @@ class AdaptiveStrategyConfig(_StrategyModel):
     recovery is refused and escalated instead of being retried once more.
     """
 
-    kind: Literal["adaptive"]
+    kind: Literal["adaptive"] = "adaptive"
     base_seconds: float = Field(1.0, gt=0, description="First delay with a clean history.")
     factor: float = Field(2.0, ge=1, description="Multiplier applied per retry.")
     max_delay_seconds: float = Field(60.0, gt=0, description="Cap on any single delay.")
@@ -85,7 +87,7 @@ class BreakerAlignedStrategyConfig(_StrategyModel):
     breaker would allow a probe anyway.
     """
 
-    kind: Literal["breaker_aligned"]
+    kind: Literal["breaker_aligned"] = "breaker_aligned"
     max_attempts: int = Field(3, ge=1, le=100, description="Attempts per step, first included.")
     max_delay_seconds: float = Field(300.0, gt=0, description="Cap on any single delay.")
     reset_timeout_seconds: float | None = Field(
@@ -96,35 +98,125 @@ class BreakerAlignedStrategyConfig(_StrategyModel):
 class TimeWindowStrategyConfig(_StrategyModel):
     """At most ``max_recoveries`` recoveries of a target per sliding window (Monit's N in M)."""
 
-    kind: Literal["time_window"]
+    kind: Literal["time_window"] = "time_window"
     max_recoveries: int = Field(3, ge=1, le=10_000, description="Recoveries allowed per window.")
     window_seconds: float = Field(3600.0, gt=0, description="Length of the sliding window.")
 
 
+def _strategy_kind(value: Any) -> str | None:
+    """The discriminator; a mapping without ``kind`` is exponential (the original config shape)."""
+    if isinstance(value, dict):
+        kind = value.get("kind", "exponential")
+        return kind if isinstance(kind, str) else None
+    kind = getattr(value, "kind", None)
+    return kind if isinstance(kind, str) else None
+
+
 LeafStrategyConfig = Annotated[
-    ExponentialStrategyConfig
-    | LinearStrategyConfig
-    | AdaptiveStrategyConfig
-    | BreakerAlignedStrategyConfig
-    | TimeWindowStrategyConfig,
-    Field(discriminator="kind"),
+    Annotated[ExponentialStrategyConfig, Tag("exponential")]
+    | Annotated[LinearStrategyConfig, Tag("linear")]
+    | Annotated[AdaptiveStrategyConfig, Tag("adaptive")]
+    | Annotated[BreakerAlignedStrategyConfig, Tag("breaker_aligned")]
+    | Annotated[TimeWindowStrategyConfig, Tag("time_window")],
+    Discriminator(_strategy_kind),
 ]
 
 
 class CompositeStrategyConfig(_StrategyModel):
     """All of ``strategies`` must allow; the plan takes the fewest attempts and largest delays."""
 
-    kind: Literal["composite"]
+    kind: Literal["composite"] = "composite"
     strategies: list[LeafStrategyConfig] = Field(..., min_length=1, description="Strategies combined.")
 
 
 StrategyConfig = Annotated[
-    ExponentialStrategyConfig
-    | LinearStrategyConfig
-    | AdaptiveStrategyConfig
-    | BreakerAlignedStrategyConfig
-    | TimeWindowStrategyConfig
-    | CompositeStrategyConfig,
-    Field(discriminator="kind"),
+    Annotated[ExponentialStrategyConfig, Tag("exponential")]
+    | Annotated[LinearStrategyConfig, Tag("linear")]
+    | Annotated[AdaptiveStrategyConfig, Tag("adaptive")]
+    | Annotated[BreakerAlignedStrategyConfig, Tag("breaker_aligned")]
+    | Annotated[TimeWindowStrategyConfig, Tag("time_window")]
+    | Annotated[CompositeStrategyConfig, Tag("composite")],
+    Discriminator(_strategy_kind),
 ]
 STRATEGY_KINDS = ("exponential", "linear", "adaptive", "breaker_aligned", "time_window", "composite")
+
+
+# --- what strategies read and answer ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryPlan:
+    """What a Prefect task needs: retries after the first attempt and the delay before each."""
+
+    max_attempts: int
+    delays: tuple[float, ...]
+
+    @property
+    def retries(self) -> int:
+        return self.max_attempts - 1
+
+
+SINGLE_ATTEMPT = RetryPlan(1, ())
+
+
+@dataclass(frozen=True)
+class PastRun:
+    """One earlier recovery of the target, as the audit store recorded it."""
+
+    started_at: float  # epoch seconds
+    state: str  # succeeded | failed | cancelled | refused | in_progress
+    error_type: str | None = None
+    error_message: str | None = None
+
+    @property
+    def signature(self) -> tuple[str | None, str | None]:
+        return (self.error_type, self.error_message)
+
+
+@dataclass(frozen=True)
+class BreakerView:
+    """The target's breaker as shared state holds it right now."""
+
+    state: str  # closed | open | half-open
+    opened_at: float | None
+    reset_timeout_seconds: float
+    probe_holder: str | None = None  # owner of the half-open probe lease, if any
+
+
+@dataclass(frozen=True)
+class StrategyInput:
+    """Everything a strategy may look at; gathered by ``recovery.admission``."""
+
+    target: str
+    run_type: str
+    now: float  # epoch seconds, from the injected clock
+    recent_recoveries: tuple[float, ...] = ()  # start times kept by the time-window store
+    history: tuple[PastRun, ...] = ()  # most recent first
+    breaker: BreakerView | None = None
+    retry_after_seconds: float | None = None  # the target's last known rate-limit reset
+
+
+@dataclass(frozen=True)
+class WindowSlot:
+    """A time-window strategy's reservation: one more recovery in the window, if still free."""
+
+    max_recoveries: int
+    window_seconds: float
+    force: bool = False  # emergency runs count in the window but are never refused by it
+
+
+@dataclass(frozen=True)
+class StrategyDecision:
+    """Allow or deny a recovery start, and what to reserve when allowed."""
+
+    allowed: bool
+    reason: str
+    strategy: str
+    retry_after_seconds: float | None = None  # when asking again may succeed
+    escalate: bool = False  # a person must look (budget exhausted, error keeps repeating)
+    window_slots: tuple[WindowSlot, ...] = ()
+    probe_lease: bool = False  # take the breaker's half-open probe lease across all workers
+
+    @classmethod
+    def allow(cls, strategy: str, reason: str = "allowed") -> StrategyDecision:
+        return cls(True, reason, strategy)

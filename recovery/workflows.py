@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from recovery.config import RecoveryConfig, TargetConfig
 from recovery.probes import ProbeResult
-from recovery.strategies import RetryPlan, build_strategy
+from recovery.strategies import RetryPlan, build_strategy, retry_plan
 
 
 @dataclass(frozen=True)
@@ -99,16 +99,36 @@ RECONNECT_DATABASE = WorkflowSpec(
     ),
 )
 
+RATE_LIMIT = WorkflowSpec(
+    name="rate-limit-recovery",
+    kinds=("http",),
+    description="Back off a rate-limited HTTP dependency: lower the request rate, wait, resume.",
+    steps=(
+        StepSpec("check_service_health", "Probe once and record the diagnosis.", retryable=False),
+        StepSpec("adjust_request_rate", "Allowed rate in shared state = observed limit x safety factor."),
+        StepSpec(
+            "wait_for_rate_limit_reset",
+            "Sleep until Retry-After / X-RateLimit-Reset, at most max_wait_seconds (longer: escalate).",
+            retryable=False,
+        ),
+        StepSpec("reset_circuit_breaker", "Close the target's circuit breaker."),
+        StepSpec("test_connectivity", "N consecutive good probes; retried with backoff."),
+        StepSpec("restore_operations", "Clear the target's paused flag."),
+    ),
+)
+
 WORKFLOWS: dict[str, WorkflowSpec] = {
     spec.name: spec
-    for spec in (API_FAILURE, DATABASE_RECOVERY, CACHE_RECOVERY, CLEAR_CACHE, RECONNECT_DATABASE)
+    for spec in (API_FAILURE, DATABASE_RECOVERY, CACHE_RECOVERY, CLEAR_CACHE, RECONNECT_DATABASE, RATE_LIMIT)
 }
 
 
 def select_workflow(target: TargetConfig, probe: ProbeResult | None = None) -> WorkflowSpec:
     """The workflow that recovers ``target`` given what its last probe saw."""
+    if probe is not None and probe.rate_limited and target.kind in RATE_LIMIT.kinds:
+        return RATE_LIMIT  # 429 / X-RateLimit-Remaining: 0: back off, do not "repair" the API
     for spec in WORKFLOWS.values():
-        if target.kind in spec.kinds and not spec.manual:
+        if target.kind in spec.kinds and not spec.manual and spec is not RATE_LIMIT:
             return spec
     raise LookupError(f"no recovery workflow for target kind {target.kind!r}")
 
@@ -130,9 +150,16 @@ class PlannedStepRetry:
     plan: RetryPlan
 
 
-def step_plans(config: RecoveryConfig, target: TargetConfig, spec: WorkflowSpec) -> list[PlannedStepRetry]:
-    """Each step with the retries/delays the target's strategy gives it."""
-    plan = build_strategy(config.strategy_for(target)).plan()
+def step_plans(
+    config: RecoveryConfig, target: TargetConfig, spec: WorkflowSpec, plan: RetryPlan | None = None
+) -> list[PlannedStepRetry]:
+    """Each step with the retries/delays the target's strategy gives it (``plan``: admission's,
+    computed from the target's history; default: the strategy's plan with no history)."""
+    if plan is None:
+        strategy = build_strategy(
+            config.strategy_for(target), breaker_reset_seconds=target.breaker.reset_timeout_seconds
+        )
+        plan = retry_plan(strategy)
     single = RetryPlan(1, ())
     return [PlannedStepRetry(step, plan if step.retryable else single) for step in spec.steps]
 

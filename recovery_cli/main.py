@@ -1,6 +1,6 @@
 """``recovery`` CLI: exit 0 ok, 1 unhealthy/failed/refused, 2 bad input.
 
-Read-only commands (validate, check, history) import only the core package: Prefect's import
+Read-only commands (validate, check, history, breaker-status) import only the core package: Prefect's import
 costs ~2.3 s and its ephemeral API ~15 s, which an on-call engineer should not wait for just
 to read state. Commands that run flows import ``flows`` lazily.
 """
@@ -120,6 +120,61 @@ def cmd_history(args: argparse.Namespace) -> int:
         for run in runs:
             print("\n".join(format_run(run)))
     return EXIT_OK
+
+
+def cmd_breaker_status(args: argparse.Namespace) -> int:
+    """Breaker state from shared state (no Prefect); exit 1 if any breaker is not closed."""
+    from recovery.breaker_admin import breaker_statuses
+    from recovery.config import load_config
+
+    statuses = breaker_statuses(load_config(args.config), args.target)
+    if args.json:
+        _print_json([s.as_json() for s in statuses])
+    elif not statuses:
+        print("no targets configured")
+    else:
+        width = max([len(s.target) for s in statuses] + [6])
+        for s in statuses:
+            line = f"{s.target:<{width}}  {s.state:<9}  failures {s.fail_counter}/{s.fail_max}"
+            if s.half_open_in_seconds is not None:
+                line += f"  half-open in {s.half_open_in_seconds:.1f}s"
+            if s.probe_holder:
+                line += f"  probe held by {s.probe_holder}"
+            print(f"{line}  [{s.storage}]")
+    return EXIT_OK if all(s.state == "closed" for s in statuses) else EXIT_FAILED
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    """Per target/workflow stats from the audit store (SQL aggregation; no Prefect)."""
+    from datetime import UTC, datetime
+
+    from recovery.audit.store import AuditStore
+    from recovery.config import load_config
+    from recovery.report import format_stats
+    from recovery.stats import compute_stats, parse_window
+
+    window = parse_window(args.since)  # bad --since -> exit 2 before touching the database
+    config = load_config(args.config)
+    until = datetime.now(UTC)
+    report = compute_stats(AuditStore(config.audit_url.get_secret_value()), until - window, until)
+    if args.json:
+        _print_json(report.as_json())
+    else:
+        print("\n".join(format_stats(report)))
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """The status board from shared state + audit (no Prefect); exit 1 if a target is unhealthy."""
+    from recovery.config import load_config
+    from recovery.status import collect_status, format_status
+
+    rows = collect_status(load_config(args.config))
+    if args.json:
+        _print_json([r.as_json() for r in rows])
+    else:
+        print("\n".join(format_status(rows)))
+    return EXIT_FAILED if any(r.health == "unhealthy" for r in rows) else EXIT_OK
 
 
 # --- commands that run flows ----------------------------------------------------------------
@@ -265,6 +320,43 @@ def cmd_reconnect_database(args: argparse.Namespace) -> int:
     return _run_operation(args, "reconnect-database")
 
 
+def cmd_reset_breaker(args: argparse.Namespace) -> int:
+    """Close TARGET's breaker through the ``reset-circuit-breaker`` flow (audited)."""
+    from recovery.audit.store import AuditStore
+    from recovery.config import load_config, resolve_config_path
+
+    config = load_config(args.config)
+    target = config.target(args.target)  # unknown target -> exit 2 before paying for Prefect
+    if not args.reason.strip():
+        raise ConfigError("--reason", "must not be empty")
+    if not (args.requested_by or "").strip():
+        raise ConfigError("--requested-by", "must not be empty")
+    prefect_environment()
+    from flows.breaker_flows import reset_circuit_breaker
+
+    flow_fn: Any = reset_circuit_breaker  # Flow's overloads do not type return_state=True
+    state: Any = asyncio.run(
+        flow_fn(
+            target=target.name,
+            requested_by=args.requested_by,
+            reason=args.reason,
+            config_path=str(resolve_config_path(args.config)),
+            return_state=True,
+        )
+    )
+    run = AuditStore(config.audit_url.get_secret_value()).run(str(state.state_details.flow_run_id))
+    if args.json:
+        _print_json(run.as_json() if run else {"state": "failed", "message": redact(state.message or "")})
+    elif run:
+        print("\n".join(format_run(run)))
+        for step in run.steps:
+            if step.detail:
+                print(f"    {step.name}: {json.dumps(step.detail, default=str)}")
+    else:
+        print(f"reset-circuit-breaker did not start: {redact(state.message or '')}")
+    return EXIT_OK if run is not None and run.state == "succeeded" else EXIT_FAILED
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from recovery.config import load_config, resolve_config_path
 
@@ -323,6 +415,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive_int, default=20)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("stats", help="per target/workflow rates, durations, MTTD/MTTR (no Prefect)")
+    p.add_argument("--since", default="24h", help="window: 30m, 24h, 7d... (default 24h)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("status", help="status board of every target (no Prefect; 1 if one is unhealthy)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "breaker-status", help="circuit breaker state of every target or TARGET (no Prefect; 1 if not closed)"
+    )
+    p.add_argument("target", nargs="?")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_breaker_status)
+
+    p = sub.add_parser("reset-breaker", help="close TARGET's circuit breaker now (audited)")
+    p.add_argument("target")
+    p.add_argument("--reason", required=True, help="why (audited)")
+    p.add_argument("--requested-by", default=os.environ.get("USER") or "cli", help="who (audited)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_reset_breaker)
 
     p = sub.add_parser("clear-cache", help="delete a cache target's keys (audited manual operation)")
     p.add_argument("target")

@@ -15,6 +15,9 @@ from recovery.runtime import RecoveryRuntime
 from recovery.workflows import PlannedStepRetry
 
 
+PREFECT_MAX_RETRY_DELAYS = 50
+
+
 def retry_only_temporary(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
     """Prefect retries a step only for ``TemporaryError``; a permanent failure fails at once."""
     # The engine hands over a Failed state whose ``data`` is the raised exception; calling
@@ -29,7 +32,9 @@ async def recovery_step(runtime: RecoveryRuntime, step: str) -> Detail:
 
 def step_task(planned: PlannedStepRetry) -> Task[..., Any]:
     """``recovery_step`` named after the step, with the strategy's retries and delays."""
-    delays = list(planned.plan.delays)
+    # Prefect accepts at most 50 delays and repeats the final one for later retries; past 50
+    # retries a capped strategy is at its cap anyway, so truncating changes nothing observable.
+    delays = list(planned.plan.delays)[:PREFECT_MAX_RETRY_DELAYS]
     return recovery_step.with_options(
         name=planned.step.name,
         task_run_name=planned.step.name,

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from recovery.config import HttpTarget, RecoveryConfig, load_config, parse_config
+from recovery.config import TARGET_KINDS, HttpTarget, RecoveryConfig, load_config, parse_config
 from recovery.errors import ConfigError
 from recovery.redact import redact
 from recovery.strategies import Jitter
@@ -21,6 +21,7 @@ monitor:
   failure_threshold: 2
   probe_concurrency: 50
 strategy:
+  kind: exponential
   base_seconds: 0.5
   max_attempts: 4
   jitter: equal
@@ -39,6 +40,7 @@ targets:
     url: http://search:9200/_cluster/health
     method: HEAD
     strategy:
+      kind: exponential
       max_attempts: 2
       jitter: none
 """
@@ -115,7 +117,7 @@ def test_unknown_target_name_lists_known() -> None:
         ),
         pytest.param(
             {"targets": [_target(kind="tcp")]},
-            "targets[0]: unknown kind 'tcp' (expected one of: http)",
+            f"targets[0]: unknown kind 'tcp' (expected one of: {', '.join(TARGET_KINDS)})",
             id="unknown-kind",
         ),
         pytest.param(
@@ -151,7 +153,8 @@ def test_unknown_target_name_lists_known() -> None:
         ),
         pytest.param(
             {"monitor": {"failure_threshold": "many"}},
-            "monitor.failure_threshold: Input should be a valid integer, unable to parse string as an integer",
+            "monitor.failure_threshold: Input should be a valid integer, "
+            "unable to parse string as an integer",
             id="threshold-not-int",
         ),
         pytest.param({"audit_url": "not a url"}, "audit_url: invalid SQLAlchemy URL", id="bad-audit-url"),
@@ -170,11 +173,6 @@ def test_unknown_target_name_lists_known() -> None:
             "targets[0].expect_status: invalid HTTP status 700",
             id="bad-status",
         ),
-        pytest.param(
-            {"targets": [_target(strategy={"max_attempts": 0})]},
-            "targets[0].strategy.max_attempts: Input should be greater than or equal to 1",
-            id="bad-target-strategy",
-        ),
     ],
 )
 def test_invalid_config_is_one_line_naming_the_field(data: Any, expected: str) -> None:
@@ -182,6 +180,37 @@ def test_invalid_config_is_one_line_naming_the_field(data: Any, expected: str) -
     assert str(error) == expected
     assert "\n" not in str(error)
     assert error.field == expected.split(": ", 1)[0]
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        pytest.param(
+            {"strategy": {"kind": "exponential", "max_attempts": 0}},
+            "strategy.max_attempts: Input should be greater than or equal to 1",
+            id="top-level-strategy",
+        ),
+        pytest.param(
+            {"targets": [_target(strategy={"kind": "exponential", "max_attempts": 0})]},
+            "targets[0].strategy.max_attempts: Input should be greater than or equal to 1",
+            id="target-strategy",
+        ),
+        pytest.param(
+            {"strategy": {"kind": "composite", "strategies": [{"kind": "linear", "extra": 1}]}},
+            "strategy.strategies[0].extra: unknown field",
+            id="composite-member",
+        ),
+        pytest.param(
+            {"strategy": {"kind": "fibonacci"}},
+            "strategy: unknown kind 'fibonacci' (expected one of: exponential, linear, adaptive, "
+            "breaker_aligned, time_window, composite)",
+            id="unknown-strategy-kind",
+        ),
+    ],
+)
+def test_invalid_strategy_names_the_field(data: Any, expected: str) -> None:
+    # The strategy union's tag (strategy.<kind>) is pydantic's, not the user's: never shown.
+    assert str(_error(data)) == expected
 
 
 def test_top_level_not_a_mapping() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 RUN_TYPES = ("automatic", "manual", "scheduled", "emergency")
@@ -49,6 +49,31 @@ class RecoveryRun(Base):
     __table_args__ = (
         Index("ix_recovery_runs_target_started", "target", "started_at"),
         Index("ix_recovery_runs_started", "started_at"),
+        # Revision 0002: covering indexes of recovery/stats.py, and Prefect flow run lookups.
+        Index(
+            "ix_recovery_runs_stats",
+            "target",
+            "workflow",
+            "duration_seconds",
+            "started_at",
+            "state",
+            "dry_run",
+            "error_type",
+        ),
+        Index(
+            "ix_recovery_runs_incidents",
+            "target",
+            "workflow",
+            "first_failure_at",
+            "detected_at",
+            "finished_at",
+            "state",
+            "started_at",
+            "dry_run",
+            sqlite_where=text("first_failure_at IS NOT NULL"),
+            postgresql_where=text("first_failure_at IS NOT NULL"),
+        ),
+        Index("ix_recovery_runs_flow_run_id", "flow_run_id"),
     )
 
 

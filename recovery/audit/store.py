@@ -25,7 +25,7 @@ from recovery.audit.models import RUN_STATES, RecoveryRun, RecoveryStep
 from recovery.errors import RecoveryError
 from recovery.redact import redact, redact_url
 
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 MAX_MESSAGE = 2000
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 

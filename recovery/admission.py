@@ -1,0 +1,272 @@
+"""Admission: may this recovery start now, and with which retry plan?
+
+``RecoveryRuntime.begin`` calls ``admit`` right after it holds the target's lock. It reads what
+the target's strategy needs (and nothing else): the time-window history, the audit history, the
+breaker, the rate-limit reset time; asks the pure strategy objects (``recovery.strategies``) for
+a decision and a plan; then commits the decision's reservations atomically across workers:
+
+* a time-window slot: one Lua script trims the window, counts and adds only if under the limit
+  (Redis sorted set ``recovery:target:{name}:recoveries``, score = start time; in-process dict
+  without ``state_url``). An emergency run is counted but never refused;
+* the breaker's half-open probe lease (``FleetBreaker.try_probe``): the recovery *is* the probe,
+  so no application worker probes at the same time.
+
+``Admission.settle`` is called when the run finishes: a successful probe closes the breaker, a
+failed one re-opens it (a new reset timeout), a cancelled one gives the lease back.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC
+
+import redis
+
+from recovery.audit.store import AuditStore
+from recovery.breakers import FleetBreaker, breaker_for
+from recovery.config import RecoveryConfig, TargetConfig
+from recovery.errors import StateUnavailable
+from recovery.ratelimit import rate_store_for
+from recovery.redact import redact
+from recovery.state import PREFIX, RedisState, SharedState
+from recovery.strategies import (
+    BreakerView,
+    PastRun,
+    RetryPlan,
+    StrategyDecision,
+    StrategyInput,
+    WindowSlot,
+    build_strategy,
+    leaf_configs,
+    retry_plan,
+    strategy_kinds,
+)
+
+HISTORY_LIMIT = 100
+
+
+def recoveries_key(target: str) -> str:
+    return f"{PREFIX}:target:{target}:recoveries"
+
+
+_TAKE = """
+local now = tonumber(ARGV[1])
+local keep = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - keep)
+if ARGV[4] ~= '1' then
+  for i = 5, #ARGV, 2 do
+    local limit, window = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+    if redis.call('ZCOUNT', KEYS[1], '(' .. tostring(now - window), '+inf') >= limit then
+      return i
+    end
+  end
+end
+redis.call('ZADD', KEYS[1], now, ARGV[2])
+redis.call('PEXPIRE', KEYS[1], math.ceil(keep * 1000))
+return 0
+"""
+
+
+class RecoveryWindow:
+    """Start times of a target's recent recoveries, shared by every worker (time_window)."""
+
+    def __init__(self, client: redis.Redis | None) -> None:
+        self.client = client
+        self._take = client.register_script(_TAKE) if client is not None else None
+        self._memory: dict[str, dict[str, float]] = {}
+        self._mutex = threading.Lock()
+
+    def _call(self, fn: Callable[[], object]) -> object:
+        try:
+            return fn()
+        except (redis.RedisError, OSError) as exc:
+            raise StateUnavailable(f"recovery window: {redact(str(exc))}") from None
+
+    def recent(self, target: str, now: float, window_seconds: float) -> tuple[float, ...]:
+        if self.client is None:
+            with self._mutex:
+                times = self._memory.get(target, {}).values()
+                return tuple(sorted(t for t in times if t > now - window_seconds))
+        client = self.client
+        raw = self._call(
+            lambda: client.zrangebyscore(recoveries_key(target), f"({now - window_seconds}", "+inf")
+        )
+        assert isinstance(raw, list)
+        return tuple(sorted(float(str(member).split("|", 1)[0]) for member in raw))
+
+    def take(self, target: str, run_id: str, now: float, slots: tuple[WindowSlot, ...]) -> WindowSlot | None:
+        """Add ``run_id`` unless a slot's window is full; returns the full slot, None when taken."""
+        keep = max(s.window_seconds for s in slots)
+        force = any(s.force for s in slots)
+        if self.client is None:
+            with self._mutex:
+                entries = {m: t for m, t in self._memory.get(target, {}).items() if t > now - keep}
+                if not force:
+                    for slot in slots:
+                        if (
+                            sum(1 for t in entries.values() if t > now - slot.window_seconds)
+                            >= slot.max_recoveries
+                        ):
+                            self._memory[target] = entries
+                            return slot
+                entries[run_id] = now
+                self._memory[target] = entries
+                return None
+        script = self._take
+        assert script is not None
+        args: list[str | float | int] = [repr(now), f"{now!r}|{run_id}", repr(keep), "1" if force else "0"]
+        for slot in slots:
+            args += [slot.max_recoveries, repr(slot.window_seconds)]
+        full = int(str(self._call(lambda: script(keys=[recoveries_key(target)], args=args))))
+        return slots[(full - 5) // 2] if full else None
+
+    def give_back(self, target: str, run_id: str, now: float) -> None:
+        """Remove a run that took a slot but never started (its audit row could not be written)."""
+        if self.client is None:
+            with self._mutex:
+                self._memory.get(target, {}).pop(run_id, None)
+            return
+        client = self.client
+        members = self._call(lambda: client.zrange(recoveries_key(target), 0, -1))
+        assert isinstance(members, list)
+        mine = [m for m in members if str(m).endswith(f"|{run_id}")]
+        if mine:
+            self._call(lambda: client.zrem(recoveries_key(target), *mine))
+
+
+_memory_window = RecoveryWindow(None)
+_windows: dict[str, RecoveryWindow] = {}
+_windows_lock = threading.Lock()
+
+
+def recovery_window(state: SharedState) -> RecoveryWindow:
+    if not isinstance(state, RedisState):
+        return _memory_window
+    with _windows_lock:
+        window = _windows.get(state.url)
+        if window is None:
+            window = _windows[state.url] = RecoveryWindow(state.client)
+        return window
+
+
+@dataclass
+class Admission:
+    """A strategy decision for one run, and what it holds until the run settles."""
+
+    target: str
+    owner: str
+    decision: StrategyDecision
+    plan: RetryPlan
+    probe: FleetBreaker | None = None  # holds the half-open probe lease
+    window: RecoveryWindow | None = None  # took a slot
+    settled: bool = field(default=False)
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision.allowed
+
+    def settle(self, outcome: str) -> None:
+        """The run ended (succeeded | failed | cancelled | not-started); never raises."""
+        if self.settled:
+            return
+        self.settled = True
+        try:
+            if self.probe is not None:
+                ok = {"succeeded": True, "failed": False}.get(outcome)
+                self.probe.end_probe(self.owner, ok)
+            if self.window is not None and outcome == "not-started":
+                self.window.give_back(self.target, self.owner, time.time())
+        except StateUnavailable:
+            pass  # the lease and the window entry expire on their own
+
+
+def strategy_input(
+    config: RecoveryConfig,
+    target: TargetConfig,
+    run_type: str,
+    state: SharedState,
+    audit: AuditStore | None,
+    now: float,
+) -> StrategyInput:
+    """Read exactly what ``target``'s strategy looks at."""
+    strategy_config = config.strategy_for(target)
+    kinds = strategy_kinds(strategy_config)
+    recent: tuple[float, ...] = ()
+    history: tuple[PastRun, ...] = ()
+    breaker_view = None
+    retry_after = None
+    if "time_window" in kinds:
+        longest = max(getattr(c, "window_seconds", 0.0) for c in leaf_configs(strategy_config))
+        recent = recovery_window(state).recent(target.name, now, longest)
+    if "adaptive" in kinds and audit is not None:
+        history = tuple(
+            PastRun(r.started_at.astimezone(UTC).timestamp(), r.state, r.error_type, r.error_message)
+            for r in audit.history(target.name, HISTORY_LIMIT)
+            if not r.dry_run
+        )
+        rate = rate_store_for(state).read(target.name)
+        if rate is not None and rate.reset_at is not None and rate.reset_at > now:
+            retry_after = rate.reset_at - now
+    if "breaker_aligned" in kinds:
+        snap = breaker_for(target.name, target.breaker, _state_url(config)).snapshot()
+        breaker_view = BreakerView(
+            snap.state, snap.opened_at, target.breaker.reset_timeout_seconds, snap.probe_holder
+        )
+    return StrategyInput(target.name, run_type, now, recent, history, breaker_view, retry_after)
+
+
+def _state_url(config: RecoveryConfig) -> str | None:
+    return config.state_url.get_secret_value() if config.state_url else None
+
+
+def admit(
+    config: RecoveryConfig,
+    target: TargetConfig,
+    run_type: str,
+    owner: str,
+    state: SharedState,
+    audit: AuditStore | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Admission:
+    """Decide and reserve. The caller holds the target's lock; ``owner`` is the run's lock owner."""
+    strategy = build_strategy(
+        config.strategy_for(target), breaker_reset_seconds=target.breaker.reset_timeout_seconds
+    )
+    inp = strategy_input(config, target, run_type, state, audit, clock())
+    decision = strategy.decide(inp)
+    admission = Admission(target.name, owner, decision, retry_plan(strategy, inp))
+    if not decision.allowed:
+        return admission
+    if decision.probe_lease:
+        breaker = breaker_for(target.name, target.breaker, _state_url(config))
+        ticket = breaker.try_probe(owner, lease_seconds=config.monitor.lock_ttl_seconds)
+        if ticket.verdict != "probe":
+            held = (
+                f"held by {ticket.holder}" if ticket.holder else f"open for {ticket.retry_in or 0:.1f}s more"
+            )
+            admission.decision = StrategyDecision(
+                False,
+                f"breaker_aligned: another worker took the half-open probe of {target.name} first ({held})",
+                "breaker_aligned",
+                retry_after_seconds=ticket.retry_in,
+            )
+            return admission
+        admission.probe = breaker
+    if decision.window_slots:
+        window = recovery_window(state)
+        full = window.take(target.name, owner, inp.now, decision.window_slots)
+        if full is not None:
+            admission.settle("cancelled")
+            admission.decision = StrategyDecision(
+                False,
+                f"time_window: {full.max_recoveries} recoveries of {target.name} in the last "
+                f"{full.window_seconds:g}s (max {full.max_recoveries}); escalating",
+                "time_window",
+                escalate=True,
+            )
+            return admission
+        admission.window = window
+    return admission

@@ -1,0 +1,365 @@
+"""Recovery statistics per target and workflow over a time window, aggregated in the database.
+
+Every number is computed by SQL (``GROUP BY``, ``percentile_cont`` on PostgreSQL, ``LIMIT 2
+OFFSET k`` over a covering index on SQLite); Python only assembles one object per target and
+workflow. Dry runs are excluded; a run belongs to the window by its ``started_at``. 100,000
+runs take well under a second on both (benchmarks/stats_bench.py).
+
+    runs            audit rows in the window (+ runs only Prefect knows about, see below)
+    succeeded, failed, cancelled, refused   runs in that final state (the rest are in progress)
+    success_rate    succeeded / (succeeded + failed + cancelled); refused runs never started
+    duration_*      p50 / p95 (linear interpolation, like ``percentile_cont``) and max of the
+                    durations of finished runs (succeeded, failed, cancelled)
+    mttd_seconds    mean time to detect: first failed probe -> detection (``detected_at``)
+    mttr_seconds    mean time to recover: first failed probe -> verified healthy (``finished_at``
+                    of the succeeded run; it succeeds only after the verification probes passed)
+    error_types     {error_type: count} over the window's runs
+    last_failure    the latest failed run: when, its error type and (redacted) message
+
+MTTD and MTTR are means over *incidents*, not runs: the monitor keeps a target's
+``first_failure_at`` until a probe passes, so every automatic run of one outage carries the same
+value, and an outage whose first recovery failed and whose second succeeded counts once, from
+its first failed probe to the successful verification.
+
+Prefect's run history of the recovery flows can know of runs the audit does not: a flow run that
+crashed before it wrote its audit row. The Prefect layer finds those (``audited_flow_run_ids``
+tells it which are audited) and ``merge_unaudited`` counts them as failed; the CLI reports
+audit-only numbers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, case, func, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.sql.elements import ColumnElement
+
+from recovery.audit.models import RecoveryRun
+from recovery.audit.sqlfuncs import seconds_between, unindexed
+from recovery.audit.store import AuditStore, AuditUnavailable, error_text
+from recovery.errors import ConfigError
+
+FINISHED = ("succeeded", "failed", "cancelled")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_WINDOW_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+
+
+def parse_window(text: str) -> timedelta:
+    """``90s``, ``15m``, ``24h``, ``7d``, ``2w`` -> timedelta; ``ConfigError`` naming ``--since``."""
+    match = _WINDOW_RE.match(text)
+    if not match or float(match[1]) <= 0:
+        raise ConfigError("--since", f"expected a duration like 30m, 24h or 7d, got {text!r}")
+    return timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+
+
+def _count_state(*states: str) -> ColumnElement[int]:
+    return func.coalesce(func.sum(case((RecoveryRun.state.in_(states), 1), else_=0)), 0)
+
+
+def _utc(value: datetime) -> datetime:
+    # SQLite stores naive UTC; bound values must be UTC for the string comparison to hold.
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _iso(value: datetime | None) -> str | None:
+    value = _aware(value)
+    return value.isoformat() if value is not None else None
+
+
+# --- results -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LastFailure:
+    at: datetime
+    run_id: str
+    error_type: str | None
+    error_message: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "at": _iso(self.at),
+            "run_id": self.run_id,
+            "error_type": self.error_type,
+            "error_message": self.error_message,
+        }
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    """The statistics of one target/workflow pair over the window."""
+
+    target: str
+    workflow: str
+    runs: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    refused: int = 0
+    duration_p50_seconds: float | None = None
+    duration_p95_seconds: float | None = None
+    duration_max_seconds: float | None = None
+    mttd_seconds: float | None = None
+    mttr_seconds: float | None = None
+    incidents: int = 0  # outages (distinct first_failure_at) behind the MTTD
+    error_types: dict[str, int] = field(default_factory=dict)
+    last_failure: LastFailure | None = None
+    unaudited: int = 0  # runs only Prefect knows about (crashed before their audit row)
+
+    @property
+    def success_rate(self) -> float | None:
+        attempted = self.succeeded + self.failed + self.cancelled
+        return round(self.succeeded / attempted, 6) if attempted else None
+
+    def as_json(self) -> dict[str, Any]:
+        """The ``recovery stats --json`` object: target, workflow and the issue's fields."""
+        return {
+            "target": self.target,
+            "workflow": self.workflow,
+            "runs": self.runs,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "cancelled": self.cancelled,
+            "refused": self.refused,
+            "success_rate": self.success_rate,
+            "duration_p50_seconds": self.duration_p50_seconds,
+            "duration_p95_seconds": self.duration_p95_seconds,
+            "duration_max_seconds": self.duration_max_seconds,
+            "mttd_seconds": self.mttd_seconds,
+            "mttr_seconds": self.mttr_seconds,
+            "error_types": dict(sorted(self.error_types.items())),
+            "last_failure": self.last_failure.as_json() if self.last_failure else None,
+        }
+
+
+@dataclass(frozen=True)
+class StatsReport:
+    since: datetime
+    until: datetime
+    groups: tuple[GroupStats, ...]
+
+    def as_json(self) -> list[dict[str, Any]]:
+        return [g.as_json() for g in self.groups]
+
+
+# --- the queries ---------------------------------------------------------------------------------
+
+_P = (50, 95)
+
+
+def _round(value: Any) -> float | None:
+    """Seconds to the millisecond (SQLite's julianday() resolution), None stays None."""
+    return round(float(value), 3) if value is not None else None
+
+
+def _interpolate(n: int, q: int, picked: Sequence[Any]) -> float | None:
+    """Linear interpolation between the ranks around (n - 1) * q / 100 (``percentile_cont``)."""
+    if not picked or picked[0] is None:
+        return None
+    lo = float(picked[0])
+    hi = float(picked[1]) if len(picked) > 1 and picked[1] is not None else lo
+    frac = ((n - 1) * q % 100) / 100.0
+    return _round(lo + frac * (hi - lo))
+
+
+def compute_stats(store: AuditStore, since: datetime, until: datetime | None = None) -> StatsReport:
+    """Aggregate the audit rows whose ``started_at`` is in [since, until) (default until: now)."""
+    since = _utc(since)
+    until = _utc(until) if until is not None else datetime.now(UTC)
+    r = RecoveryRun
+    started = unindexed(r.started_at)
+    in_window = and_(started >= since, started < until, r.dry_run.is_(False))
+    finished = and_(r.state.in_(FINISHED), r.duration_seconds.is_not(None))
+    key = (r.target, r.workflow)
+    postgres = store.engine.dialect.name == "postgresql"
+
+    columns: list[Any] = [
+        *key,
+        func.count().label("runs"),
+        _count_state("succeeded").label("succeeded"),
+        _count_state("failed").label("failed"),
+        _count_state("cancelled").label("cancelled"),
+        _count_state("refused").label("refused"),
+        func.count(case((finished, 1))).label("n"),
+        func.max(case((finished, r.duration_seconds))).label("dmax"),
+    ]
+    if postgres:  # percentile_cont ignores the NULLs of unfinished runs
+        for q in _P:
+            duration = case((finished, r.duration_seconds))
+            columns.append(func.percentile_cont(q / 100).within_group(duration).label(f"p{q}"))
+    counts = select(*columns).where(in_window).group_by(*key)
+
+    incident = (
+        select(
+            *key,
+            seconds_between(r.first_failure_at, func.min(r.detected_at)).label("ttd"),
+            seconds_between(
+                r.first_failure_at, func.min(case((r.state == "succeeded", r.finished_at)))
+            ).label("ttr"),
+        )
+        .where(in_window, r.first_failure_at.is_not(None))
+        .group_by(*key, r.first_failure_at)
+        .subquery()
+    )
+    means = select(
+        incident.c.target,
+        incident.c.workflow,
+        func.avg(incident.c.ttd).label("mttd"),
+        func.avg(incident.c.ttr).label("mttr"),
+        func.count().label("incidents"),
+    ).group_by(incident.c.target, incident.c.workflow)
+
+    errors = (
+        select(*key, r.error_type, func.count().label("n"))
+        .where(in_window, r.error_type.is_not(None))
+        .group_by(*key, r.error_type)
+    )
+
+    at = func.coalesce(r.finished_at, r.started_at)
+    latest = (
+        select(
+            *key,
+            r.id,
+            at.label("at"),
+            r.error_type,
+            r.error_message,
+            func.row_number().over(partition_by=key, order_by=(at.desc(), r.id)).label("rn"),
+        )
+        .where(in_window, r.state == "failed")
+        .subquery()
+    )
+    last = select(latest).where(latest.c.rn == 1)
+
+    try:
+        with store.engine.connect() as conn:
+            count_rows = conn.execute(counts).all()
+            pcts: dict[tuple[str, str], tuple[float | None, float | None]] = {}
+            for c in count_rows:
+                if postgres:
+                    pcts[(c.target, c.workflow)] = (_round(c.p50), _round(c.p95))
+                elif c.n:
+                    # Portable percentile_cont: the two ranks around (n - 1) * q / 100 of the
+                    # group's durations, read in order from ix_recovery_runs_stats (no sort).
+                    values = []
+                    for q in _P:
+                        around = (
+                            select(r.duration_seconds)
+                            .where(in_window, finished, r.target == c.target, r.workflow == c.workflow)
+                            .order_by(r.duration_seconds)
+                            .limit(2)
+                            .offset((c.n - 1) * q // 100)
+                        )
+                        picked = conn.execute(around).scalars().all()
+                        values.append(_interpolate(c.n, q, picked))
+                    pcts[(c.target, c.workflow)] = (values[0], values[1])
+            mean_rows = conn.execute(means).all()
+            error_rows = conn.execute(errors).all()
+            last_rows = conn.execute(last).all()
+    except SQLAlchemyError as exc:
+        raise AuditUnavailable(f"audit store {store.description}: {error_text(exc)}") from None
+
+    mean = {(m.target, m.workflow): m for m in mean_rows}
+    errs: dict[tuple[str, str], dict[str, int]] = {}
+    for e in error_rows:
+        errs.setdefault((e.target, e.workflow), {})[e.error_type] = int(e.n)
+    lasts = {
+        (x.target, x.workflow): LastFailure(_aware(x.at) or since, x.id, x.error_type, x.error_message)
+        for x in last_rows
+    }
+    groups = []
+    for c in count_rows:
+        k = (c.target, c.workflow)
+        m = mean.get(k)
+        p50, p95 = pcts.get(k, (None, None))
+        groups.append(
+            GroupStats(
+                target=c.target,
+                workflow=c.workflow,
+                runs=int(c.runs),
+                succeeded=int(c.succeeded),
+                failed=int(c.failed),
+                cancelled=int(c.cancelled),
+                refused=int(c.refused),
+                duration_p50_seconds=p50,
+                duration_p95_seconds=p95,
+                duration_max_seconds=_round(c.dmax),
+                mttd_seconds=_round(m.mttd) if m else None,
+                mttr_seconds=_round(m.mttr) if m else None,
+                incidents=int(m.incidents) if m else 0,
+                error_types=errs.get(k, {}),
+                last_failure=lasts.get(k),
+            )
+        )
+    groups.sort(key=lambda g: (g.target, g.workflow))
+    return StatsReport(since, until, tuple(groups))
+
+
+def audited_flow_run_ids(store: AuditStore, flow_run_ids: Iterable[str], chunk: int = 500) -> set[str]:
+    """Which of these Prefect flow run ids have an audit row (as ``id`` or ``flow_run_id``)."""
+    ids = sorted(set(flow_run_ids))
+    found: set[str] = set()
+    try:
+        with store.engine.connect() as conn:
+            for i in range(0, len(ids), chunk):
+                part = ids[i : i + chunk]
+                by_flow = select(RecoveryRun.flow_run_id).where(RecoveryRun.flow_run_id.in_(part))
+                by_id = select(RecoveryRun.id).where(RecoveryRun.id.in_(part))
+                found.update(str(v) for v in conn.execute(by_flow).scalars())
+                found.update(str(v) for v in conn.execute(by_id).scalars())
+    except SQLAlchemyError as exc:
+        raise AuditUnavailable(f"audit store {store.description}: {error_text(exc)}") from None
+    return found
+
+
+# --- merging Prefect's view ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UnauditedRun:
+    """A recovery flow run Prefect knows ended badly and the audit has no row for."""
+
+    flow_run_id: str
+    target: str
+    workflow: str
+    state: str  # "failed" (Failed/Crashed in Prefect) or "cancelled"
+    at: datetime
+    error_type: str  # e.g. "FlowCrashed"
+    message: str | None = None
+
+
+def merge_unaudited(report: StatsReport, runs: Sequence[UnauditedRun]) -> StatsReport:
+    """Count runs that never wrote an audit row: a crash before the row counts as failed."""
+    groups = {(g.target, g.workflow): g for g in report.groups}
+    for run in runs:
+        if run.state not in ("failed", "cancelled"):
+            raise ValueError(f"unaudited run {run.flow_run_id}: unexpected state {run.state!r}")
+        k = (run.target, run.workflow)
+        g = groups.get(k) or GroupStats(target=run.target, workflow=run.workflow)
+        errors = dict(g.error_types)
+        errors[run.error_type] = errors.get(run.error_type, 0) + 1
+        last = g.last_failure
+        if run.state == "failed" and (last is None or _utc(run.at) > _utc(last.at)):
+            message = error_text(run.message) if run.message else None
+            last = LastFailure(_utc(run.at), run.flow_run_id, run.error_type, message)
+        groups[k] = replace(
+            g,
+            runs=g.runs + 1,
+            failed=g.failed + (run.state == "failed"),
+            cancelled=g.cancelled + (run.state == "cancelled"),
+            error_types=errors,
+            last_failure=last,
+            unaudited=g.unaudited + 1,
+        )
+    merged = tuple(sorted(groups.values(), key=lambda g: (g.target, g.workflow)))
+    return replace(report, groups=merged)

@@ -1,0 +1,255 @@
+"""The status board: one row per target, from shared state and the audit store (no Prefect).
+
+The monitor flow publishes it as the ``recovery-status`` table artifact every cycle and
+``recovery status`` prints it; both call ``collect_status``. Each row holds what an on-call
+engineer asks first: is it up, how many probes failed in a row, is its breaker open, how fast
+may the application call it, is it paused, flapping, being recovered, and how did the last
+recovery end.
+
+Reading the board never changes state. Values that cannot be read (a breaker store that is
+down) show as ``unknown`` rather than failing the whole board; an unreachable shared state or
+audit store does raise (``StateUnavailable`` / ``AuditUnavailable``): a board of blanks would
+read as "all fine".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from recovery.audit.models import RecoveryRun
+from recovery.audit.store import AuditStore, AuditUnavailable, error_text
+from recovery.breakers import breaker_for, breaker_state
+from recovery.config import RecoveryConfig, TargetConfig
+from recovery.flapping import percent_state_change
+from recovery.ratelimit import rate_store_for
+from recovery.redact import redact
+from recovery.state import SharedState, open_state
+
+
+@dataclass(frozen=True)
+class LastRecovery:
+    run_id: str
+    workflow: str
+    type: str
+    state: str
+    started_at: datetime
+    finished_at: datetime | None
+    flow_run_id: str | None
+    error_type: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "workflow": self.workflow,
+            "type": self.type,
+            "state": self.state,
+            "started_at": self.started_at.isoformat(),
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "flow_run_id": self.flow_run_id,
+            "error_type": self.error_type,
+        }
+
+
+@dataclass(frozen=True)
+class TargetStatus:
+    target: str
+    kind: str
+    health: str  # "healthy" | "unhealthy" | "unknown" (never probed through this shared state)
+    reason: str | None
+    probed_at: datetime | None
+    consecutive_failures: int
+    breaker_state: str  # "closed" | "open" | "half-open" | "unknown"
+    allowed_rate_per_second: float | None  # HTTP targets: the AIMD rate (lowered after a 429)
+    rate_lowered: bool
+    paused: str | None  # why the application should hold traffic
+    flapping: bool
+    flap_percent: float
+    recovery_in_progress: bool
+    last_recovery: LastRecovery | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "kind": self.kind,
+            "health": self.health,
+            "reason": self.reason,
+            "probed_at": self.probed_at.isoformat() if self.probed_at else None,
+            "consecutive_failures": self.consecutive_failures,
+            "breaker_state": self.breaker_state,
+            "allowed_rate_per_second": self.allowed_rate_per_second,
+            "rate_lowered": self.rate_lowered,
+            "paused": self.paused,
+            "flapping": self.flapping,
+            "flap_percent": self.flap_percent,
+            "recovery_in_progress": self.recovery_in_progress,
+            "last_recovery": self.last_recovery.as_json() if self.last_recovery else None,
+        }
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def last_recoveries(store: AuditStore, targets: Sequence[str]) -> dict[str, LastRecovery]:
+    """The latest audited run (dry runs excluded) of each target, in one query."""
+    if not targets:
+        return {}
+    r = RecoveryRun
+    ranked = (
+        select(
+            r.id,
+            r.target,
+            r.workflow,
+            r.type,
+            r.state,
+            r.started_at,
+            r.finished_at,
+            r.flow_run_id,
+            r.error_type,
+            func.row_number().over(partition_by=r.target, order_by=(r.started_at.desc(), r.id)).label("rn"),
+        )
+        .where(r.target.in_(list(targets)), r.dry_run.is_(False))
+        .subquery()
+    )
+    try:
+        with store.engine.connect() as conn:
+            rows = conn.execute(select(ranked).where(ranked.c.rn == 1)).all()
+    except SQLAlchemyError as exc:
+        raise AuditUnavailable(f"audit store {store.description}: {error_text(exc)}") from None
+    return {
+        row.target: LastRecovery(
+            run_id=row.id,
+            workflow=row.workflow,
+            type=row.type,
+            state=row.state,
+            started_at=_aware(row.started_at) or datetime.now(UTC),
+            finished_at=_aware(row.finished_at),
+            flow_run_id=row.flow_run_id,
+            error_type=row.error_type,
+        )
+        for row in rows
+    }
+
+
+def _breaker(config: RecoveryConfig, target: TargetConfig) -> str:
+    state_url = config.state_url.get_secret_value() if config.state_url else None
+    try:
+        return str(breaker_state(breaker_for(target.name, target.breaker, state_url)))
+    except Exception:  # the board shows what it cannot read instead of failing
+        return "unknown"
+
+
+def _rate(state: SharedState, target: TargetConfig) -> tuple[float | None, bool]:
+    limits = getattr(target, "rate_limit", None)
+    normal = getattr(limits, "normal_rate_per_second", None)
+    try:
+        current = rate_store_for(state).read(target.name)
+    except Exception:
+        return (float(normal) if normal is not None else None), False
+    if current is not None and current.allowed is not None:
+        return current.allowed, True
+    return (float(normal) if normal is not None else None), False
+
+
+def collect_status(
+    config: RecoveryConfig, state: SharedState | None = None, store: AuditStore | None = None
+) -> list[TargetStatus]:
+    """One ``TargetStatus`` per configured target, in config order."""
+    if state is None:
+        state = open_state(config.state_url.get_secret_value() if config.state_url else None)
+    if store is None:
+        store = AuditStore(config.audit_url.get_secret_value())
+    last = last_recoveries(store, [t.name for t in config.targets])
+    rows: list[TargetStatus] = []
+    for target in config.targets:
+        counters = state.health(target.name)
+        try:
+            history = state.probe_history(target.name)
+            flapping = state.flapping_since(target.name) is not None
+        except NotImplementedError:
+            history, flapping = [], False
+        rate, lowered = _rate(state, target)
+        health = "unknown" if counters is None else "healthy" if counters.healthy else "unhealthy"
+        rows.append(
+            TargetStatus(
+                target=target.name,
+                kind=target.kind,
+                health=health,
+                reason=redact(counters.reason) if counters else None,
+                probed_at=datetime.fromtimestamp(counters.probed_at, UTC) if counters else None,
+                consecutive_failures=counters.failures if counters else 0,
+                breaker_state=_breaker(config, target),
+                allowed_rate_per_second=rate,
+                rate_lowered=lowered,
+                paused=redact(p) if (p := state.paused(target.name)) else None,
+                flapping=flapping,
+                flap_percent=round(percent_state_change(history), 1),
+                recovery_in_progress=state.lock_owner(target.name) is not None,
+                last_recovery=last.get(target.name),
+            )
+        )
+    return rows
+
+
+# --- rendering -----------------------------------------------------------------------------------
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else "-"
+
+
+def _rate_text(row: TargetStatus) -> str:
+    if row.allowed_rate_per_second is None:
+        return "-"
+    text = f"{row.allowed_rate_per_second:g}/s"
+    return f"{text} (lowered)" if row.rate_lowered else text
+
+
+def _outcome(last: LastRecovery | None) -> str:
+    if last is None:
+        return "-"
+    return f"{last.state} ({last.error_type})" if last.error_type else last.state
+
+
+def status_table(rows: Sequence[TargetStatus]) -> list[dict[str, str]]:
+    """The board as the ``recovery-status`` table artifact: strings only, secrets redacted."""
+    table = []
+    for row in rows:
+        last = row.last_recovery
+        health = row.health if not row.reason or row.health == "healthy" else f"{row.health} ({row.reason})"
+        table.append(
+            {
+                "target": row.target,
+                "kind": row.kind,
+                "health": health,
+                "consecutive failures": str(row.consecutive_failures),
+                "breaker": row.breaker_state,
+                "allowed rate": _rate_text(row),
+                "paused": row.paused or "no",
+                "flapping": f"yes ({row.flap_percent:g}%)" if row.flapping else f"no ({row.flap_percent:g}%)",
+                "recovery in progress": "yes" if row.recovery_in_progress else "no",
+                "last recovery": f"{last.workflow} {_when(last.started_at)}" if last else "-",
+                "outcome": _outcome(last),
+            }
+        )
+    return [{k: redact(v) for k, v in r.items()} for r in table]
+
+
+def format_status(rows: Sequence[TargetStatus]) -> list[str]:
+    """Plain-text board for ``recovery status``."""
+    table = status_table(rows)
+    if not table:
+        return ["no targets configured"]
+    headers = list(table[0])
+    widths = {h: max(len(h), *(len(r[h]) for r in table)) for h in headers}
+    lines = ["  ".join(h.upper().ljust(widths[h]) for h in headers).rstrip()]
+    lines += ["  ".join(r[h].ljust(widths[h]) for h in headers).rstrip() for r in table]
+    return lines
