@@ -54,7 +54,10 @@ async def monitor(config_path: str | None = None) -> dict[str, Any]:
             {
                 "target": d.target,
                 "workflow": d.workflow,
-                "state": "succeeded" if ok else "failed",
+                # refused: the target's strategy said no (time window, open breaker...): audited
+                "state": "succeeded"
+                if ok
+                else ("refused" if "RecoveryRefused" in (state.message or "") else "failed"),
                 "message": state.message,
             }
         )
