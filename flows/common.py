@@ -12,6 +12,7 @@ from prefect.runtime import flow_run as current_flow_run
 
 from flows import signals
 from recovery.audit.store import AuditStore
+from recovery.breakers import breaker_for_target
 from recovery.config import load_config
 from recovery.errors import RecoveryRefused
 from recovery.redact import install_log_redaction, redact
@@ -89,7 +90,9 @@ def _finalize(flow_run: FlowRun, final: str) -> None:
             return
         audit.finish_run(record.id, final, f"flow run {final}", error_type=f"Flow{final.title()}")
         state = open_state(config.state_url.get_secret_value() if config.state_url else None)
-        state.release_lock(record.target, params.get("lock_token") or record.id)
+        owner = params.get("lock_token") or record.id
+        state.release_lock(record.target, owner)
+        breaker_for_target(config, record.target).end_probe(owner, None)  # a breaker_aligned probe
     except Exception:  # a hook must never raise; the lock TTL is the backstop
         return
 

@@ -17,6 +17,7 @@ failed one re-opens it (a new reset timeout), a cancelled one gives the lease ba
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -168,6 +169,12 @@ class Admission:
     def allowed(self) -> bool:
         return self.decision.allowed
 
+    def refresh(self) -> None:
+        """Each step attempt extends the probe lease (never raises: the lease is advisory)."""
+        if self.probe is not None:
+            with contextlib.suppress(StateUnavailable):
+                self.probe.refresh_probe(self.owner)
+
     def settle(self, outcome: str) -> None:
         """The run ended (succeeded | failed | cancelled | not-started); never raises."""
         if self.settled:
@@ -242,7 +249,9 @@ def admit(
         return admission
     if decision.probe_lease:
         breaker = breaker_for(target.name, target.breaker, _state_url(config))
-        ticket = breaker.try_probe(owner, lease_seconds=config.monitor.lock_ttl_seconds)
+        # A short lease (probe_lease_seconds), refreshed by every step attempt: a recovery that
+        # crashed cannot keep the application's calls rejected for the lock's whole TTL.
+        ticket = breaker.try_probe(owner)
         if ticket.verdict != "probe":
             held = (
                 f"held by {ticket.holder}" if ticket.holder else f"open for {ticket.retry_in or 0:.1f}s more"

@@ -102,6 +102,15 @@ class MemoryBreakerStore(BreakerStore):
 
         self._locked(step)
 
+    def refresh(self, owner: str, lease_seconds: float) -> bool:
+        def step(now: float) -> bool:
+            if self._holder(now) != owner:
+                return False
+            self._lease = (owner, now + lease_seconds)
+            return True
+
+        return self._locked(step)
+
     def force(self, state: str, trip: bool = False) -> str:
         if state not in (CLOSED, OPEN, HALF_OPEN):
             raise ValueError(f"unknown breaker state {state!r}")

@@ -143,6 +143,11 @@ redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return {'closed', 0}
 """
 
+_REFRESH = """
+if redis.call('GET', KEYS[2]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[2], ARGV[2]) end
+return 0
+"""
+
 _RELEASE = """
 if redis.call('GET', KEYS[2]) == ARGV[1] then return redis.call('DEL', KEYS[2]) end
 return 0
@@ -214,6 +219,10 @@ class BreakerStore(pybreaker.CircuitBreakerStorage, ABC):
     @abstractmethod
     def release(self, owner: str) -> None:
         """Give the probe lease back (a cancelled probe) if ``owner`` holds it."""
+
+    @abstractmethod
+    def refresh(self, owner: str, lease_seconds: float) -> bool:
+        """Extend the probe lease if ``owner`` still holds it (a long recovery probing)."""
 
     @abstractmethod
     def force(self, state: str, trip: bool = False) -> str:
@@ -393,6 +402,9 @@ class RedisBreakerStore(BreakerStore):
     async def arelease(self, owner: str) -> None:
         await self._arun("release", [owner])
 
+    def refresh(self, owner: str, lease_seconds: float) -> bool:
+        return bool(self._run("refresh", [owner, _ms(lease_seconds)]))
+
     def force(self, state: str, trip: bool = False) -> str:
         if state not in (CLOSED, OPEN, HALF_OPEN):
             raise ValueError(f"unknown breaker state {state!r}")
@@ -425,7 +437,14 @@ class RedisBreakerStore(BreakerStore):
             self._client.close()
 
 
-_SCRIPTS = {"admit": _ADMIT, "succeeded": _SUCCEEDED, "failed": _FAILED, "release": _RELEASE, "force": _FORCE}
+_SCRIPTS = {
+    "admit": _ADMIT,
+    "succeeded": _SUCCEEDED,
+    "failed": _FAILED,
+    "release": _RELEASE,
+    "refresh": _REFRESH,
+    "force": _FORCE,
+}
 
 
 async def close_async_clients(store: BreakerStore) -> None:

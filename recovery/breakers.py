@@ -147,6 +147,10 @@ class FleetBreaker(pybreaker.CircuitBreaker):
             self._transition(ticket.state, HALF_OPEN)
         return ticket
 
+    def refresh_probe(self, owner: str, lease_seconds: float | None = None) -> bool:
+        """Extend ``owner``'s probe lease (False if it lapsed and someone else may probe)."""
+        return self.store.refresh(owner, lease_seconds or self.probe_lease_seconds)
+
     def end_probe(self, owner: str, ok: bool | None) -> None:
         """A probe taken with ``try_probe`` ended: ok closes, failure re-opens, None releases."""
         if ok is None:

@@ -5,9 +5,7 @@
 * Corrupted entries: ``SCAN`` (never ``KEYS``) over ``validate.key_pattern`` in batches, values
   fetched and deleted with pipelines. A bad key is deleted only if it still holds the value that
   was judged (compare-and-delete in Lua), so a concurrent writer's fresh value is never lost.
-* Rebuild: rows from SQL, a JSON object from HTTP, or a Python callable, written in pipelined
-  batches with ``SET NX`` (only missing keys; ``overwrite: true`` for all). Values that fail the
-  target's validation are never written.
+* Rebuild: see ``recovery.cache_rebuild``.
 
 The probe uses redis' asyncio client so many targets are probed concurrently; the steps run the
 blocking client on a worker thread. Redis errors become ``TemporaryError`` (retried with the
@@ -17,22 +15,14 @@ target's backoff) naming the target and its redacted URL, except auth failures (
 from __future__ import annotations
 
 import asyncio
-import importlib
-import inspect
 import json
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from itertools import islice
 from typing import Any
 
-import httpx
 import redis
 import redis.asyncio as aioredis
-from sqlalchemy import create_engine, text
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.pool import NullPool
 
 from recovery.config import CacheValidation, RedisTarget, TargetConfig
 from recovery.errors import PermanentError, RecoveryError, TemporaryError
@@ -81,7 +71,7 @@ def classify_redis_error(exc: BaseException) -> str:
     return f"error: {type(exc).__name__}"
 
 
-def _error(target: RedisTarget, exc: BaseException, doing: str) -> RecoveryError:
+def redis_error(target: RedisTarget, exc: BaseException, doing: str) -> RecoveryError:
     reason = classify_redis_error(exc)
     where = f"redis target {target.name} ({redact_url(target.url.get_secret_value())})"
     if reason == "auth failed" or reason.startswith("error:"):
@@ -272,7 +262,7 @@ def _clear_corrupted_sync(target: RedisTarget) -> Detail:
             if cursor == 0:
                 break
     except redis.RedisError as exc:
-        raise _error(target, exc, "clearing corrupted entries") from None
+        raise redis_error(target, exc, "clearing corrupted entries") from None
     finally:
         client.close()
     return {
@@ -296,7 +286,7 @@ def _clear_pattern_sync(target: RedisTarget, pattern: str) -> Detail:
     try:
         deleted = scan_delete(client, pattern, target.batch_size)
     except redis.RedisError as exc:
-        raise _error(target, exc, "clearing keys") from None
+        raise redis_error(target, exc, "clearing keys") from None
     finally:
         client.close()
     return {"pattern": pattern, "deleted": deleted}
@@ -309,135 +299,3 @@ async def clear_cache(target: TargetConfig, pattern: str | None = None) -> Detai
     if not pattern:
         raise PermanentError(f"{cache.name}: no pattern given and the target has no validate.key_pattern")
     return await asyncio.to_thread(_clear_pattern_sync, cache, pattern)
-
-
-# --- rebuild -----------------------------------------------------------------------------------
-
-
-def _encode(value: Any) -> str | bytes | None:
-    if value is None:
-        return None
-    if isinstance(value, str | bytes):
-        return value
-    return json.dumps(value, default=str, separators=(",", ":"))
-
-
-def _batches(items: Iterable[tuple[str, Any]], size: int) -> Iterator[list[tuple[str, Any]]]:
-    iterator = iter(items)
-    while batch := list(islice(iterator, size)):
-        yield batch
-
-
-def _write(target: RedisTarget, items: Iterable[tuple[str, Any]]) -> dict[str, int]:
-    """Write ``items`` in pipelined batches: SET NX (or plain SET with ``overwrite``), optional TTL."""
-    rebuild = target.rebuild
-    assert rebuild is not None
-    counts = {"rows": 0, "written": 0, "existing": 0, "invalid": 0, "batches": 0}
-    client = sync_client(target)
-    try:
-        for batch in _batches(items, target.batch_size):
-            counts["rows"] += len(batch)
-            with client.pipeline(transaction=False) as pipe:
-                queued = 0
-                for key, raw in batch:
-                    value = _encode(raw)
-                    if value is None or (
-                        target.validation is not None and invalid_reason(value, target.validation)
-                    ):
-                        counts["invalid"] += 1
-                        continue
-                    pipe.set(key, value, nx=not rebuild.overwrite, ex=rebuild.ttl_seconds)
-                    queued += 1
-                results = pipe.execute() if queued else []
-            counts["batches"] += 1
-            written = sum(1 for r in results if r)
-            counts["written"] += written
-            counts["existing"] += len(results) - written
-    except redis.RedisError as exc:
-        raise _error(target, exc, "rebuilding the cache") from None
-    finally:
-        client.close()
-    return counts
-
-
-def _rebuild_from_sql(target: RedisTarget) -> dict[str, int]:
-    assert target.rebuild is not None and target.rebuild.sql is not None
-    source = target.rebuild.sql
-    engine = create_engine(source.url.get_secret_value(), poolclass=NullPool)
-
-    def rows() -> Iterator[tuple[str, Any]]:
-        with engine.connect() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=target.batch_size).execute(
-                text(source.query)
-            )
-            for row in result.mappings():
-                try:
-                    key = source.key_template.format_map(row)
-                except KeyError as exc:
-                    raise PermanentError(f"rebuild.sql.key_template: no column {exc} in the query") from None
-                yield key, (row[source.value_column] if source.value_column else dict(row))
-
-    try:
-        return _write(target, rows())
-    except SQLAlchemyError as exc:
-        from recovery.database import classify_db_error
-
-        reason = classify_db_error(exc)
-        message = f"redis target {target.name}: rebuild source (sql): {reason}"
-        if reason.startswith(("connection", "timeout", "server starting")):
-            raise TemporaryError(message) from None
-        raise PermanentError(message) from None
-    finally:
-        engine.dispose()
-
-
-async def _fetch_http(target: RedisTarget) -> Mapping[str, Any]:
-    assert target.rebuild is not None and target.rebuild.http is not None
-    source = target.rebuild.http
-    where = f"redis target {target.name}: rebuild source {redact_url(source.url)}"
-    try:
-        async with httpx.AsyncClient(timeout=source.timeout_seconds, trust_env=False) as client:
-            response = await client.get(source.url)
-    except httpx.HTTPError as exc:
-        raise TemporaryError(f"{where}: {type(exc).__name__}") from None
-    if response.status_code >= 500 or response.status_code == 429:
-        raise TemporaryError(f"{where}: status {response.status_code}")
-    if response.status_code != 200:
-        raise PermanentError(f"{where}: status {response.status_code}")
-    try:
-        data = response.json()
-    except ValueError:
-        data = None
-    if not isinstance(data, dict):
-        raise PermanentError(f"{where}: expected a JSON object of key -> value")
-    return data
-
-
-async def _call_python(target: RedisTarget) -> Iterable[tuple[str, Any]]:
-    assert target.rebuild is not None and target.rebuild.python is not None
-    module_name, _, name = target.rebuild.python.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError) as exc:
-        raise PermanentError(f"rebuild.python: cannot load {target.rebuild.python}: {exc}") from None
-    result = await fn() if inspect.iscoroutinefunction(fn) else await asyncio.to_thread(fn)
-    if isinstance(result, Mapping):
-        return list(result.items())
-    return list(result)
-
-
-async def rebuild_cache(target: TargetConfig) -> Detail:
-    """Warm the cache from ``rebuild`` (sql, http or python); report keys written."""
-    cache = as_redis(target)
-    rebuild = cache.rebuild
-    if rebuild is None:
-        return None
-    if rebuild.sql is not None:
-        source, counts = "sql", await asyncio.to_thread(_rebuild_from_sql, cache)
-    elif rebuild.http is not None:
-        data = await _fetch_http(cache)
-        source, counts = "http", await asyncio.to_thread(_write, cache, list(data.items()))
-    else:
-        items = await _call_python(cache)
-        source, counts = "python", await asyncio.to_thread(_write, cache, items)
-    return {"source": source, "overwrite": rebuild.overwrite, **counts}

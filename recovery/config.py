@@ -54,7 +54,7 @@ class MonitorConfig(_Model):
         15.0, ge=0, le=100, description="A flapping target stops flapping below this % state change."
     )
     flap_high_threshold: float = Field(
-        30.0, ge=0, le=100, description="A target starts flapping above this % state change (21 probes)."
+        25.0, ge=0, le=100, description="A target starts flapping above this % state change (21 probes)."
     )
 
     @model_validator(mode="after")
@@ -251,7 +251,7 @@ class SqlSource(_Model):
 
 class HttpSource(_Model):
     url: str = Field(..., description="GET returns a JSON object of key -> value.")
-    timeout_seconds: float = Field(30.0, gt=0, le=3600)
+    timeout_seconds: float = Field(30.0, gt=0, le=3600, description="Timeout of the GET.")
 
     @field_validator("url")
     @classmethod
@@ -265,8 +265,8 @@ class HttpSource(_Model):
 class CacheRebuild(_Model):
     """Where ``cache-recovery`` warms the cache from: exactly one of sql, http, python."""
 
-    sql: SqlSource | None = None
-    http: HttpSource | None = None
+    sql: SqlSource | None = Field(None, description="Rows of a SQL query.")
+    http: HttpSource | None = Field(None, description="A JSON object of key -> value from a URL.")
     python: str | None = Field(
         None, description="module:function returning a mapping (or pairs) of key -> value."
     )

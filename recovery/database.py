@@ -83,6 +83,8 @@ def target_engine(target: DatabaseTarget) -> Engine:
         connect_args: dict[str, Any] = {}
         if url.get_backend_name() == "postgresql":
             connect_args["connect_timeout"] = max(2, math.ceil(target.connect_timeout_seconds))
+            # A peer that vanishes mid-query (no RST) is noticed in ~10 s, not the OS's 2 hours.
+            connect_args.update(keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3)
             if "application_name" not in url.query:
                 connect_args["application_name"] = RECOVERY_APPLICATION_NAME
         elif url.get_backend_name() == "sqlite":

@@ -16,12 +16,15 @@ from recovery.redact import redact
 from recovery.stats import GroupStats, StatsReport
 
 MAX_CELL = 160
+# Placeholder for "no value". Not "-": Prefect's UI renders table cells as markdown, where a
+# lone "-" becomes a list bullet.
+NONE = "—"
 
 
 def seconds(value: float | None) -> str:
     """``None`` -> ``-``; 4.25 -> ``4.25s``; 754 -> ``12m 34s``; 7300 -> ``2h 1m``."""
     if value is None:
-        return "-"
+        return NONE
     if value < 120:
         return f"{value:.2f}s" if value < 10 else f"{value:.1f}s"
     if value < 7200:
@@ -30,11 +33,11 @@ def seconds(value: float | None) -> str:
 
 
 def _rate(value: float | None) -> str:
-    return "-" if value is None else f"{value * 100:.1f}%"
+    return NONE if value is None else f"{value * 100:.1f}%"
 
 
 def _when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else "-"
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else NONE
 
 
 def _cell(text: str) -> str:
@@ -44,13 +47,13 @@ def _cell(text: str) -> str:
 
 def _errors(group: GroupStats) -> str:
     items = sorted(group.error_types.items(), key=lambda kv: (-kv[1], kv[0]))
-    return ", ".join(f"{name} x{count}" for name, count in items) or "-"
+    return ", ".join(f"{name} x{count}" for name, count in items) or NONE
 
 
 def _last_failure(group: GroupStats) -> str:
     last = group.last_failure
     if last is None:
-        return "-"
+        return NONE
     what = f"{last.error_type}: {last.error_message}" if last.error_message else (last.error_type or "")
     return _cell(f"{_when(last.at)} {what}".strip())
 
@@ -171,28 +174,22 @@ def history_table(runs: Sequence[RunRecord], ui_url: str | None) -> list[dict[st
             "type": r.type,
             "state": r.state + (" (dry run)" if r.dry_run else ""),
             "duration": seconds(r.duration_seconds),
-            "requested by": _cell(r.requested_by or "-"),
-            "error": _cell(f"{r.error_type}: {r.error_message}") if r.error_type else "-",
-            "flow run": flow_run_url(ui_url, r.flow_run_id) or "-",
+            "flow run": flow_run_url(ui_url, r.flow_run_id) or NONE,
+            "requested by": _cell(r.requested_by or NONE),
+            "error": _cell(f"{r.error_type}: {r.error_message}") if r.error_type else NONE,
         }
         for r in runs
     ]
 
 
 def history_markdown(runs: Sequence[RunRecord], ui_url: str | None) -> str:
-    """The same runs as markdown, with clickable flow-run links."""
-    lines = [
-        "| started | target | workflow | type | state | duration | flow run |",
-        "|---|---|---|---|---|---:|---|",
-    ]
+    """The runs that have a flow run, as a markdown list of links (clickable in every Prefect UI)."""
+    lines = []
     for r in runs:
         url = flow_run_url(ui_url, r.flow_run_id)
-        link = f"[{r.flow_run_id[:8]}]({url})" if url and r.flow_run_id else (r.flow_run_id or "-")
-        state = r.state + (" (dry run)" if r.dry_run else "")
-        lines.append(
-            f"| {_when(r.started_at)} | {r.target} | {r.workflow} | {r.type} | {state} | "
-            f"{seconds(r.duration_seconds)} | {link} |"
-        )
-    if not runs:
-        lines.append("| - | - | - | - | no recoveries recorded | - | - |")
+        if url and r.flow_run_id:
+            lines.append(
+                f"- {_when(r.started_at)} {r.target} {r.workflow} {r.type}: **{r.state}** "
+                f"([flow run {r.flow_run_id[:8]}]({url}))"
+            )
     return redact("\n".join(lines))

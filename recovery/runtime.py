@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from recovery import actions, cache, database, ratelimit_steps
+from recovery import actions, cache, cache_rebuild, database, ratelimit_steps
 from recovery.actions import Detail
 from recovery.admission import Admission, admit
 from recovery.audit.store import AuditStore, PlannedStep
@@ -109,7 +109,7 @@ async def _clear_corrupted(rt: RecoveryRuntime) -> Detail:
 
 
 async def _rebuild(rt: RecoveryRuntime) -> Detail:
-    return await cache.rebuild_cache(rt.target)
+    return await cache_rebuild.rebuild_cache(rt.target)
 
 
 async def _clear_keys(rt: RecoveryRuntime) -> Detail:
@@ -254,6 +254,8 @@ class RecoveryRuntime:
             error = PermanentError(f"lost the recovery lock of {self.target.name}; stopping")
             self.audit.step_finished(self.run_id, name, "failed", error)
             raise error
+        if self.admission is not None:
+            self.admission.refresh()  # breaker_aligned: keep holding the half-open probe
         try:
             detail = await ACTIONS[name](self)
         except TemporaryError as exc:

@@ -31,6 +31,8 @@ from recovery.ratelimit import rate_store_for
 from recovery.redact import redact
 from recovery.state import SharedState, open_state
 
+NONE = "—"  # not "-": Prefect's UI renders table cells as markdown ("-" is a bullet)
+
 
 @dataclass(frozen=True)
 class LastRecovery:
@@ -203,19 +205,19 @@ def collect_status(
 
 
 def _when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else "-"
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else NONE
 
 
 def _rate_text(row: TargetStatus) -> str:
     if row.allowed_rate_per_second is None:
-        return "-"
+        return NONE
     text = f"{row.allowed_rate_per_second:g}/s"
     return f"{text} (lowered)" if row.rate_lowered else text
 
 
 def _outcome(last: LastRecovery | None) -> str:
     if last is None:
-        return "-"
+        return NONE
     return f"{last.state} ({last.error_type})" if last.error_type else last.state
 
 
@@ -236,7 +238,7 @@ def status_table(rows: Sequence[TargetStatus]) -> list[dict[str, str]]:
                 "paused": row.paused or "no",
                 "flapping": f"yes ({row.flap_percent:g}%)" if row.flapping else f"no ({row.flap_percent:g}%)",
                 "recovery in progress": "yes" if row.recovery_in_progress else "no",
-                "last recovery": f"{last.workflow} {_when(last.started_at)}" if last else "-",
+                "last recovery": f"{last.workflow} {_when(last.started_at)}" if last else NONE,
                 "outcome": _outcome(last),
             }
         )

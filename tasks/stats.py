@@ -144,7 +144,7 @@ async def publish_stats(report: core.StatsReport) -> None:
     """The ``recovery-stats`` table artifact and its markdown summary."""
     window = f"{report.since:%Y-%m-%d %H:%M} to {report.until:%Y-%m-%d %H:%M} UTC"
     await acreate_table_artifact(
-        table=stats_table(report) or [{"target": "-", "workflow": "-", "runs": "0"}],
+        table=stats_table(report) or [{"target": "—", "workflow": "—", "runs": "0"}],
         key=STATS_KEY,
         description=f"Recovery runs per target and workflow, {window}",
     )
@@ -160,10 +160,11 @@ async def publish_history(config_path: str | None, limit: int, ui_url: str | Non
     store = AuditStore(config.audit_url.get_secret_value())
     runs = await asyncio.to_thread(store.history, None, limit)
     table = history_table(runs, ui_url)
+    links = history_markdown(runs, ui_url)
     await acreate_table_artifact(
-        table=table or [{"started": "-", "target": "-", "state": "no recoveries recorded"}],
+        table=table or [{"started": "—", "target": "—", "state": "no recoveries recorded"}],
         key=HISTORY_KEY,
-        description=f"Last {limit} recovery runs; flow run links open the Prefect UI.\n\n"
-        + history_markdown(runs, ui_url),
+        description=f"Last {limit} recovery runs, newest first."
+        + (f" Flow runs in the Prefect UI:\n\n{links}" if links else ""),
     )
     return len(runs)

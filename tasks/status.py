@@ -19,7 +19,7 @@ STATUS_KEY = "recovery-status"
 async def publish_status(config: RecoveryConfig) -> list[TargetStatus]:
     """Build the board from shared state + audit and publish it (one row per target)."""
     rows = await asyncio.to_thread(collect_status, config)
-    table = status_table(rows) or [{"target": "-", "health": "no targets configured"}]
+    table = status_table(rows) or [{"target": "—", "health": "no targets configured"}]
     unhealthy = sum(r.health == "unhealthy" for r in rows)
     await acreate_table_artifact(
         table=table,

@@ -561,3 +561,17 @@ async def test_cancellation_during_first_connect_is_never_swallowed(redis_url: s
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(task, 5)
+
+
+def test_only_the_owner_refreshes_the_probe_lease(make: Any) -> None:
+    now = [0.0]
+    breaker = make(fail_max=1, reset_timeout=1, probe_lease_seconds=5, clock=lambda: now[0])
+    breaker.open()
+    now[0] = 2.0
+    assert breaker.try_probe("recovery-run").verdict == "probe"
+    assert breaker.refresh_probe("recovery-run", 60)
+    assert not breaker.refresh_probe("someone-else", 60)
+    ttl = breaker.snapshot().probe_ttl_seconds
+    assert ttl is not None and 5 < ttl <= 60
+    breaker.end_probe("recovery-run", None)  # cancelled: lease back, still half-open
+    assert (breaker.snapshot().state, breaker.snapshot().probe_holder) == ("half-open", None)

@@ -27,7 +27,7 @@ from dbcache_services import (
     source_value,
 )
 
-from recovery import cache
+from recovery import cache, cache_rebuild
 from recovery.config import CacheValidation, RedisTarget, parse_config
 from recovery.errors import ConfigError, PermanentError, TemporaryError
 from recovery.faultserver import free_port
@@ -219,7 +219,7 @@ async def test_clears_exactly_the_500_corrupted_and_rebuilds_them(redis_url: str
     assert set(after_clear) == set(before) - bad_keys
     assert all(after_clear[k] == before[k] for k in after_clear)  # values, types and TTLs untouched
 
-    rebuilt = await cache.rebuild_cache(target)
+    rebuilt = await cache_rebuild.rebuild_cache(target)
 
     assert rebuilt == {
         "source": "sql",
@@ -299,14 +299,14 @@ async def test_rebuild_skips_invalid_source_values_and_honours_ttl_and_overwrite
     client = redis.Redis.from_url(redis_url)
     client.set("user:0", healthy_value(0))
     target = redis_target("cache", redis_url, validate=USERS, rebuild=sql_rebuild(url, ttl_seconds=600))
-    detail = await cache.rebuild_cache(target)
+    detail = await cache_rebuild.rebuild_cache(target)
     assert detail is not None
     assert (detail["rows"], detail["written"], detail["existing"], detail["invalid"]) == (5, 3, 1, 1)
     assert client.get("user:3") is None  # never write a value the validator would delete
     assert client.get("user:0") == healthy_value(0).encode()
     assert 0 < client.ttl("user:1") <= 600
     overwrite = redis_target("cache", redis_url, validate=USERS, rebuild=sql_rebuild(url, overwrite=True))
-    detail = await cache.rebuild_cache(overwrite)
+    detail = await cache_rebuild.rebuild_cache(overwrite)
     assert detail is not None and (detail["written"], detail["existing"], detail["invalid"]) == (4, 0, 1)
     assert client.get("user:0") == source_value(0).encode()
     client.close()
@@ -320,7 +320,7 @@ def python_source() -> dict[str, Any]:
 async def test_rebuild_from_python_and_http(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     py = redis_target("cache", redis_url, validate=USERS, rebuild={"python": "test_cache:python_source"})
-    detail = await cache.rebuild_cache(py)
+    detail = await cache_rebuild.rebuild_cache(py)
     assert detail is not None and (detail["source"], detail["written"]) == ("python", 3)
     assert json.loads(client.get("user:2") or b"") == {"id": 2, "name": "user-2", "v": "py"}
 
@@ -342,7 +342,7 @@ async def test_rebuild_from_python_and_http(redis_url: str) -> None:
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/warm"
         web = redis_target("cache", redis_url, validate=USERS, rebuild={"http": {"url": url}})
-        detail = await cache.rebuild_cache(web)
+        detail = await cache_rebuild.rebuild_cache(web)
         assert detail is not None and (detail["source"], detail["rows"], detail["written"]) == ("http", 4, 4)
         assert client.get("user:13") == source_value(13).encode()
     finally:
@@ -350,7 +350,7 @@ async def test_rebuild_from_python_and_http(redis_url: str) -> None:
         server.server_close()
     gone = redis_target("cache", redis_url, rebuild={"http": {"url": url, "timeout_seconds": 1}})
     with pytest.raises(TemporaryError, match=r"rebuild source http://127\.0\.0\.1:"):
-        await cache.rebuild_cache(gone)  # the source is down: worth retrying
+        await cache_rebuild.rebuild_cache(gone)  # the source is down: worth retrying
     client.close()
 
 

@@ -84,7 +84,7 @@ def test_thresholds_validated() -> None:
     with pytest.raises(ConfigError, match="flap_low_threshold"):
         parse_config({"monitor": {"flap_low_threshold": 50, "flap_high_threshold": 20}})
     config = parse_config({})
-    assert (config.monitor.flap_low_threshold, config.monitor.flap_high_threshold) == (15.0, 30.0)
+    assert (config.monitor.flap_low_threshold, config.monitor.flap_high_threshold) == (15.0, 25.0)
 
 
 # --- shared state ----------------------------------------------------------------------------------
@@ -168,7 +168,7 @@ def test_monitor_holds_off_recovery_while_flapping(state_url: str | None) -> Non
     assert "recover" in actions[:first], "normal outages are recovered before it flaps"
     assert set(actions[first:]) == {"none", "flapping"}, "never recovered automatically while it flaps"
     assert started.count(True) == 1 and started.index(True) <= first
-    assert percent_state_change(history[: first + 1]) > 30
+    assert percent_state_change(history[: first + 1]) > config.monitor.flap_high_threshold
     assert state.flapping_since(name) is not None
 
     # Stable again: the changes age out of the 21-probe window and flapping stops (< 15%).
@@ -192,4 +192,26 @@ def test_flap_detection_can_be_disabled(state_url: str | None) -> None:
             state.release_lock(name, d.lock_token)
     if state_url:
         assert redis.Redis.from_url(state_url).exists(probe_history_key(name)) == 0
+    state.close()
+
+
+def test_defaults_recover_two_outages_and_hold_off_the_third(state_url: str | None) -> None:
+    """With the defaults (failure_threshold 3, flap 15/25 %): within 21 probes two outages are
+    recovered automatically, the third is held off and escalated (docs/monitoring.md)."""
+    name = f"api-{uuid.uuid4().hex[:8]}"
+    data: dict[str, object] = {"targets": [{"kind": "http", "name": name, "url": "http://127.0.0.1:9/h"}]}
+    if state_url:
+        data["state_url"] = state_url
+    config = parse_config(data)
+    state: SharedState = RedisState(state_url) if state_url else MemoryState()
+    outages: list[str] = []
+    probes = [True] * 6 + ([False] * 3 + [True] * 3) * 2 + [False] * 3
+    for i, healthy in enumerate(probes):
+        (d,) = decide(config, state, [probe(name, healthy)], now=1000.0 + i)
+        if d.action in ("recover", "flapping"):
+            outages.append(d.action)
+        if d.lock_token:
+            state.release_lock(name, d.lock_token)
+            state.clear_paused(name)
+    assert outages == ["recover", "recover", "flapping"]
     state.close()

@@ -200,3 +200,36 @@ def test_rest_auth_required(served: tuple[Api, str, dict[str, Any]]) -> None:
     assert run["state"]["type"] == "COMPLETED", run["state"]
     record = AuditStore(ctx["audit"]).run(request_id)
     assert record is not None and record.state == "succeeded"
+
+
+def test_prefect_deploy_all_accepts_prefect_yaml(tmp_path: Path, sqlite_url: str) -> None:
+    """`prefect deploy --all` against a local server creates every deployment of prefect.yaml."""
+    server, base = _start_server(tmp_path / "prefect-home", auth=False)
+    try:
+        config = tmp_path / "recovery.yaml"
+        config.write_text(
+            f"audit_url: {sqlite_url}\ntargets:\n"
+            "  - {name: payments-api, kind: http, url: 'http://127.0.0.1:9/health'}\n"
+        )
+        env = {**os.environ, "PREFECT_API_URL": base, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+               "RECOVERY_CONFIG": str(config)}
+        repo = Path(__file__).resolve().parents[2]
+        prefect = [sys.executable, "-m", "prefect", "--no-prompt"]
+        pool = subprocess.run([*prefect, "work-pool", "create", "recovery-pool", "--type", "process"],
+                              env=env, cwd=repo, capture_output=True, text=True, timeout=180)
+        assert pool.returncode == 0, pool.stdout + pool.stderr
+        deploy = subprocess.run([*prefect, "deploy", "--all"], env=env, cwd=repo,
+                                capture_output=True, text=True, timeout=600)
+        assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
+        api = Api(base)
+        deployments = api.call("POST", "/deployments/filter", json={})
+        names = {d["name"] for d in deployments}
+        assert names == {
+            "monitor", "recover", "recovery-status", "reset-circuit-breaker", "circuit-breaker-status",
+            "clear-cache", "reconnect-database", "recovery-history", "recovery-stats",
+        }
+        by_name = {d["name"]: d for d in deployments}
+        assert by_name["recover"]["parameters"]["config_path"] == str(config)
+        assert by_name["monitor"]["concurrency_limit"] == 1
+    finally:
+        _stop(server)
