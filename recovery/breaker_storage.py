@@ -10,6 +10,7 @@ Redis is down. Here each decision is one Lua script:
     succeeded  closed: reset the failure count; the probe: close after success_threshold probes
     failed     closed: count, open at fail_max; the probe: re-open (new opened_at)
     release    a cancelled probe gives its lease back without counting anything
+    refresh    the lease holder extends it (a recovery that is the probe, step by step)
     force      open / close / half-open (operators, recoveries); ``trip`` keeps an open breaker's
                opened_at so re-opening cannot postpone its reset timeout
 
@@ -19,6 +20,7 @@ Redis layout (``recovery:breaker:{target}``, hash, PEXPIRE ``state_ttl_seconds``
 
 Every method raises ``StateUnavailable`` when Redis cannot be reached; ``recovery.breakers``
 decides what a guarded call does then. Constructing a store performs no I/O and never raises.
+``recovery.breaker_memory`` has the same state machine for a single process.
 """
 
 from __future__ import annotations

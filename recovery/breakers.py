@@ -34,7 +34,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Literal, ParamSpec, TypeVar
+from typing import Any, Literal, TypeVar
 
 import pybreaker
 
@@ -68,7 +68,6 @@ __all__ = [
 logger = logging.getLogger("recovery.breakers")
 CircuitBreakerError = pybreaker.CircuitBreakerError
 REDIS_RETRY_SECONDS = 1.0
-P = ParamSpec("P")
 R = TypeVar("R")
 
 _BYPASS = Ticket("bypass", "unknown")

@@ -12,12 +12,12 @@ import logging
 import re
 import threading
 from collections.abc import Iterable
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 MASK = "***"
 
 # scheme://user:password@host -> scheme://user:***@host (also matches inside free text).
-_USERINFO_RE = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@")
+# The password runs to the *last* "@" before the host: "redis://:p@ss@h/0" has password "p@ss".
+_USERINFO_RE = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^/\s]+)@")
 _SENSITIVE_PARAMS = ("token", "key", "secret", "password", "passwd", "pwd", "auth", "signature", "sig")
 _QUERY_RE = re.compile(
     r"(?P<k>[?&;](?:[a-zA-Z0-9_\-]*?)(?:"
@@ -48,33 +48,23 @@ def redact(text: str) -> str:
     """Mask credentials in URLs, sensitive query parameters, and registered secret values."""
     if not text:
         return text
-    out = _USERINFO_RE.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
-    out = _QUERY_RE.sub(lambda m: f"{m['k']}{MASK}", out)
+    # Known secrets first: a URL pattern could mask only part of one (e.g. up to an "@").
     with _lock:
         secrets = sorted(_known_secrets, key=len, reverse=True)
+    out = text
     for secret in secrets:
         if secret in out:
             out = out.replace(secret, MASK)
-    return out
+    out = _USERINFO_RE.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", out)
+    return _QUERY_RE.sub(lambda m: f"{m['k']}{MASK}", out)
 
 
 def redact_url(url: str) -> str:
-    """Return ``url`` with the password and sensitive query values masked."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return redact(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, host = netloc.rpartition("@")
-        user = userinfo.split(":", 1)[0]
-        netloc = f"{user}:{MASK}@{host}" if ":" in userinfo else f"{userinfo}@{host}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        masked = [(k, MASK if any(s in k.lower() for s in _SENSITIVE_PARAMS) else v) for k, v in pairs]
-        query = urlencode(masked, safe="*")
-    return redact(urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment)))
+    """Return ``url`` with the password and sensitive query values masked.
+
+    Text-based on purpose: ``urlunsplit`` would turn ``sqlite:///a.db`` into ``sqlite:/a.db``.
+    """
+    return redact(url)
 
 
 class RedactingFilter(logging.Filter):

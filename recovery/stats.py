@@ -1,9 +1,9 @@
 """Recovery statistics per target and workflow over a time window, aggregated in the database.
 
-Every number is computed by SQL (``GROUP BY``, ``percentile_cont`` on PostgreSQL, ``LIMIT 2
-OFFSET k`` over a covering index on SQLite); Python only assembles one object per target and
-workflow. Dry runs are excluded; a run belongs to the window by its ``started_at``. 100,000
-runs take well under a second on both (benchmarks/stats_bench.py).
+Every number is computed by SQL (``GROUP BY``; percentiles by ``percentile_cont`` on PostgreSQL,
+on SQLite by ranking or ``LIMIT 2 OFFSET k`` over a covering index); Python only assembles one
+object per target/workflow. Dry runs are excluded; a run is in the window by its ``started_at``.
+100,000 runs take well under a second on both (benchmarks/stats_bench.py).
 
     runs            audit rows in the window (+ runs only Prefect knows about, see below)
     succeeded, failed, cancelled, refused   runs in that final state (the rest are in progress)
@@ -17,9 +17,8 @@ runs take well under a second on both (benchmarks/stats_bench.py).
     last_failure    the latest failed run: when, its error type and (redacted) message
 
 MTTD and MTTR are means over *incidents*, not runs: the monitor keeps a target's
-``first_failure_at`` until a probe passes, so every automatic run of one outage carries the same
-value, and an outage whose first recovery failed and whose second succeeded counts once, from
-its first failed probe to the successful verification.
+``first_failure_at`` until a probe passes, so all automatic runs of one outage share it; an
+outage whose first recovery failed and second succeeded counts once, first probe to success.
 
 Prefect's run history of the recovery flows can know of runs the audit does not: a flow run that
 crashed before it wrote its audit row. The Prefect layer finds those (``audited_flow_run_ids``
@@ -35,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, func, select
+from sqlalchemy import Connection, Select, and_, case, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -169,14 +168,63 @@ def _interpolate(n: int, q: int, picked: Sequence[Any]) -> float | None:
     return _round(lo + frac * (hi - lo))
 
 
-def _ranked_percentiles(
-    conn: Connection, started_in_window: ColumnElement[bool]
-) -> dict[tuple[str, str], tuple[float | None, float | None]]:
-    """p50/p95 of small windows in one pass: rank the window's durations (window functions).
+def _counts(in_window: ColumnElement[bool], postgres: bool) -> Select[Any]:
+    r = RecoveryRun
+    finished = and_(r.state.in_(FINISHED), r.duration_seconds.is_not(None))
+    columns: list[Any] = [
+        r.target,
+        r.workflow,
+        func.count().label("runs"),
+        *(_count_state(state).label(state) for state in ("succeeded", "failed", "cancelled", "refused")),
+        func.count(case((finished, 1))).label("n"),
+        func.max(case((finished, r.duration_seconds))).label("dmax"),
+    ]
+    if postgres:  # percentile_cont ignores the NULLs of unfinished runs
+        duration = case((finished, r.duration_seconds))
+        columns += [func.percentile_cont(q / 100).within_group(duration).label(f"p{q}") for q in _P]
+    return select(*columns).where(in_window).group_by(r.target, r.workflow)
 
-    The window's rows are found through the ``started_at`` index; for large windows the
-    per-group ``LIMIT 2 OFFSET k`` over the covering index is faster (no sort at all).
-    """
+
+def _incident_means(in_window: ColumnElement[bool]) -> Select[Any]:
+    """Per incident (target, workflow, first_failure_at): time to detect and to recover; averaged."""
+    r = RecoveryRun
+    healed = func.min(case((r.state == "succeeded", r.finished_at)))
+    incident = (
+        select(
+            r.target,
+            r.workflow,
+            seconds_between(r.first_failure_at, func.min(r.detected_at)).label("ttd"),
+            seconds_between(r.first_failure_at, healed).label("ttr"),
+        )
+        .where(in_window, r.first_failure_at.is_not(None))
+        .group_by(r.target, r.workflow, r.first_failure_at)
+        .subquery()
+    )
+    return select(
+        incident.c.target,
+        incident.c.workflow,
+        func.avg(incident.c.ttd).label("mttd"),
+        func.avg(incident.c.ttr).label("mttr"),
+        func.count().label("incidents"),
+    ).group_by(incident.c.target, incident.c.workflow)
+
+
+def _last_failures(in_window: ColumnElement[bool]) -> Select[Any]:
+    r = RecoveryRun
+    at = func.coalesce(r.finished_at, r.started_at)
+    order = func.row_number().over(partition_by=(r.target, r.workflow), order_by=(at.desc(), r.id))
+    latest = (
+        select(r.target, r.workflow, r.id, at.label("at"), r.error_type, r.error_message, order.label("rn"))
+        .where(in_window, r.state == "failed")
+        .subquery()
+    )
+    return select(latest).where(latest.c.rn == 1)
+
+
+def _ranked_percentiles(
+    conn: Connection, in_window: ColumnElement[bool]
+) -> dict[tuple[str, str], tuple[float | None, float | None]]:
+    """p50/p95 of a small window in one pass: rank its durations with window functions."""
     r = RecoveryRun
     key = (r.target, r.workflow)
     ranked = (
@@ -186,9 +234,7 @@ def _ranked_percentiles(
             func.row_number().over(partition_by=key, order_by=r.duration_seconds).label("rn"),
             func.count().over(partition_by=key).label("n"),
         )
-        .where(
-            started_in_window, r.dry_run.is_(False), r.state.in_(FINISHED), r.duration_seconds.is_not(None)
-        )
+        .where(in_window, r.state.in_(FINISHED), r.duration_seconds.is_not(None))
         .subquery()
     )
     picks = []
@@ -208,100 +254,57 @@ def _ranked_percentiles(
     }
 
 
+def _walked_percentiles(
+    conn: Connection, in_window: ColumnElement[bool], count_rows: Sequence[Any]
+) -> dict[tuple[str, str], tuple[float | None, float | None]]:
+    """p50/p95 of a large window: per group, the two ranks around (n - 1) * q / 100, read in
+    duration order from ix_recovery_runs_stats (``LIMIT 2 OFFSET k``: no sort at all)."""
+    r = RecoveryRun
+    out = {}
+    for c in (c for c in count_rows if c.n):
+        values = []
+        for q in _P:
+            around = (
+                select(r.duration_seconds)
+                .where(in_window, r.state.in_(FINISHED), r.duration_seconds.is_not(None))
+                .where(r.target == c.target, r.workflow == c.workflow)
+                .order_by(r.duration_seconds)
+                .limit(2)
+                .offset((c.n - 1) * q // 100)
+            )
+            values.append(_interpolate(c.n, q, conn.execute(around).scalars().all()))
+        out[(c.target, c.workflow)] = (values[0], values[1])
+    return out
+
+
 def compute_stats(store: AuditStore, since: datetime, until: datetime | None = None) -> StatsReport:
     """Aggregate the audit rows whose ``started_at`` is in [since, until) (default until: now)."""
     since = _utc(since)
     until = _utc(until) if until is not None else datetime.now(UTC)
     r = RecoveryRun
-    started = unindexed(r.started_at)
-    in_window = and_(started >= since, started < until, r.dry_run.is_(False))
-    finished = and_(r.state.in_(FINISHED), r.duration_seconds.is_not(None))
     key = (r.target, r.workflow)
     postgres = store.engine.dialect.name == "postgresql"
-
-    columns: list[Any] = [
-        *key,
-        func.count().label("runs"),
-        _count_state("succeeded").label("succeeded"),
-        _count_state("failed").label("failed"),
-        _count_state("cancelled").label("cancelled"),
-        _count_state("refused").label("refused"),
-        func.count(case((finished, 1))).label("n"),
-        func.max(case((finished, r.duration_seconds))).label("dmax"),
-    ]
-    if postgres:  # percentile_cont ignores the NULLs of unfinished runs
-        for q in _P:
-            duration = case((finished, r.duration_seconds))
-            columns.append(func.percentile_cont(q / 100).within_group(duration).label(f"p{q}"))
-    counts = select(*columns).where(in_window).group_by(*key)
-
-    incident = (
-        select(
-            *key,
-            seconds_between(r.first_failure_at, func.min(r.detected_at)).label("ttd"),
-            seconds_between(
-                r.first_failure_at, func.min(case((r.state == "succeeded", r.finished_at)))
-            ).label("ttr"),
-        )
-        .where(in_window, r.first_failure_at.is_not(None))
-        .group_by(*key, r.first_failure_at)
-        .subquery()
-    )
-    means = select(
-        incident.c.target,
-        incident.c.workflow,
-        func.avg(incident.c.ttd).label("mttd"),
-        func.avg(incident.c.ttr).label("mttr"),
-        func.count().label("incidents"),
-    ).group_by(incident.c.target, incident.c.workflow)
-
-    errors = (
-        select(*key, r.error_type, func.count().label("n"))
-        .where(in_window, r.error_type.is_not(None))
-        .group_by(*key, r.error_type)
-    )
-
-    at = func.coalesce(r.finished_at, r.started_at)
-    latest = (
-        select(
-            *key,
-            r.id,
-            at.label("at"),
-            r.error_type,
-            r.error_message,
-            func.row_number().over(partition_by=key, order_by=(at.desc(), r.id)).label("rn"),
-        )
-        .where(in_window, r.state == "failed")
-        .subquery()
-    )
-    last = select(latest).where(latest.c.rn == 1)
-
     try:
         with store.engine.connect() as conn:
-            count_rows = conn.execute(counts).all()
-            pcts: dict[tuple[str, str], tuple[float | None, float | None]] = {}
+            size = conn.execute(select(func.count()).where(r.started_at >= since, r.started_at < until))
+            small = size.scalar_one() <= SMALL_WINDOW
+            # A small window is found through the started_at index; a large one is read from
+            # the covering indexes of revision 0002 (SQLite would pick started_at otherwise).
+            started = r.started_at if small else unindexed(r.started_at)
+            in_window = and_(started >= since, started < until, r.dry_run.is_(False))
+            count_rows = conn.execute(_counts(in_window, postgres)).all()
             if postgres:
                 pcts = {(c.target, c.workflow): (_round(c.p50), _round(c.p95)) for c in count_rows}
-            elif sum(c.n for c in count_rows) <= SMALL_WINDOW:
-                pcts = _ranked_percentiles(conn, and_(r.started_at >= since, r.started_at < until))
+            elif small:
+                pcts = _ranked_percentiles(conn, in_window)
             else:
-                for c in (c for c in count_rows if c.n):
-                    # Portable percentile_cont: the two ranks around (n - 1) * q / 100 of the
-                    # group's durations, read in order from ix_recovery_runs_stats (no sort).
-                    values = []
-                    for q in _P:
-                        around = (
-                            select(r.duration_seconds)
-                            .where(in_window, finished, r.target == c.target, r.workflow == c.workflow)
-                            .order_by(r.duration_seconds)
-                            .limit(2)
-                            .offset((c.n - 1) * q // 100)
-                        )
-                        values.append(_interpolate(c.n, q, conn.execute(around).scalars().all()))
-                    pcts[(c.target, c.workflow)] = (values[0], values[1])
-            mean_rows = conn.execute(means).all()
-            error_rows = conn.execute(errors).all()
-            last_rows = conn.execute(last).all()
+                pcts = _walked_percentiles(conn, in_window, count_rows)
+            mean_rows = conn.execute(_incident_means(in_window)).all()
+            errors = select(*key, r.error_type, func.count().label("n")).where(
+                in_window, r.error_type.is_not(None)
+            )
+            error_rows = conn.execute(errors.group_by(*key, r.error_type)).all()
+            last_rows = conn.execute(_last_failures(in_window)).all()
     except SQLAlchemyError as exc:
         raise AuditUnavailable(f"audit store {store.description}: {error_text(exc)}") from None
 

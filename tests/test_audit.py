@@ -288,19 +288,9 @@ def test_unreachable_database_is_audit_unavailable_and_redacted() -> None:
     assert info.value.__cause__ is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG recovery/audit/store.py migrate(): two threads migrating the same fresh SQLite file run "
-        "alembic command.upgrade() concurrently; Alembic's context/op proxies are module globals "
-        "(KeyError 'config'/'script', ResourceClosedError escape unwrapped), SQLite DDL is not "
-        "transactional, and the file is often left with tables but no alembic_version row, so every "
-        "later AuditStore fails with 'table recovery_runs already exists'"
-    ),
-)
 def test_two_stores_created_concurrently_on_fresh_sqlite(tmp_path: Path) -> None:
-    # Repeated on several fresh files: the race is lost on nearly every attempt, and repeating
-    # keeps this strict xfail deterministic.
+    # Repeated on several fresh files: without the migration locks the race was lost on nearly
+    # every attempt (Alembic's module-global proxies, non-transactional SQLite DDL).
     for attempt in range(5):
         url = f"sqlite:///{tmp_path / f'fresh-{attempt}.db'}"
         barrier = threading.Barrier(2)

@@ -64,27 +64,11 @@ def test_redact_url() -> None:
     assert redact_url("redis://:p@ss@h:6379/0") == "redis://:***@h:6379/0"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG recovery/redact.py redact_url(): urlunsplit() drops the empty netloc of sqlite URLs, "
-        "so sqlite:///recovery.db (the default audit_url) is shown as sqlite:/recovery.db and "
-        "sqlite:////abs/a.db as sqlite://abs/a.db in AuditStore.description and error messages"
-    ),
-)
 @pytest.mark.parametrize("url", ["sqlite:///recovery.db", "sqlite:////tmp/audit/a.db"])
 def test_redact_url_keeps_sqlite_urls(url: str) -> None:
     assert redact_url(url) == url
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG recovery/redact.py redact(): _USERINFO_RE stops the password at the first '@' and runs "
-        "before the registered-secret pass, so redis://:p@ssw0rd@h (redis-py reads password "
-        "'p@ssw0rd') becomes redis://:***@ssw0rd@h, leaking the rest of the password"
-    ),
-)
 def test_password_containing_at_sign_is_fully_masked() -> None:
     password = unique("p@ss")
     parse_config({"state_url": f"redis://:{password}@cache.internal:6379/0"})  # registers it

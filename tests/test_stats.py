@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from recovery import stats as stats_module
 from recovery.audit.store import AuditStore
 from recovery.errors import ConfigError, IntegrityCheckFailed, ProbeFailed
 from recovery.stats import (
@@ -291,7 +292,12 @@ def test_parse_window_rejects(text: str) -> None:
         parse_window(text)
 
 
-def test_percentiles_of_one_and_many_runs(audit_url: str) -> None:
+@pytest.mark.parametrize("small_window", [5000, 0], ids=["ranking-pass", "index-walk"])
+def test_percentiles_of_one_and_many_runs(
+    audit_url: str, small_window: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both SQLite percentile paths (and PostgreSQL's percentile_cont) agree with statistics."""
+    monkeypatch.setattr(stats_module, "SMALL_WINDOW", small_window)
     store = AuditStore(audit_url)
     now = ms(datetime.now(UTC))
     durations = [3.0, 1.0, 4.0, 1.5, 9.0, 2.5, 6.0]

@@ -8,7 +8,6 @@ Alembic entirely, which keeps read-only CLI commands fast.
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -201,39 +200,53 @@ def get_engine(url: str) -> Engine:
         return engine
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to head with Alembic (skipped when already at head)."""
+def _at_head(engine: Engine) -> bool:
     with engine.connect() as conn:
-        if inspect(conn).has_table("alembic_version"):
-            current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-            if current == HEAD_REVISION:
-                return
+        if not inspect(conn).has_table("alembic_version"):
+            return False
+        return bool(conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == HEAD_REVISION)
+
+
+# Alembic keeps its ``context``/``op`` proxies in module globals: two threads migrating at once
+# corrupt each other, so one migration runs per process at a time.
+_migrate_lock = threading.Lock()
+
+
+@contextmanager
+def _cross_process_lock(engine: Engine) -> Iterator[None]:
+    """Serialise migrations across processes. SQLite DDL is not transactional enough to race."""
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:" or database.startswith("file:"):
+        yield  # PostgreSQL serialises inside the transaction (advisory lock) instead
+        return
+    import fcntl
+
+    with open(f"{database}.migrate-lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to head with Alembic (skipped, without importing Alembic, at head)."""
+    if _at_head(engine):
+        return
     from alembic import command
     from alembic.config import Config
 
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    for attempt in range(5):
-        try:
-            with engine.begin() as conn:
-                if conn.dialect.name == "postgresql":
-                    # Two processes migrating at once serialise here instead of racing on DDL.
-                    conn.execute(text("SELECT pg_advisory_xact_lock(7265441)"))
-                cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
+    with _migrate_lock, _cross_process_lock(engine):
+        if _at_head(engine):  # another thread/process finished while we waited
             return
-        except SQLAlchemyError:
-            # Lost a race with another process creating the same tables: re-check, retry.
-            if attempt == 4:
-                raise
-            time.sleep(0.2 * (attempt + 1))
-            with engine.connect() as conn:
-                if (
-                    inspect(conn).has_table("alembic_version")
-                    and conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-                    == HEAD_REVISION
-                ):
-                    return
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Two processes migrating at once serialise here instead of racing on DDL.
+                conn.execute(text("SELECT pg_advisory_xact_lock(7265441)"))
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
 
 
 class AuditStore:
