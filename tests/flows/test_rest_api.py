@@ -230,6 +230,8 @@ def test_prefect_deploy_all_accepts_prefect_yaml(tmp_path: Path, sqlite_url: str
         }
         by_name = {d["name"]: d for d in deployments}
         assert by_name["recover"]["parameters"]["config_path"] == str(config)
-        assert by_name["monitor"]["concurrency_limit"] == 1
+        # Prefect 3 reports a deployment's concurrency limit as a global concurrency limit.
+        monitor_limit = by_name["monitor"].get("global_concurrency_limit") or {}
+        assert monitor_limit.get("limit") == 1, by_name["monitor"]
     finally:
         _stop(server)
