@@ -270,6 +270,15 @@ def test_stats_empty_window_and_bad_since(sqlite_url: str, tmp_path: Path) -> No
     result = run_cli(config, "stats", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == []
+    # `recovery status` is read-only too: no Prefect import; never-probed targets are "unknown".
+    config.write_text(
+        f"audit_url: {sqlite_url}\ntargets: [{{name: a, kind: http, url: 'http://127.0.0.1:9/h'}}]\n"
+    )
+    status = run_cli(config, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    assert [(r["target"], r["health"], r["last_recovery"]) for r in json.loads(status.stdout)] == [
+        ("a", "unknown", None)
+    ]
     bad = run_cli(config, "stats", "--since", "yesterday")
     assert bad.returncode == 2
     assert (
