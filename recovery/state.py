@@ -219,6 +219,16 @@ def _counters(raw: dict[str, str]) -> HealthCounters:
     )
 
 
+def parse_health(raw: dict[str, str]) -> HealthCounters | None:
+    """A ``health_key`` hash as read from Redis (empty: never probed); for pipelined readers."""
+    return _counters(raw) if raw else None
+
+
+def parse_probe_history(newest_first: list[str]) -> list[bool]:
+    """A ``probe_history_key`` list as read from Redis, oldest first."""
+    return [v == "1" for v in reversed(newest_first)]
+
+
 def redis_client(url: str, *, decode: bool = True, timeout: float = 2.0) -> redis.Redis:
     """A client with short timeouts: a dead Redis must fail a step, not hang a monitor cycle."""
     return redis.Redis.from_url(
@@ -305,12 +315,10 @@ class RedisState(SharedState):
                 pipe.lrange(key, 0, -1)
                 return list(pipe.execute())
 
-        newest_first = self._call(push)[2]
-        return [v == "1" for v in reversed(newest_first)]
+        return parse_probe_history(self._call(push)[2])
 
     def probe_history(self, target: str) -> list[bool]:
-        newest_first = self._call(lambda: self.client.lrange(probe_history_key(target), 0, -1))
-        return [v == "1" for v in reversed(newest_first)]
+        return parse_probe_history(self._call(lambda: self.client.lrange(probe_history_key(target), 0, -1)))
 
     def set_flapping(self, target: str, since: float | None) -> None:
         if since is None:

@@ -15,10 +15,12 @@ read as "all fine".
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import redis
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -26,11 +28,26 @@ from recovery.audit.models import RecoveryRun
 from recovery.audit.store import AuditStore, AuditUnavailable, error_text
 from recovery.breakers import breaker_for, breaker_state
 from recovery.config import RecoveryConfig, TargetConfig
+from recovery.errors import StateUnavailable
 from recovery.flapping import percent_state_change
 from recovery.ratelimit import rate_store_for
-from recovery.redact import redact
-from recovery.state import SharedState, open_state
+from recovery.redact import redact, redact_url
+from recovery.state import (
+    HealthCounters,
+    RedisState,
+    SharedState,
+    flapping_key,
+    health_key,
+    lock_key,
+    open_state,
+    parse_health,
+    parse_probe_history,
+    paused_key,
+    probe_history_key,
+)
 
+STATUS_THREADS = 4
+PIPELINE_CHUNK = 1000
 NONE = "—"  # not "-": Prefect's UI renders table cells as markdown ("-" is a bullet)
 
 
@@ -161,44 +178,107 @@ def _rate(state: SharedState, target: TargetConfig) -> tuple[float | None, bool]
     return (float(normal) if normal is not None else None), False
 
 
+@dataclass(frozen=True)
+class _Shared:
+    """What shared state says about one target (read in one pipeline on Redis)."""
+
+    counters: HealthCounters | None
+    history: list[bool]
+    flapping: bool
+    paused: str | None
+    locked: bool
+
+
+def _read_shared(state: SharedState, names: Sequence[str]) -> dict[str, _Shared]:
+    if not isinstance(state, RedisState):
+        out = {}
+        for name in names:
+            try:
+                history, flapping = state.probe_history(name), state.flapping_since(name) is not None
+            except NotImplementedError:
+                history, flapping = [], False
+            out[name] = _Shared(
+                state.health(name), history, flapping, state.paused(name), state.lock_owner(name) is not None
+            )
+        return out
+    # Redis: five reads per target, pipelined (1,000 targets: one round trip per chunk, not 5,000).
+    out = {}
+    try:
+        for i in range(0, len(names), PIPELINE_CHUNK):
+            chunk = names[i : i + PIPELINE_CHUNK]
+            with state.client.pipeline(transaction=False) as pipe:
+                for name in chunk:
+                    pipe.hgetall(health_key(name))
+                    pipe.lrange(probe_history_key(name), 0, -1)
+                    pipe.get(flapping_key(name))
+                    pipe.get(paused_key(name))
+                    pipe.exists(lock_key(name))
+                flat = pipe.execute()
+            for j, name in enumerate(chunk):
+                raw, history, flapping, paused, locked = flat[5 * j : 5 * j + 5]
+                out[name] = _Shared(
+                    parse_health(raw),
+                    parse_probe_history(history),
+                    flapping is not None,
+                    paused,
+                    bool(locked),
+                )
+    except (redis.RedisError, OSError) as exc:
+        raise StateUnavailable(f"shared state {redact_url(state.url)}: {redact(str(exc))}") from None
+    return out
+
+
+def _row(
+    config: RecoveryConfig,
+    state: SharedState,
+    target: TargetConfig,
+    shared: _Shared,
+    last: LastRecovery | None,
+) -> TargetStatus:
+    counters = shared.counters
+    rate, lowered = _rate(state, target)
+    health = "unknown" if counters is None else "healthy" if counters.healthy else "unhealthy"
+    return TargetStatus(
+        target=target.name,
+        kind=target.kind,
+        health=health,
+        reason=redact(counters.reason) if counters else None,
+        probed_at=datetime.fromtimestamp(counters.probed_at, UTC) if counters else None,
+        consecutive_failures=counters.failures if counters else 0,
+        breaker_state=_breaker(config, target),
+        allowed_rate_per_second=rate,
+        rate_lowered=lowered,
+        paused=redact(shared.paused) if shared.paused else None,
+        flapping=shared.flapping,
+        flap_percent=round(percent_state_change(shared.history), 1),
+        recovery_in_progress=shared.locked,
+        last_recovery=last,
+    )
+
+
 def collect_status(
     config: RecoveryConfig, state: SharedState | None = None, store: AuditStore | None = None
 ) -> list[TargetStatus]:
-    """One ``TargetStatus`` per configured target, in config order."""
+    """One ``TargetStatus`` per configured target, in config order.
+
+    Shared state is read in pipelines; each target's breaker and rate still cost a round trip
+    each, overlapped by ``STATUS_THREADS`` threads (1,000 targets on Redis: well under a second).
+    """
     if state is None:
         state = open_state(config.state_url.get_secret_value() if config.state_url else None)
     if store is None:
         store = AuditStore(config.audit_url.get_secret_value())
-    last = last_recoveries(store, [t.name for t in config.targets])
-    rows: list[TargetStatus] = []
-    for target in config.targets:
-        counters = state.health(target.name)
-        try:
-            history = state.probe_history(target.name)
-            flapping = state.flapping_since(target.name) is not None
-        except NotImplementedError:
-            history, flapping = [], False
-        rate, lowered = _rate(state, target)
-        health = "unknown" if counters is None else "healthy" if counters.healthy else "unhealthy"
-        rows.append(
-            TargetStatus(
-                target=target.name,
-                kind=target.kind,
-                health=health,
-                reason=redact(counters.reason) if counters else None,
-                probed_at=datetime.fromtimestamp(counters.probed_at, UTC) if counters else None,
-                consecutive_failures=counters.failures if counters else 0,
-                breaker_state=_breaker(config, target),
-                allowed_rate_per_second=rate,
-                rate_lowered=lowered,
-                paused=redact(p) if (p := state.paused(target.name)) else None,
-                flapping=flapping,
-                flap_percent=round(percent_state_change(history), 1),
-                recovery_in_progress=state.lock_owner(target.name) is not None,
-                last_recovery=last.get(target.name),
-            )
-        )
-    return rows
+    names = [t.name for t in config.targets]
+    last = last_recoveries(store, names)
+    shared = _read_shared(state, names)
+
+    def row(target: TargetConfig) -> TargetStatus:
+        return _row(config, state, target, shared[target.name], last.get(target.name))
+
+    if len(names) <= 1:
+        return [row(t) for t in config.targets]
+    with ThreadPoolExecutor(max_workers=min(STATUS_THREADS, len(names))) as pool:
+        return list(pool.map(row, config.targets))
 
 
 # --- rendering -----------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ from recovery.errors import TemporaryError
 from recovery.runtime import RecoveryRuntime
 from recovery.workflows import PlannedStepRetry
 
-
 PREFECT_MAX_RETRY_DELAYS = 50
 
 

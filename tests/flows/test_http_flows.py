@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -22,20 +24,30 @@ from recovery.state import RedisState
 
 CLI = [sys.executable, "-m", "recovery_cli.main"]
 
+PATIENT_STRATEGY = (
+    "{kind: exponential, base_seconds: 0.2, factor: 2, max_delay_seconds: 1, max_attempts: 50, jitter: none}"
+)
 FAST_STRATEGY = (
     "{kind: exponential, base_seconds: 0.2, factor: 2, max_delay_seconds: 1, max_attempts: 6, jitter: none}"
 )
 
 
 def write_config(
-    path: Path, *, audit_url: str, url: str, state_url: str | None = None, threshold: int = 1, extra: str = ""
+    path: Path,
+    *,
+    audit_url: str,
+    url: str,
+    state_url: str | None = None,
+    threshold: int = 1,
+    extra: str = "",
+    strategy: str = FAST_STRATEGY,
 ) -> Path:
     lines = [f"audit_url: {audit_url}"]
     if state_url:
         lines.append(f"state_url: {state_url}")
     lines += [
         f"monitor: {{interval_seconds: 1, failure_threshold: {threshold}}}",
-        f"strategy: {FAST_STRATEGY}",
+        f"strategy: {strategy}",
         "targets:",
         "  - name: payments-api",
         "    kind: http",
@@ -114,22 +126,35 @@ def test_two_monitors_at_once_run_one_recovery(
 ) -> None:
     """Two `monitor --once` processes started together: one recovery between them."""
     config = write_config(
-        tmp_path / "recovery.yaml", audit_url=sqlite_url, url=fault_server.url, state_url=redis_url
+        tmp_path / "recovery.yaml", audit_url=sqlite_url, url=fault_server.url, state_url=redis_url,
+        strategy=PATIENT_STRATEGY,
     )
-    # 503 for both monitors' probes, the winner's diagnosis and its first verification probe;
-    # counted, not timed, so slow process start-up cannot make the outage end early.
-    fault_server.app.set_mode("fail-next:4")
-    procs = [
-        subprocess.Popen(
-            [*CLI, "--config", str(config), "monitor", "--once", "--json"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=cli_env,
-        )
-        for _ in range(2)
-    ]
-    outputs = [p.communicate(timeout=240) for p in procs]
+    # The service answers 503 until *both* monitors have recorded a failed probe in Redis (the
+    # second process may start seconds after the first on a loaded machine), then heals while the
+    # winner's recovery is verifying with backoff.
+    fault_server.app.set_mode("status:503")
+    state = RedisState(redis_url)
+    done = threading.Event()
+
+    def heal_after_both_probes() -> None:
+        while not done.is_set():
+            health = state.health("payments-api")
+            if health is not None and health.failures >= 2:
+                fault_server.app.set_mode("ok")
+                return
+            time.sleep(0.05)
+
+    healer = threading.Thread(target=heal_after_both_probes, daemon=True)
+    healer.start()
+    try:
+        procs = [
+            subprocess.Popen([*CLI, "--config", str(config), "monitor", "--once", "--json"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env)
+            for _ in range(2)
+        ]
+        outputs = [p.communicate(timeout=240) for p in procs]
+    finally:
+        done.set()
     reports = [json.loads(out) for out, _ in outputs]
     actions = sorted(r["targets"][0]["action"] for r in reports)
     assert actions == ["in-progress", "recover"], outputs
