@@ -19,6 +19,7 @@ from recovery import actions, cache, cache_rebuild, database, ratelimit_steps
 from recovery.actions import Detail
 from recovery.admission import Admission, admit
 from recovery.audit.store import AuditStore, PlannedStep
+from recovery.breakers import breaker_for_target, open_breaker
 from recovery.config import HttpTarget, RecoveryConfig, TargetConfig
 from recovery.errors import PermanentError, RecoveryRefused, TemporaryError
 from recovery.state import SharedState, open_state
@@ -161,6 +162,7 @@ class RecoveryRuntime:
         self.run_id = run_id
         self.owner = owner
         self.options: dict[str, str] = {}  # the request's workflow parameters
+        self.breaker_closed_by_us = False  # set when our reset step closed the breaker
         # ``plan``: what admission computed from the target's history (adaptive strategies).
         self.plans: dict[str, PlannedStepRetry] = {
             p.step.name: p for p in step_plans(config, target, spec, plan)
@@ -269,6 +271,8 @@ class RecoveryRuntime:
         self.audit.step_finished(
             self.run_id, name, "skipped" if detail is None else "succeeded", detail=detail
         )
+        if name == "reset_circuit_breaker" and detail is not None:
+            self.breaker_closed_by_us = True
         return detail
 
     def finish(self, state: str, error: BaseException | None = None) -> None:
@@ -277,7 +281,21 @@ class RecoveryRuntime:
         finally:
             if self.admission is not None:
                 self.admission.settle(state)  # a breaker_aligned probe closes or re-opens the breaker
+            if state != "succeeded" and self.breaker_closed_by_us:
+                self._reopen_breaker()
             self.state.release_lock(self.target.name, self.owner)
+
+    def _reopen_breaker(self) -> None:
+        """Never leave a breaker closed in front of an unverified target.
+
+        The reset step closes the breaker before verification; if the run then fails or is
+        cancelled, the target is still paused and the application must keep failing fast, so
+        the breaker goes back to open. Best effort: Redis trouble must not mask the run's error.
+        """
+        try:
+            open_breaker(breaker_for_target(self.config, self.target.name))
+        except Exception:
+            return
 
 
 def record_dry_run(config: RecoveryConfig, request: RecoveryRequest) -> str:
