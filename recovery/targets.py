@@ -1,0 +1,288 @@
+"""Target models: one pydantic model per kind, joined in the ``TargetConfig`` union on ``kind``.
+
+Split from ``recovery.config`` (which loads and validates the whole file) so each target kind's
+fields, validators and sub-models sit together.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from typing import Annotated, Literal
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+
+from recovery.ratelimit import RateLimitConfig
+from recovery.strategies import StrategyConfig
+
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VerifyConfig(_Model):
+    consecutive_successes: int = Field(3, ge=1, description="Good probes in a row to verify.")
+    interval_seconds: float = Field(0.5, ge=0, description="Pause between verification probes.")
+
+
+class BreakerConfig(_Model):
+    """The target's circuit breaker (``recovery.breakers``), shared through ``state_url``."""
+
+    fail_max: int = Field(5, ge=1, description="Failures that open the breaker.")
+    reset_timeout_seconds: float = Field(60.0, gt=0, description="Open -> half-open after this.")
+    success_threshold: int = Field(1, ge=1, description="Good half-open probes in a row that close it.")
+    probe_lease_seconds: float = Field(
+        30.0, gt=0, description="Lease of the one half-open probe; set above the guarded call's timeout."
+    )
+    on_state_unavailable: Literal["allow", "reject"] = Field(
+        "allow",
+        description="Redis down: allow (fail-open: calls run unguarded) or reject (fail-closed).",
+    )
+    state_ttl_seconds: float = Field(
+        86400.0, gt=0, description="Breaker keys expire this long after their last change."
+    )
+
+    @model_validator(mode="after")
+    def _ttl_covers_reset(self) -> BreakerConfig:
+        if self.state_ttl_seconds < self.reset_timeout_seconds:
+            raise ValueError("state_ttl_seconds must be at least reset_timeout_seconds")
+        return self
+
+
+class _TargetBase(_Model):
+    name: str = Field(..., pattern=NAME_PATTERN, description="Unique target name, [a-z0-9-].")
+    strategy: StrategyConfig | None = Field(None, description="Retry strategy; default: top level.")
+    verify: VerifyConfig = Field(default_factory=lambda: VerifyConfig())
+    breaker: BreakerConfig = Field(default_factory=lambda: BreakerConfig())
+
+
+class HttpTarget(_TargetBase):
+    kind: Literal["http"]
+    url: str = Field(..., description="URL probed with the method below.")
+    method: Literal["GET", "HEAD"] = "GET"
+    expect_status: list[int] = Field(default_factory=lambda: [200], min_length=1)
+    timeout_seconds: float = Field(2.0, gt=0, le=300)
+    headers: dict[str, SecretStr] = Field(default_factory=dict, description="Sent with probes.")
+    error_cache_pattern: str | None = Field(
+        None, description="Redis key pattern cleared on recovery, e.g. errors:payments-api:*."
+    )
+    error_cache_url: SecretStr | None = Field(
+        None, description="Redis holding the error cache; default: state_url."
+    )
+    rate_limit: RateLimitConfig = Field(
+        default_factory=RateLimitConfig, description="rate-limit-recovery: reset waits, AIMD request rate."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("invalid URL")
+        return value
+
+    @field_validator("expect_status")
+    @classmethod
+    def _check_status(cls, value: list[int]) -> list[int]:
+        for code in value:
+            if not 100 <= code <= 599:
+                raise ValueError(f"invalid HTTP status {code}")
+        return value
+
+    @field_validator("error_cache_url")
+    @classmethod
+    def _check_cache_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _check_redis_url(value.get_secret_value())
+        return value
+
+
+def _check_sqlalchemy_url(url: str) -> None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(url)
+    except ArgumentError:
+        raise ValueError("invalid SQLAlchemy URL") from None
+
+
+def url_secrets(url: str | None) -> list[str]:
+    """The secret parts of a URL: its password (as written and decoded) and password-like params."""
+    if not url:
+        return []
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return []
+    found = [password, unquote(password)] if password else []
+    for key, value in parse_qsl(parts.query, keep_blank_values=False):
+        if any(s in key.lower() for s in ("password", "passwd", "pwd", "token", "secret", "key")):
+            found.append(value)
+    return found
+
+
+_IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+
+
+class DatabaseTarget(_TargetBase):
+    """A SQL database (PostgreSQL or SQLite) recovered by ``database-recovery``."""
+
+    kind: Literal["database"]
+    url: SecretStr = Field(..., description="SQLAlchemy URL; its password is a secret, never logged.")
+    probe_query: str = Field("SELECT 1", min_length=1, description="Query run by every health probe.")
+    connect_timeout_seconds: float = Field(5.0, gt=0, le=300, description="Connect timeout of a probe.")
+    statement_timeout_seconds: float = Field(
+        5.0, gt=0, le=3600, description="Statement timeout of probes and checks (lock waits included)."
+    )
+    stuck_session_seconds: float = Field(
+        300.0, gt=0, description="Idle-in-transaction or lock-blocking sessions older than this are stuck."
+    )
+    application_name: str | None = Field(
+        None, min_length=1, description="Only sessions of this application_name may be terminated."
+    )
+    integrity_check: Literal["quick", "full"] = Field(
+        "quick", description="SQLite: PRAGMA quick_check (quick) or integrity_check (full)."
+    )
+    canary_table: str = Field("recovery_canary", description="Table of the rolled-back write/read check.")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: SecretStr) -> SecretStr:
+        _check_sqlalchemy_url(value.get_secret_value())
+        return value
+
+    @field_validator("canary_table")
+    @classmethod
+    def _check_canary(cls, value: str) -> str:
+        if not re.match(_IDENTIFIER, value):
+            raise ValueError("must be a plain SQL identifier ([A-Za-z_][A-Za-z0-9_]*)")
+        return value
+
+    def secret_values(self) -> list[str]:
+        return url_secrets(self.url.get_secret_value())
+
+
+class CacheValidation(_Model):
+    key_pattern: str = Field(..., min_length=1, description="SCAN MATCH pattern of the cached keys.")
+    format: Literal["json", "string"] = Field(
+        "json", description="json: value parses as JSON; string: non-empty UTF-8."
+    )
+    required_fields: list[str] = Field(
+        default_factory=list, description="json: the value is an object holding all of these."
+    )
+
+
+class SqlSource(_Model):
+    url: SecretStr = Field(..., description="SQLAlchemy URL of the source database.")
+    query: str = Field(..., min_length=1, description="SELECT returning one row per cache entry.")
+    key_template: str = Field(..., min_length=1, description="Cache key from row columns, e.g. user:{id}.")
+    value_column: str | None = Field(None, description="Column holding the value; default: row as JSON.")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: SecretStr) -> SecretStr:
+        _check_sqlalchemy_url(value.get_secret_value())
+        return value
+
+    @field_validator("key_template")
+    @classmethod
+    def _check_template(cls, value: str) -> str:
+        fields = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
+        if not fields:
+            raise ValueError("key_template needs at least one {column}")
+        for name in fields:
+            if not re.match(_IDENTIFIER, name):
+                raise ValueError(f"key_template field {{{name}}} must be a plain column name")
+        return value
+
+
+class HttpSource(_Model):
+    url: str = Field(..., description="GET returns a JSON object of key -> value.")
+    timeout_seconds: float = Field(30.0, gt=0, le=3600, description="Timeout of the GET.")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("invalid URL")
+        return value
+
+
+class CacheRebuild(_Model):
+    """Where ``cache-recovery`` warms the cache from: exactly one of sql, http, python."""
+
+    sql: SqlSource | None = Field(None, description="Rows of a SQL query.")
+    http: HttpSource | None = Field(None, description="A JSON object of key -> value from a URL.")
+    python: str | None = Field(
+        None, description="module:function returning a mapping (or pairs) of key -> value."
+    )
+    ttl_seconds: int | None = Field(None, ge=1, description="Expiry of rebuilt keys; default: none.")
+    overwrite: bool = Field(False, description="false: write only missing keys (SET NX).")
+
+    @field_validator("python")
+    @classmethod
+    def _check_python(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", value):
+            raise ValueError("expected module:function, e.g. myapp.cache:warm_users")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CacheRebuild:
+        given = [n for n in ("sql", "http", "python") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(f"exactly one of sql, http, python is required (got {len(given)})")
+        return self
+
+
+class RedisTarget(_TargetBase):
+    """A Redis cache recovered by ``cache-recovery``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True, validate_by_alias=True)
+
+    kind: Literal["redis"]
+    url: SecretStr = Field(..., description="redis://[:password@]host:port/db of the cache.")
+    timeout_seconds: float = Field(2.0, gt=0, le=300, description="Socket timeout of probes and steps.")
+    max_memory_ratio: float = Field(
+        0.9, gt=0, le=1, description="Unhealthy when used_memory / maxmemory is above this."
+    )
+    validation: CacheValidation | None = Field(
+        None, alias="validate", description="How cached values are checked for corruption."
+    )
+    rebuild: CacheRebuild | None = Field(None, description="Source the cache is warmed from.")
+    batch_size: int = Field(500, ge=1, le=100_000, description="SCAN COUNT and pipeline batch size.")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: SecretStr) -> SecretStr:
+        _check_redis_url(value.get_secret_value())
+        return value
+
+    def secret_values(self) -> list[str]:
+        found = url_secrets(self.url.get_secret_value())
+        if self.rebuild is not None and self.rebuild.sql is not None:
+            found += url_secrets(self.rebuild.sql.url.get_secret_value())
+        if self.rebuild is not None and self.rebuild.http is not None:
+            found += url_secrets(self.rebuild.http.url)
+        return found
+
+
+TargetConfig = Annotated[HttpTarget | DatabaseTarget | RedisTarget, Field(discriminator="kind")]
+TARGET_KINDS = ("http", "database", "redis")
+
+
+def _check_redis_url(url: str) -> None:
+    if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("invalid Redis URL (expected redis://host:port/db)")
