@@ -17,7 +17,7 @@ from pathlib import Path
 
 from recovery.audit.store import AuditStore
 from recovery.faultserver import FaultServer
-from recovery_cli.main import format_run
+from recovery_cli.readonly import format_run
 
 OUTAGE_SECONDS = 8.0
 MAX_CYCLES = 12

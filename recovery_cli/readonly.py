@@ -1,0 +1,130 @@
+"""Read-only commands: they import only the core package, never Prefect (~2.3 s import, ~15 s API)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from recovery_cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    print_json,
+)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from recovery.config import load_config, resolve_config_path
+
+    config = load_config(args.config)
+    kinds: dict[str, int] = {}
+    for target in config.targets:
+        kinds[target.kind] = kinds.get(target.kind, 0) + 1
+    summary = ", ".join(f"{k}: {n}" for k, n in sorted(kinds.items())) or "no targets"
+    state = "redis" if config.state_url else "in-process"
+    print(
+        f"{resolve_config_path(args.config)}: ok ({len(config.targets)} targets; {summary}; state: {state})"
+    )
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from recovery.config import load_config
+    from recovery.probes import probe_targets
+
+    config = load_config(args.config)
+    results = asyncio.run(probe_targets(config.targets, config.monitor.probe_concurrency))
+    if args.json:
+        print_json([r.as_json() for r in results])
+    else:
+        width = max([len(r.target) for r in results] + [6])
+        for r in results:
+            mark = "healthy  " if r.healthy else "UNHEALTHY"
+            print(f"{r.target:<{width}}  {r.kind:<8} {mark}  {r.latency_ms:8.1f} ms  {r.reason}")
+    return EXIT_OK if all(r.healthy for r in results) else EXIT_FAILED
+
+
+def format_run(run: Any) -> list[str]:
+    started = run.started_at.strftime("%Y-%m-%d %H:%M:%S")
+    duration = f"{run.duration_seconds:.2f}s" if run.duration_seconds is not None else "-"
+    flag = " (dry run)" if run.dry_run else ""
+    lines = [f"{started}  {run.target}  {run.workflow}  {run.type}  {run.state}{flag}  {duration}"]
+    if run.error_message:
+        lines.append(f"    error: {run.error_type}: {run.error_message}")
+    for step in run.steps:
+        extra = f" ({step.error_message})" if step.error_message else ""
+        lines.append(f"    - {step.name}: {step.state}, attempts {step.attempts}/{step.max_attempts}{extra}")
+    return lines
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from recovery.audit.store import AuditStore
+    from recovery.config import load_config
+
+    config = load_config(args.config)
+    if args.target:
+        config.target(args.target)  # unknown target -> exit 2 naming it
+    runs = AuditStore(config.audit_url.get_secret_value()).history(args.target, args.limit)
+    if args.json:
+        print_json([r.as_json() for r in runs])
+    elif not runs:
+        print("no recoveries recorded")
+    else:
+        for run in runs:
+            print("\n".join(format_run(run)))
+    return EXIT_OK
+
+
+def cmd_breaker_status(args: argparse.Namespace) -> int:
+    """Breaker state from shared state (no Prefect); exit 1 if any breaker is not closed."""
+    from recovery.breaker_admin import breaker_statuses
+    from recovery.config import load_config
+
+    statuses = breaker_statuses(load_config(args.config), args.target)
+    if args.json:
+        print_json([s.as_json() for s in statuses])
+    elif not statuses:
+        print("no targets configured")
+    else:
+        width = max([len(s.target) for s in statuses] + [6])
+        for s in statuses:
+            line = f"{s.target:<{width}}  {s.state:<9}  failures {s.fail_counter}/{s.fail_max}"
+            if s.half_open_in_seconds is not None:
+                line += f"  half-open in {s.half_open_in_seconds:.1f}s"
+            if s.probe_holder:
+                line += f"  probe held by {s.probe_holder}"
+            print(f"{line}  [{s.storage}]")
+    return EXIT_OK if all(s.state == "closed" for s in statuses) else EXIT_FAILED
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    """Per target/workflow stats from the audit store (SQL aggregation; no Prefect)."""
+    from datetime import UTC, datetime
+
+    from recovery.audit.store import AuditStore
+    from recovery.config import load_config
+    from recovery.report import format_stats
+    from recovery.stats import compute_stats, parse_window
+
+    window = parse_window(args.since)  # bad --since -> exit 2 before touching the database
+    config = load_config(args.config)
+    until = datetime.now(UTC)
+    report = compute_stats(AuditStore(config.audit_url.get_secret_value()), until - window, until)
+    if args.json:
+        print_json(report.as_json())
+    else:
+        print("\n".join(format_stats(report)))
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """The status board from shared state + audit (no Prefect); exit 1 if a target is unhealthy."""
+    from recovery.config import load_config
+    from recovery.status import collect_status, format_status
+
+    rows = collect_status(load_config(args.config))
+    if args.json:
+        print_json([r.as_json() for r in rows])
+    else:
+        print("\n".join(format_status(rows)))
+    return EXIT_FAILED if any(r.health == "unhealthy" for r in rows) else EXIT_OK

@@ -1,0 +1,217 @@
+"""Commands that run flows: Prefect is imported lazily, inside each command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from typing import Any
+
+from recovery.errors import ConfigError
+from recovery.redact import redact
+from recovery_cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    prefect_environment,
+    print_json,
+)
+from recovery_cli.readonly import format_run
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from recovery.config import load_config, resolve_config_path
+
+    config = load_config(args.config)  # fail fast (exit 2) before paying for Prefect
+    config_path = str(resolve_config_path(args.config))
+    prefect_environment()
+    from flows.monitor import monitor
+
+    async def cycles() -> int:
+        while True:
+            report = await monitor(config_path=config_path)
+            if args.json:
+                print_json(report)
+            else:
+                for t in report["targets"]:
+                    state = "healthy" if t["healthy"] else f"UNHEALTHY ({t['reason']})"
+                    print(f"{t['target']}: {state}, failures {t['failures']}, action {t['action']}")
+                for r in report["recoveries"]:
+                    print(f"{r['workflow']} of {r['target']}: {r['state']}")
+            failed = any(r["state"] != "succeeded" for r in report["recoveries"])
+            if args.once:
+                unhealthy = any(not t["healthy"] and t["action"] != "recover" for t in report["targets"])
+                return EXIT_FAILED if failed or unhealthy else EXIT_OK
+            await asyncio.sleep(config.monitor.interval_seconds)
+
+    try:
+        return asyncio.run(cycles())
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    import uuid
+
+    from recovery.audit.store import AuditStore
+    from recovery.config import load_config, resolve_config_path
+    from recovery.runtime import RecoveryRequest, record_dry_run
+    from recovery.triggers import validate_request
+    from recovery.workflows import describe_plan, workflow_named
+
+    config = load_config(args.config)
+    request = RecoveryRequest(
+        target=args.target,
+        workflow=args.workflow,
+        run_type=args.type,
+        requested_by=args.requested_by,
+        reason=args.reason,
+        dry_run=args.dry_run,
+    )
+    try:
+        workflow = validate_request(config, request)  # bad input -> exit 2 before paying for Prefect
+    except ConfigError as exc:
+        raise ConfigError(
+            f"--{exc.field.replace('_', '-')}" if exc.field != "target" else "target", exc.message
+        ) from None
+    target = config.target(args.target)
+    if args.dry_run:
+        run_id = record_dry_run(config, request)
+        print("\n".join(describe_plan(config, target, workflow_named(workflow, target))))
+        print(f"dry run recorded as {run_id}; nothing was touched")
+        return EXIT_OK
+    prefect_environment()
+    from flows.manual_flows import recover
+
+    request_id = str(uuid.uuid4())  # the audit row's id, so this command can read it back
+    flow_fn: Any = recover  # Flow's overloads do not type return_state=True
+    state: Any = asyncio.run(
+        flow_fn(
+            target=target.name,
+            requested_by=args.requested_by,
+            type=args.type,
+            workflow=args.workflow,
+            reason=args.reason,
+            request_id=request_id,
+            config_path=str(resolve_config_path(args.config)),
+            return_state=True,
+        )
+    )
+    run = AuditStore(config.audit_url.get_secret_value()).run(request_id)
+    if args.json:
+        print_json(run.as_json() if run else {"state": "failed", "message": redact(state.message or "")})
+    elif run:
+        print("\n".join(format_run(run)))
+    else:
+        print(f"recovery did not start: {redact(state.message or '')}")
+    return EXIT_OK if run is not None and run.state == "succeeded" else EXIT_FAILED
+
+
+def _run_operation(args: argparse.Namespace, workflow: str, **params: Any) -> int:
+    """Run a manual-operation flow for ``args.target`` and print its audit record."""
+    from recovery.audit.store import AuditStore
+    from recovery.config import load_config, resolve_config_path
+    from recovery.workflows import workflow_named
+
+    config = load_config(args.config)
+    target = config.target(args.target)
+    workflow_named(workflow, target)  # wrong kind of target -> exit 2 before paying for Prefect
+    if workflow == "clear-cache" and not params.get("pattern"):
+        validation = getattr(target, "validation", None)
+        if validation is None:
+            raise ConfigError("--pattern", f"required: target '{target.name}' has no validate.key_pattern")
+    prefect_environment()
+    from flows.recovery_flows import RECOVERY_FLOWS
+
+    flow_fn: Any = RECOVERY_FLOWS[workflow]  # flows differ in their extra parameters (pattern)
+    state = asyncio.run(
+        flow_fn(
+            target=target.name,
+            config_path=str(resolve_config_path(args.config)),
+            run_type="manual",
+            requested_by=args.requested_by,
+            reason=args.reason,
+            return_state=True,
+            **params,
+        )
+    )
+    runs = AuditStore(config.audit_url.get_secret_value()).history(target.name, limit=5)
+    run = next((r for r in runs if r.flow_run_id == str(state.state_details.flow_run_id)), None)
+    if args.json:
+        print_json(run.as_json() if run else {"state": "failed", "message": redact(state.message or "")})
+    elif run:
+        print("\n".join(format_run(run)))
+        for step in run.steps:
+            if step.detail:
+                print(f"    {step.name}: {json.dumps(step.detail, default=str)}")
+    else:
+        print(f"{workflow} did not start: {redact(state.message or '')}")
+    return EXIT_OK if run is not None and run.state == "succeeded" else EXIT_FAILED
+
+
+def cmd_clear_cache(args: argparse.Namespace) -> int:
+    if args.pattern is not None and not args.pattern.strip():
+        raise ConfigError("--pattern", "must not be empty")
+    return _run_operation(args, "clear-cache", pattern=args.pattern)
+
+
+def cmd_reconnect_database(args: argparse.Namespace) -> int:
+    return _run_operation(args, "reconnect-database")
+
+
+def cmd_reset_breaker(args: argparse.Namespace) -> int:
+    """Close TARGET's breaker through the ``reset-circuit-breaker`` flow (audited)."""
+    from recovery.audit.store import AuditStore
+    from recovery.config import load_config, resolve_config_path
+
+    config = load_config(args.config)
+    target = config.target(args.target)  # unknown target -> exit 2 before paying for Prefect
+    if not args.reason.strip():
+        raise ConfigError("--reason", "must not be empty")
+    if not (args.requested_by or "").strip():
+        raise ConfigError("--requested-by", "must not be empty")
+    prefect_environment()
+    from flows.breaker_flows import reset_circuit_breaker
+
+    flow_fn: Any = reset_circuit_breaker  # Flow's overloads do not type return_state=True
+    state: Any = asyncio.run(
+        flow_fn(
+            target=target.name,
+            requested_by=args.requested_by,
+            reason=args.reason,
+            config_path=str(resolve_config_path(args.config)),
+            return_state=True,
+        )
+    )
+    run = AuditStore(config.audit_url.get_secret_value()).run(str(state.state_details.flow_run_id))
+    if args.json:
+        print_json(run.as_json() if run else {"state": "failed", "message": redact(state.message or "")})
+    elif run:
+        print("\n".join(format_run(run)))
+        for step in run.steps:
+            if step.detail:
+                print(f"    {step.name}: {json.dumps(step.detail, default=str)}")
+    else:
+        print(f"reset-circuit-breaker did not start: {redact(state.message or '')}")
+    return EXIT_OK if run is not None and run.state == "succeeded" else EXIT_FAILED
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from recovery.config import load_config, resolve_config_path
+
+    load_config(args.config)  # bad config -> exit 2 before Prefect starts
+    prefect_environment()
+    if args.metrics_port:
+        from recovery.metrics import start_metrics_server
+
+        start_metrics_server(args.metrics_port)
+    from deployments.serve import serve_all
+
+    serve_all(str(resolve_config_path(args.config)), limit=args.limit)
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    prefect_environment()
+    from recovery_cli.demo import run_demo
+
+    return run_demo(keep=args.keep)
