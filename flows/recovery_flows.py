@@ -10,76 +10,54 @@ from flows.common import RunType, execute_workflow, on_cancelled, on_crashed
 from recovery.runtime import RecoveryRequest
 
 
-@flow(name="api-failure-recovery", on_cancellation=[on_cancelled], on_crashed=[on_crashed], log_prints=False)
-async def api_failure_recovery(
-    target: str,
-    config_path: str | None = None,
-    run_type: RunType = "manual",
-    requested_by: str | None = None,
-    reason: str | None = None,
-    lock_token: str | None = None,
-    detected_reason: str | None = None,
-    first_failure_at: float | None = None,
-) -> dict[str, Any]:
-    """Recover an HTTP dependency: check, clear error cache, reset breaker, verify, resume."""
-    request = RecoveryRequest(
-        target=target,
-        run_type=run_type,
-        requested_by=requested_by,
-        reason=reason,
-        lock_token=lock_token,
-        detected_reason=detected_reason,
-        first_failure_at=first_failure_at,
-    )
-    return await execute_workflow("api-failure-recovery", request, config_path)
+def _workflow_flow(workflow: str, doc: str) -> Flow[..., Any]:
+    """An automatic-recovery flow for ``workflow``: the monitor starts these as subflows.
+
+    All share one signature (what the monitor passes); a factory keeps them from drifting apart.
+    """
+
+    async def run(
+        target: str,
+        config_path: str | None = None,
+        run_type: RunType = "manual",
+        requested_by: str | None = None,
+        reason: str | None = None,
+        lock_token: str | None = None,
+        detected_reason: str | None = None,
+        first_failure_at: float | None = None,
+    ) -> dict[str, Any]:
+        request = RecoveryRequest(
+            target=target,
+            run_type=run_type,
+            requested_by=requested_by,
+            reason=reason,
+            lock_token=lock_token,
+            detected_reason=detected_reason,
+            first_failure_at=first_failure_at,
+        )
+        return await execute_workflow(workflow, request, config_path)
+
+    run.__name__ = run.__qualname__ = workflow.replace("-", "_")
+    run.__doc__ = doc
+    return flow(name=workflow, on_cancellation=[on_cancelled], on_crashed=[on_crashed], log_prints=False)(run)
 
 
-@flow(name="database-recovery", on_cancellation=[on_cancelled], on_crashed=[on_crashed], log_prints=False)
-async def database_recovery(
-    target: str,
-    config_path: str | None = None,
-    run_type: RunType = "manual",
-    requested_by: str | None = None,
-    reason: str | None = None,
-    lock_token: str | None = None,
-    detected_reason: str | None = None,
-    first_failure_at: float | None = None,
-) -> dict[str, Any]:
-    """Recover a database: clear stuck sessions, reset pools, check integrity, verify, resume."""
-    request = RecoveryRequest(
-        target=target,
-        run_type=run_type,
-        requested_by=requested_by,
-        reason=reason,
-        lock_token=lock_token,
-        detected_reason=detected_reason,
-        first_failure_at=first_failure_at,
-    )
-    return await execute_workflow("database-recovery", request, config_path)
-
-
-@flow(name="cache-recovery", on_cancellation=[on_cancelled], on_crashed=[on_crashed], log_prints=False)
-async def cache_recovery(
-    target: str,
-    config_path: str | None = None,
-    run_type: RunType = "manual",
-    requested_by: str | None = None,
-    reason: str | None = None,
-    lock_token: str | None = None,
-    detected_reason: str | None = None,
-    first_failure_at: float | None = None,
-) -> dict[str, Any]:
-    """Recover a Redis cache: delete corrupted entries, rebuild them, verify, resume."""
-    request = RecoveryRequest(
-        target=target,
-        run_type=run_type,
-        requested_by=requested_by,
-        reason=reason,
-        lock_token=lock_token,
-        detected_reason=detected_reason,
-        first_failure_at=first_failure_at,
-    )
-    return await execute_workflow("cache-recovery", request, config_path)
+api_failure_recovery = _workflow_flow(
+    "api-failure-recovery",
+    "Recover an HTTP dependency: check, clear error cache, reset breaker, verify, resume.",
+)
+database_recovery = _workflow_flow(
+    "database-recovery",
+    "Recover a database: clear stuck sessions, reset pools, check integrity, verify, resume.",
+)
+cache_recovery = _workflow_flow(
+    "cache-recovery",
+    "Recover a Redis cache: delete corrupted entries, rebuild them, verify, resume.",
+)
+rate_limit_recovery = _workflow_flow(
+    "rate-limit-recovery",
+    "Back off a rate-limited HTTP dependency: lower the rate, wait for the reset, verify, resume.",
+)
 
 
 @flow(name="clear-cache", on_cancellation=[on_cancelled], on_crashed=[on_crashed], log_prints=False)
@@ -130,30 +108,6 @@ async def reconnect_database(
         first_failure_at=first_failure_at,
     )
     return await execute_workflow("reconnect-database", request, config_path)
-
-
-@flow(name="rate-limit-recovery", on_cancellation=[on_cancelled], on_crashed=[on_crashed], log_prints=False)
-async def rate_limit_recovery(
-    target: str,
-    config_path: str | None = None,
-    run_type: RunType = "manual",
-    requested_by: str | None = None,
-    reason: str | None = None,
-    lock_token: str | None = None,
-    detected_reason: str | None = None,
-    first_failure_at: float | None = None,
-) -> dict[str, Any]:
-    """Back off a rate-limited HTTP dependency: lower the rate, wait for the reset, verify, resume."""
-    request = RecoveryRequest(
-        target=target,
-        run_type=run_type,
-        requested_by=requested_by,
-        reason=reason,
-        lock_token=lock_token,
-        detected_reason=detected_reason,
-        first_failure_at=first_failure_at,
-    )
-    return await execute_workflow("rate-limit-recovery", request, config_path)
 
 
 RECOVERY_FLOWS: dict[str, Flow[..., Any]] = {
