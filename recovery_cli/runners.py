@@ -7,6 +7,7 @@ import asyncio
 import json
 from typing import Any
 
+from recovery.config import RecoveryConfig
 from recovery.errors import ConfigError
 from recovery.redact import redact
 from recovery_cli.common import (
@@ -52,7 +53,6 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 def cmd_recover(args: argparse.Namespace) -> int:
     import uuid
 
-    from recovery.audit.store import AuditStore
     from recovery.config import load_config, resolve_config_path
     from recovery.runtime import RecoveryRequest, record_dry_run
     from recovery.triggers import validate_request
@@ -96,19 +96,11 @@ def cmd_recover(args: argparse.Namespace) -> int:
             return_state=True,
         )
     )
-    run = AuditStore(config.audit_url.get_secret_value()).run(request_id)
-    if args.json:
-        print_json(run.as_json() if run else {"state": "failed", "message": redact(state.message or "")})
-    elif run:
-        print("\n".join(format_run(run)))
-    else:
-        print(f"recovery did not start: {redact(state.message or '')}")
-    return EXIT_OK if run is not None and run.state == "succeeded" else EXIT_FAILED
+    return _report(args, config, request_id, state, "recovery")
 
 
 def _run_operation(args: argparse.Namespace, workflow: str, **params: Any) -> int:
     """Run a manual-operation flow for ``args.target`` and print its audit record."""
-    from recovery.audit.store import AuditStore
     from recovery.config import load_config, resolve_config_path
     from recovery.workflows import workflow_named
 
@@ -134,8 +126,15 @@ def _run_operation(args: argparse.Namespace, workflow: str, **params: Any) -> in
             **params,
         )
     )
-    runs = AuditStore(config.audit_url.get_secret_value()).history(target.name, limit=5)
-    run = next((r for r in runs if r.flow_run_id == str(state.state_details.flow_run_id)), None)
+    # The audit row of a workflow flow run has the flow run's id.
+    return _report(args, config, str(state.state_details.flow_run_id), state, workflow)
+
+
+def _report(args: argparse.Namespace, config: RecoveryConfig, run_id: str, state: Any, what: str) -> int:
+    """Print the audit row of a finished flow run (or why it never started); 0 only if succeeded."""
+    from recovery.audit.store import AuditStore
+
+    run = AuditStore(config.audit_url.get_secret_value()).run(run_id)
     if args.json:
         print_json(run.as_json() if run else {"state": "failed", "message": redact(state.message or "")})
     elif run:
@@ -144,7 +143,7 @@ def _run_operation(args: argparse.Namespace, workflow: str, **params: Any) -> in
             if step.detail:
                 print(f"    {step.name}: {json.dumps(step.detail, default=str)}")
     else:
-        print(f"{workflow} did not start: {redact(state.message or '')}")
+        print(f"{what} did not start: {redact(state.message or '')}")
     return EXIT_OK if run is not None and run.state == "succeeded" else EXIT_FAILED
 
 
@@ -160,7 +159,6 @@ def cmd_reconnect_database(args: argparse.Namespace) -> int:
 
 def cmd_reset_breaker(args: argparse.Namespace) -> int:
     """Close TARGET's breaker through the ``reset-circuit-breaker`` flow (audited)."""
-    from recovery.audit.store import AuditStore
     from recovery.config import load_config, resolve_config_path
 
     config = load_config(args.config)
@@ -182,17 +180,7 @@ def cmd_reset_breaker(args: argparse.Namespace) -> int:
             return_state=True,
         )
     )
-    run = AuditStore(config.audit_url.get_secret_value()).run(str(state.state_details.flow_run_id))
-    if args.json:
-        print_json(run.as_json() if run else {"state": "failed", "message": redact(state.message or "")})
-    elif run:
-        print("\n".join(format_run(run)))
-        for step in run.steps:
-            if step.detail:
-                print(f"    {step.name}: {json.dumps(step.detail, default=str)}")
-    else:
-        print(f"reset-circuit-breaker did not start: {redact(state.message or '')}")
-    return EXIT_OK if run is not None and run.state == "succeeded" else EXIT_FAILED
+    return _report(args, config, str(state.state_details.flow_run_id), state, "reset-circuit-breaker")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
