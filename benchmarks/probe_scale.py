@@ -3,12 +3,12 @@
     python benchmarks/probe_scale.py [--sizes 100,1000,5000] [--repeat 5] [--httpx-repeat 1]
                                      [--server subprocess|thread]
 
-For each N, against one local uvicorn server (``recovery.faultserver.FaultServer``, /health in
+For each N, against one local uvicorn server (``tests/faultserver.py``, /health in
 "ok" mode), each client below makes N GET requests with 100 in flight:
 
     floor     bare asyncio streams speaking HTTP/1.1, 100 keep-alive connections reused; no HTTP
               library at all, so nothing the project does can be faster than this
-    project   ``recovery.probes.probe_targets`` with N ``HttpTarget`` configs, concurrency 100
+    project   ``recovery.kinds.probing.probe_targets`` with N ``HttpTarget`` configs, concurrency 100
               (includes building and closing its client, as every monitor cycle does)
     httpx     httpx.AsyncClient with its default (httpcore) transport, limits 100/100, 100 in flight
     aiohttp   (diagnostic) aiohttp.ClientSession directly, the transport under the project's httpx
@@ -48,10 +48,12 @@ import httpx
 
 # Runnable from a checkout without installing: the repository root holds the ``recovery`` package.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # faultserver
 
-from recovery.config import HttpTarget
-from recovery.faultserver import FaultServer, free_port
-from recovery.probes import probe_targets
+from faultserver import FaultServer, free_port
+
+from recovery.config.loader import HttpTarget
+from recovery.kinds.probing import probe_targets
 
 INFLIGHT = 100
 GOAL = 1.5
@@ -59,7 +61,7 @@ HOST = "127.0.0.1"
 
 _SERVER_SNIPPET = """
 import sys, time
-from recovery.faultserver import FaultServer
+from faultserver import FaultServer
 server = FaultServer(port=int(sys.argv[1])).start()
 print("ready", flush=True)
 try:
@@ -80,7 +82,14 @@ def running_server(where: str) -> Iterator[int]:
     port = free_port()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH")])
+        filter(
+            None,
+            [
+                str(Path(__file__).resolve().parent.parent),
+                str(Path(__file__).resolve().parent.parent / "tests"),
+                env.get("PYTHONPATH"),
+            ],
+        )
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", _SERVER_SNIPPET, str(port)],

@@ -10,7 +10,7 @@ ten outages needing a second run. Then, for a 24 h window and for the whole 30 d
 
     floor     ``SELECT count(*)`` over the window: one pass over the rows, no aggregation; what
               any stats query has to pay at least
-    stats     ``recovery.stats.compute_stats``: every number of ``recovery stats`` (5 SQL queries)
+    stats     ``recovery.reporting.stats.compute_stats``: every number of ``recovery stats`` (5 SQL queries)
     naive     (baseline) fetch the window's rows into Python and compute the same numbers there,
               the obvious implementation without SQL aggregation
 
@@ -44,7 +44,7 @@ from recovery.audit import store as audit_store
 from recovery.audit.models import RecoveryRun
 from recovery.audit.sqlfuncs import unindexed
 from recovery.audit.store import AuditStore
-from recovery.stats import compute_stats
+from recovery.reporting.stats import compute_stats
 
 GOAL_SECONDS = 1.0
 DAYS = 30

@@ -20,7 +20,7 @@ from prefect import Flow, serve
 from prefect.deployments.runner import RunnerDeployment
 from prefect.utilities.annotations import freeze
 
-from recovery.config import RecoveryConfig, load_config, resolve_config_path
+from recovery.config.loader import RecoveryConfig, load_config, resolve_config_path
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run as current_flow_run
 from pydantic import Field
 
-from recovery.breaker_admin import breaker_statuses, reset_breaker
-from recovery.config import load_config
+from recovery.config.loader import load_config
+from recovery.engine.breaker_admin import breaker_statuses, reset_breaker
 from recovery.redact import install_log_redaction
 
 

@@ -12,12 +12,12 @@ from prefect.runtime import flow_run as current_flow_run
 
 from flows import signals
 from recovery.audit.store import AuditStore
-from recovery.breakers import breaker_for_target
-from recovery.config import load_config
+from recovery.backends.state import open_state
+from recovery.client.breakers import breaker_for_target
+from recovery.config.loader import load_config
+from recovery.engine.runtime import RecoveryRequest, RecoveryRuntime
 from recovery.errors import RecoveryRefused
 from recovery.redact import install_log_redaction, redact
-from recovery.runtime import RecoveryRequest, RecoveryRuntime
-from recovery.state import open_state
 from tasks.steps import step_task
 
 RunType = Literal["automatic", "manual", "scheduled", "emergency"]

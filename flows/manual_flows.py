@@ -15,13 +15,13 @@ from pydantic import Field
 
 from flows.common import execute_workflow, on_cancelled, on_crashed
 from recovery.audit.store import AuditStore
-from recovery.config import load_config
+from recovery.backends.state import open_state
+from recovery.config.loader import load_config
+from recovery.engine.runtime import RecoveryRequest, record_dry_run
+from recovery.engine.triggers import admit, validate_request
+from recovery.engine.workflows import describe_plan, workflow_named
 from recovery.errors import RecoveryRefused
 from recovery.redact import install_log_redaction
-from recovery.runtime import RecoveryRequest, record_dry_run
-from recovery.state import open_state
-from recovery.triggers import admit, validate_request
-from recovery.workflows import describe_plan, workflow_named
 
 TriggerType = Literal["manual", "emergency", "scheduled"]
 

@@ -9,9 +9,9 @@ from prefect import flow, get_run_logger
 
 from flows import signals
 from flows.recovery_flows import RECOVERY_FLOWS
-from recovery.config import load_config
+from recovery.config.loader import load_config
 from recovery.redact import install_log_redaction, redact
-from recovery.status import TargetStatus
+from recovery.reporting.status import TargetStatus
 from tasks.probe import apply_thresholds, probe_all
 from tasks.status import publish_status
 

@@ -17,9 +17,9 @@ from pydantic import Field
 
 from flows import signals
 from flows.recovery_flows import RECOVERY_FLOWS
-from recovery.config import load_config
+from recovery.config.loader import load_config
 from recovery.redact import install_log_redaction
-from recovery.stats import parse_window
+from recovery.reporting.stats import parse_window
 from tasks.stats import compute_stats, publish_history, publish_stats
 from tasks.status import publish_status
 

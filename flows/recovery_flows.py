@@ -7,7 +7,7 @@ from typing import Any
 from prefect import Flow, flow
 
 from flows.common import RunType, execute_workflow, on_cancelled, on_crashed
-from recovery.runtime import RecoveryRequest
+from recovery.engine.runtime import RecoveryRequest
 
 
 def _workflow_flow(workflow: str, doc: str) -> Flow[..., Any]:

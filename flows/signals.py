@@ -20,10 +20,10 @@ from typing import Any
 
 from prefect.events import emit_event
 
-from recovery import metrics
-from recovery.monitor import Decision
+from recovery.engine.monitor import Decision
 from recovery.redact import redact
-from recovery.status import TargetStatus
+from recovery.reporting import metrics
+from recovery.reporting.status import TargetStatus
 
 logger = logging.getLogger("recovery.signals")
 

@@ -1,7 +1,7 @@
 """``recovery demo``: a real local service fails, the monitor detects it, a flow recovers it.
 
 Embedded defaults only: SQLite audit store in a temp dir, in-process state, Prefect's ephemeral
-API. The service (a real uvicorn server) answers 503 for a few seconds, as a dependency does
+API. The service (a real local HTTP server) answers 503 for a few seconds, as a dependency does
 while it restarts; the monitor crosses its failure threshold, runs ``api-failure-recovery`` as a
 subflow, whose verification retries with backoff until the service is back.
 """
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from recovery.audit.store import AuditStore
-from recovery.faultserver import FaultServer
+from recovery_cli.demo_service import DemoService
 from recovery_cli.readonly import format_run
 
 OUTAGE_SECONDS = 8.0
@@ -40,7 +40,7 @@ targets:
 
 def run_demo(keep: bool = False) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="recovery-demo-"))
-    server = FaultServer().start()
+    server = DemoService().start()
     try:
         config_path = workdir / "recovery.yaml"
         db = workdir / "audit.db"
@@ -54,7 +54,7 @@ def run_demo(keep: bool = False) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-async def _demo(server: FaultServer, config_path: str, db: str) -> int:
+async def _demo(server: DemoService, config_path: str, db: str) -> int:
     from flows.monitor import monitor
 
     t0 = time.time()
@@ -67,9 +67,9 @@ async def _demo(server: FaultServer, config_path: str, db: str) -> int:
     report = await monitor(config_path=config_path)
     event(f"monitor cycle 1: demo-api {report['targets'][0]['reason']}")
 
-    server.app.set_mode("status:503")
+    server.fail(503)
     event(f"FAILURE INJECTED: the service answers 503 for the next {OUTAGE_SECONDS:.0f} s")
-    threading.Timer(OUTAGE_SECONDS, lambda: server.app.set_mode("ok")).start()
+    threading.Timer(OUTAGE_SECONDS, server.heal).start()
 
     recovered = False
     for cycle in range(2, MAX_CYCLES + 1):

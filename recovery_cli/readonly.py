@@ -14,7 +14,7 @@ from recovery_cli.common import (
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from recovery.config import load_config, resolve_config_path
+    from recovery.config.loader import load_config, resolve_config_path
 
     config = load_config(args.config)
     kinds: dict[str, int] = {}
@@ -29,8 +29,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from recovery.config import load_config
-    from recovery.probes import probe_targets
+    from recovery.config.loader import load_config
+    from recovery.kinds.probing import probe_targets
 
     config = load_config(args.config)
     results = asyncio.run(probe_targets(config.targets, config.monitor.probe_concurrency))
@@ -59,7 +59,7 @@ def format_run(run: Any) -> list[str]:
 
 def cmd_history(args: argparse.Namespace) -> int:
     from recovery.audit.store import AuditStore
-    from recovery.config import load_config
+    from recovery.config.loader import load_config
 
     config = load_config(args.config)
     if args.target:
@@ -77,8 +77,8 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 def cmd_breaker_status(args: argparse.Namespace) -> int:
     """Breaker state from shared state (no Prefect); exit 1 if any breaker is not closed."""
-    from recovery.breaker_admin import breaker_statuses
-    from recovery.config import load_config
+    from recovery.config.loader import load_config
+    from recovery.engine.breaker_admin import breaker_statuses
 
     statuses = breaker_statuses(load_config(args.config), args.target)
     if args.json:
@@ -102,9 +102,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from recovery.audit.store import AuditStore
-    from recovery.config import load_config
-    from recovery.report import format_stats
-    from recovery.stats import compute_stats, parse_window
+    from recovery.config.loader import load_config
+    from recovery.reporting.report import format_stats
+    from recovery.reporting.stats import compute_stats, parse_window
 
     window = parse_window(args.since)  # bad --since -> exit 2 before touching the database
     config = load_config(args.config)
@@ -119,8 +119,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """The status board from shared state + audit (no Prefect); exit 1 if a target is unhealthy."""
-    from recovery.config import load_config
-    from recovery.status import collect_status, format_status
+    from recovery.config.loader import load_config
+    from recovery.reporting.status import collect_status, format_status
 
     rows = collect_status(load_config(args.config))
     if args.json:

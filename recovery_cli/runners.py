@@ -7,7 +7,7 @@ import asyncio
 import json
 from typing import Any
 
-from recovery.config import RecoveryConfig
+from recovery.config.loader import RecoveryConfig
 from recovery.errors import ConfigError
 from recovery.redact import redact
 from recovery_cli.common import (
@@ -20,7 +20,7 @@ from recovery_cli.readonly import format_run
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
-    from recovery.config import load_config, resolve_config_path
+    from recovery.config.loader import load_config, resolve_config_path
 
     config = load_config(args.config)  # fail fast (exit 2) before paying for Prefect
     config_path = str(resolve_config_path(args.config))
@@ -53,10 +53,10 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 def cmd_recover(args: argparse.Namespace) -> int:
     import uuid
 
-    from recovery.config import load_config, resolve_config_path
-    from recovery.runtime import RecoveryRequest, record_dry_run
-    from recovery.triggers import validate_request
-    from recovery.workflows import describe_plan, workflow_named
+    from recovery.config.loader import load_config, resolve_config_path
+    from recovery.engine.runtime import RecoveryRequest, record_dry_run
+    from recovery.engine.triggers import validate_request
+    from recovery.engine.workflows import describe_plan, workflow_named
 
     config = load_config(args.config)
     request = RecoveryRequest(
@@ -101,8 +101,8 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
 def _run_operation(args: argparse.Namespace, workflow: str, **params: Any) -> int:
     """Run a manual-operation flow for ``args.target`` and print its audit record."""
-    from recovery.config import load_config, resolve_config_path
-    from recovery.workflows import workflow_named
+    from recovery.config.loader import load_config, resolve_config_path
+    from recovery.engine.workflows import workflow_named
 
     config = load_config(args.config)
     target = config.target(args.target)
@@ -159,7 +159,7 @@ def cmd_reconnect_database(args: argparse.Namespace) -> int:
 
 def cmd_reset_breaker(args: argparse.Namespace) -> int:
     """Close TARGET's breaker through the ``reset-circuit-breaker`` flow (audited)."""
-    from recovery.config import load_config, resolve_config_path
+    from recovery.config.loader import load_config, resolve_config_path
 
     config = load_config(args.config)
     target = config.target(args.target)  # unknown target -> exit 2 before paying for Prefect
@@ -184,12 +184,12 @@ def cmd_reset_breaker(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from recovery.config import load_config, resolve_config_path
+    from recovery.config.loader import load_config, resolve_config_path
 
     load_config(args.config)  # bad config -> exit 2 before Prefect starts
     prefect_environment()
     if args.metrics_port:
-        from recovery.metrics import start_metrics_server
+        from recovery.reporting.metrics import start_metrics_server
 
         start_metrics_server(args.metrics_port)
     from deployments.serve import serve_all

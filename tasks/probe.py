@@ -5,10 +5,10 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from recovery.config import RecoveryConfig
-from recovery.monitor import Decision, decide
-from recovery.probes import ProbeResult, probe_targets
-from recovery.state import open_state
+from recovery.backends.state import open_state
+from recovery.config.loader import RecoveryConfig
+from recovery.engine.monitor import Decision, decide
+from recovery.kinds.probing import ProbeResult, probe_targets
 
 
 @task(name="probe-targets", cache_policy=NO_CACHE)

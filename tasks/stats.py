@@ -30,13 +30,13 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
 
-from recovery import stats as core
 from recovery.audit.store import AuditStore
-from recovery.config import RecoveryConfig, load_config
+from recovery.config.loader import RecoveryConfig, load_config
+from recovery.engine.workflows import select_workflow
 from recovery.errors import RecoveryError
 from recovery.redact import redact
-from recovery.report import history_markdown, history_table, stats_markdown, stats_table
-from recovery.workflows import select_workflow
+from recovery.reporting import stats as core
+from recovery.reporting.report import history_markdown, history_table, stats_markdown, stats_table
 
 STATS_KEY = "recovery-stats"
 STATS_SUMMARY_KEY = "recovery-stats-summary"

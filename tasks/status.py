@@ -1,4 +1,4 @@
-"""The status board task: ``recovery.status`` rows published as the ``recovery-status`` artifact."""
+"""The status board task: ``recovery.reporting.status`` rows published as the ``recovery-status`` artifact."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from prefect import task
 from prefect.artifacts import acreate_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from recovery.config import RecoveryConfig
-from recovery.status import TargetStatus, collect_status, status_table
+from recovery.config.loader import RecoveryConfig
+from recovery.reporting.status import TargetStatus, collect_status, status_table
 
 STATUS_KEY = "recovery-status"
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import redis
 import sqlalchemy
+from faultserver import FaultServer
 from sqlalchemy.exc import SQLAlchemyError
 
 from recovery.audit import store as audit_store
-from recovery.faultserver import FaultServer
 
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379

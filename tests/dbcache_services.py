@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from faultserver import free_port
 from sqlalchemy import create_engine, text
-
-from recovery.faultserver import free_port
 
 N_KEYS = 10_000
 CORRUPT_EVERY = 20  # keys with i % 20 == 7 are corrupted: exactly 500

@@ -278,7 +278,7 @@ def test_long_error_messages_are_truncated(db_url: str) -> None:
 
 
 def test_unreachable_database_is_audit_unavailable_and_redacted() -> None:
-    from recovery.faultserver import free_port
+    from faultserver import free_port
 
     url = f"postgresql+psycopg://u:{CANARY}@127.0.0.1:{free_port()}/db?connect_timeout=2"
     with pytest.raises(AuditUnavailable) as info:

@@ -24,11 +24,17 @@ import pytest
 import redis
 
 from recovery.audit.store import AuditStore
-from recovery.breaker_admin import breaker_statuses, reset_breaker
-from recovery.breaker_memory import MemoryBreakerStore
-from recovery.breaker_storage import RedisBreakerStore, breaker_key, probe_key
-from recovery.breakers import CircuitBreakerError, FleetBreaker, breaker_for, breaker_for_target, open_breaker
-from recovery.config import BreakerConfig, parse_config
+from recovery.backends.breaker_memory import MemoryBreakerStore
+from recovery.backends.breaker_store import RedisBreakerStore, breaker_key, probe_key
+from recovery.client.breakers import (
+    CircuitBreakerError,
+    FleetBreaker,
+    breaker_for,
+    breaker_for_target,
+    open_breaker,
+)
+from recovery.config.loader import BreakerConfig, parse_config
+from recovery.engine.breaker_admin import breaker_statuses, reset_breaker
 from recovery.errors import StateUnavailable
 
 DEAD_REDIS = "redis://127.0.0.1:1/0"  # nothing listens on port 1: connection refused
@@ -295,8 +301,8 @@ def test_concurrent_failures_trip_exactly_once(redis_url: str) -> None:
 PROBE_WORKER = """
 import json, sys, time
 import redis
-from recovery.breakers import CircuitBreakerError, breaker_for
-from recovery.config import BreakerConfig
+from recovery.client.breakers import CircuitBreakerError, breaker_for
+from recovery.config.loader import BreakerConfig
 
 url, name, reset, mode = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
 client = redis.Redis.from_url(url, decode_responses=True)

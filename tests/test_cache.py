@@ -26,12 +26,12 @@ from dbcache_services import (
     snapshot,
     source_value,
 )
+from faultserver import free_port
 
-from recovery import cache, cache_rebuild
-from recovery.config import CacheValidation, RedisTarget, parse_config
+from recovery.config.loader import CacheValidation, RedisTarget, parse_config
 from recovery.errors import ConfigError, PermanentError, TemporaryError
-from recovery.faultserver import free_port
-from recovery.probes import probe_targets
+from recovery.kinds import cache, cache_rebuild
+from recovery.kinds.probing import probe_targets
 from recovery.redact import redact
 
 PASSWORD = "RedisCanaryPw4711"

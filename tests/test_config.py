@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from recovery.config import TARGET_KINDS, HttpTarget, RecoveryConfig, load_config, parse_config
+from recovery.config.loader import TARGET_KINDS, HttpTarget, RecoveryConfig, load_config, parse_config
 from recovery.errors import ConfigError
+from recovery.policy.strategies import Jitter
 from recovery.redact import redact
-from recovery.strategies import Jitter
 
 VALID_YAML = """\
 audit_url: sqlite:///audit.db

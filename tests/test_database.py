@@ -21,17 +21,17 @@ from typing import Any
 import psycopg
 import pytest
 from dbcache_services import corrupt_sqlite
+from faultserver import free_port
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from recovery import database
-from recovery.config import DatabaseTarget, parse_config
+from recovery.backends.state import MemoryState, RedisState
+from recovery.client.poolwatch import PoolGenerationWatcher
+from recovery.config.loader import DatabaseTarget, parse_config
 from recovery.errors import IntegrityCheckFailed, PermanentError, TemporaryError
-from recovery.faultserver import free_port
-from recovery.poolwatch import PoolGenerationWatcher
-from recovery.probes import ProbeResult, probe_targets
+from recovery.kinds import database
+from recovery.kinds.probing import ProbeResult, probe_targets
 from recovery.redact import redact
-from recovery.state import MemoryState, RedisState
 
 CANARY = "DbCanaryPw4711"
 

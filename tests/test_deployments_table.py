@@ -23,9 +23,7 @@ def _serve_table() -> dict[str, str]:
 
 def test_prefect_yaml_matches_serve_table() -> None:
     doc = yaml.safe_load((REPO / "prefect.yaml").read_text())
-    declared = {
-        d["name"]: d["entrypoint"].replace("/", ".").replace(".py:", ":") for d in doc["deployments"]
-    }
+    declared = {d["name"]: d["entrypoint"].replace("/", ".").replace(".py:", ":") for d in doc["deployments"]}
     assert declared == _serve_table()
     for d in doc["deployments"]:
         path, _, func = d["entrypoint"].partition(":")
@@ -35,6 +33,13 @@ def test_prefect_yaml_matches_serve_table() -> None:
 
 def test_every_seed_endpoint_is_a_deployment() -> None:
     assert set(_serve_table()) == {
-        "monitor", "recover", "recovery-status", "reset-circuit-breaker", "circuit-breaker-status",
-        "clear-cache", "reconnect-database", "recovery-history", "recovery-stats",
+        "monitor",
+        "recover",
+        "recovery-status",
+        "reset-circuit-breaker",
+        "circuit-breaker-status",
+        "clear-cache",
+        "reconnect-database",
+        "recovery-history",
+        "recovery-stats",
     }

@@ -9,12 +9,12 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from recovery.config import RecoveryConfig, parse_config
+from recovery.backends.state import MemoryState, RedisState, SharedState, probe_history_key
+from recovery.config.loader import RecoveryConfig, parse_config
+from recovery.engine.monitor import decide
 from recovery.errors import ConfigError
-from recovery.flapping import HISTORY_SIZE, evaluate, percent_state_change
-from recovery.monitor import decide
-from recovery.probes import ProbeResult
-from recovery.state import MemoryState, RedisState, SharedState, probe_history_key
+from recovery.kinds.probing import ProbeResult
+from recovery.policy.flapping import HISTORY_SIZE, evaluate, percent_state_change
 
 
 def nagios_percent(states: list[bool]) -> float:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from recovery import metrics
+from recovery.reporting import metrics
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,7 +83,7 @@ def test_endpoint_serves_the_issue_series(server: metrics.MetricsServer) -> None
 
 
 def test_observe_decisions_and_board(server: metrics.MetricsServer) -> None:
-    from recovery.monitor import Decision
+    from recovery.engine.monitor import Decision
 
     a, b = f"a-{uuid.uuid4().hex[:6]}", f"b-{uuid.uuid4().hex[:6]}"
     metrics.observe_decisions(
@@ -124,7 +124,7 @@ def test_textfile_for_node_exporter(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 CHILD = """
 import sys
-from recovery import metrics
+from recovery.reporting import metrics
 target, state = sys.argv[1], sys.argv[2]
 metrics.record_run(target, "api-failure-recovery", "automatic", state, 3.0)
 metrics.set_target_up(target, state == "succeeded")

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from recovery.breakers import breaker_for, breaker_state
-from recovery.config import RecoveryConfig, parse_config
-from recovery.monitor import Decision, decide
-from recovery.probes import ProbeResult
-from recovery.state import MemoryState, RedisState, SharedState
+from recovery.backends.state import MemoryState, RedisState, SharedState
+from recovery.client.breakers import breaker_for, breaker_state
+from recovery.config.loader import RecoveryConfig, parse_config
+from recovery.engine.monitor import Decision, decide
+from recovery.kinds.probing import ProbeResult
 
 
 @dataclass

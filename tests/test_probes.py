@@ -8,10 +8,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from faultserver import FaultApp, FaultServer, Receive, Scope, Send
 
-from recovery.config import HttpTarget
-from recovery.faultserver import FaultApp, FaultServer, Receive, Scope, Send
-from recovery.probes import ProbeResult, parse_retry_after, probe_targets, probe_targets_sync
+from recovery.config.loader import HttpTarget
+from recovery.kinds.probing import ProbeResult, parse_retry_after, probe_targets, probe_targets_sync
 
 
 def http(name: str, url: str, **overrides: Any) -> HttpTarget:

@@ -15,13 +15,17 @@ from typing import Any
 
 import pytest
 import redis
+from faultserver import FaultApp, FaultServer, Receive, Scope, Send
 
-from recovery.config import RecoveryConfig, parse_config
+from recovery.backends.state import MemoryState, RedisState, SharedState
+from recovery.client.tokenbucket import TokenBucket, token_bucket_for
+from recovery.config.loader import RecoveryConfig, parse_config
+from recovery.engine.monitor import decide
+from recovery.engine.runtime import RecoveryRequest, RecoveryRuntime
+from recovery.engine.workflows import select_workflow
 from recovery.errors import EscalationRequired, TemporaryError
-from recovery.faultserver import FaultApp, FaultServer, Receive, Scope, Send
-from recovery.monitor import decide
-from recovery.probes import ProbeResult, probe_targets
-from recovery.ratelimit import (
+from recovery.kinds.probing import ProbeResult, probe_targets
+from recovery.kinds.ratelimit import (
     RateLimitConfig,
     RateStore,
     decreased_rate,
@@ -34,11 +38,7 @@ from recovery.ratelimit import (
     rate_store_for,
     reset_after_seconds,
 )
-from recovery.ratelimit_steps import adjust_request_rate, wait_for_rate_limit_reset
-from recovery.runtime import RecoveryRequest, RecoveryRuntime
-from recovery.state import MemoryState, RedisState, SharedState
-from recovery.tokenbucket import TokenBucket, token_bucket_for
-from recovery.workflows import select_workflow
+from recovery.kinds.ratelimit_steps import adjust_request_rate, wait_for_rate_limit_reset
 
 NOW = 1_700_000_000.0
 
@@ -304,7 +304,7 @@ async def test_rate_limited_target_waits_lowers_and_recovers(
     state_url = request.getfixturevalue("redis_url") if backend == "redis" else None
     config = http_config(f"{fault_server.url}/health", state_url, sqlite_url)
     state: SharedState = RedisState(state_url) if state_url else MemoryState()
-    import recovery.state as state_module
+    import recovery.backends.state as state_module
 
     if state_url is None:  # the runtime opens the process-wide in-memory state
         state = state_module.open_state(None)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from recovery.config import parse_config
+from recovery.config.loader import parse_config
 from recovery.redact import MASK, RedactingFilter, redact, redact_url, register_secret, register_secrets
 
 

@@ -3,24 +3,32 @@
 from __future__ import annotations
 
 import pytest
+from faultserver import FaultServer
 
-from recovery.breakers import breaker_for_target, open_breaker
-from recovery.config import parse_config
+from recovery.client.breakers import breaker_for_target, open_breaker
+from recovery.config.loader import parse_config
+from recovery.engine.runtime import RecoveryRequest, RecoveryRuntime
 from recovery.errors import ProbeFailed
-from recovery.faultserver import FaultServer
-from recovery.runtime import RecoveryRequest, RecoveryRuntime
 
 
 async def test_failed_verification_reopens_the_breaker(
     fault_server: FaultServer, redis_url: str, sqlite_url: str
 ) -> None:
-    config = parse_config({
-        "audit_url": sqlite_url,
-        "state_url": redis_url,
-        "strategy": {"kind": "exponential", "max_attempts": 1, "jitter": "none"},
-        "targets": [{"name": "api", "kind": "http", "url": f"{fault_server.url}/health",
-                     "verify": {"consecutive_successes": 1, "interval_seconds": 0}}],
-    })
+    config = parse_config(
+        {
+            "audit_url": sqlite_url,
+            "state_url": redis_url,
+            "strategy": {"kind": "exponential", "max_attempts": 1, "jitter": "none"},
+            "targets": [
+                {
+                    "name": "api",
+                    "kind": "http",
+                    "url": f"{fault_server.url}/health",
+                    "verify": {"consecutive_successes": 1, "interval_seconds": 0},
+                }
+            ],
+        }
+    )
     fault_server.app.set_mode("status:503")
     breaker = breaker_for_target(config, "api")
     open_breaker(breaker)  # what the monitor does on detection

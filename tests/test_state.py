@@ -8,10 +8,10 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from faultserver import free_port
 
+from recovery.backends.state import MemoryState, RedisState, SharedState, health_key, lock_key, open_state
 from recovery.errors import StateUnavailable
-from recovery.faultserver import free_port
-from recovery.state import MemoryState, RedisState, SharedState, health_key, lock_key, open_state
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])

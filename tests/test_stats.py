@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from recovery import stats as stats_module
 from recovery.audit.store import AuditStore
 from recovery.errors import ConfigError, IntegrityCheckFailed, ProbeFailed
-from recovery.stats import (
+from recovery.reporting import stats as stats_module
+from recovery.reporting.stats import (
     GroupStats,
     LastFailure,
     StatsReport,

@@ -1,4 +1,4 @@
-"""The status board (recovery.status) from real shared state (in-process and Redis) and audit."""
+"""The status board (recovery.reporting.status) from real shared state (in-process and Redis) and audit."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from recovery.audit.store import AuditStore
-from recovery.config import RecoveryConfig, parse_config
-from recovery.ratelimit import rate_store_for
+from recovery.backends.state import MemoryState, RedisState, SharedState
+from recovery.config.loader import RecoveryConfig, parse_config
+from recovery.kinds.ratelimit import rate_store_for
 from recovery.redact import register_secret
-from recovery.state import MemoryState, RedisState, SharedState
-from recovery.status import collect_status, format_status, status_table
+from recovery.reporting.status import collect_status, format_status, status_table
 
 SECRET = "pa55-w0rd-for-status"
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from recovery.strategies import (
+from recovery.policy.strategies import (
     ExponentialBackoff,
     ExponentialStrategyConfig,
     Jitter,

@@ -15,14 +15,14 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recovery.admission import RecoveryWindow, admit, recoveries_key
 from recovery.audit.store import AuditStore
-from recovery.breakers import CircuitBreakerError, breaker_for
-from recovery.config import RecoveryConfig, parse_config
+from recovery.backends.state import MemoryState, RedisState
+from recovery.client.breakers import CircuitBreakerError, breaker_for
+from recovery.config.loader import RecoveryConfig, parse_config
+from recovery.engine.runtime import RecoveryRequest, RecoveryRuntime
 from recovery.errors import ConfigError, RecoveryRefused
-from recovery.runtime import RecoveryRequest, RecoveryRuntime
-from recovery.state import MemoryState, RedisState
-from recovery.strategies import (
+from recovery.policy.admission import RecoveryWindow, admit, recoveries_key
+from recovery.policy.strategies import (
     SINGLE_ATTEMPT,
     AdaptiveStrategyConfig,
     BreakerAlignedStrategyConfig,
@@ -509,7 +509,7 @@ def test_dry_run_plan_uses_the_strategy(sqlite_url: str) -> None:
     config = make_config(
         sqlite_url, None, "{kind: linear, base_seconds: 2, increment_seconds: 1, max_attempts: 3}"
     )
-    from recovery.workflows import describe_plan, workflow_named
+    from recovery.engine.workflows import describe_plan, workflow_named
 
     lines = describe_plan(
         config, config.targets[0], workflow_named("api-failure-recovery", config.targets[0])

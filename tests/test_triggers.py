@@ -7,16 +7,18 @@ import threading
 import pytest
 
 from recovery.audit.store import AuditStore
-from recovery.config import parse_config
+from recovery.backends.state import MemoryState, RedisState, SharedState
+from recovery.config.loader import parse_config
+from recovery.engine.runtime import RecoveryRequest
+from recovery.engine.triggers import admit, validate_request
 from recovery.errors import ConfigError, RecoveryRefused
-from recovery.runtime import RecoveryRequest
-from recovery.state import MemoryState, RedisState, SharedState
-from recovery.triggers import admit, validate_request
 
-CONFIG = parse_config({
-    "manual_triggers": {"max_triggers": 3, "window_seconds": 60},
-    "targets": [{"name": "api", "kind": "http", "url": "http://127.0.0.1:9/health"}],
-})
+CONFIG = parse_config(
+    {
+        "manual_triggers": {"max_triggers": 3, "window_seconds": 60},
+        "targets": [{"name": "api", "kind": "http", "url": "http://127.0.0.1:9/health"}],
+    }
+)
 
 
 @pytest.mark.parametrize(

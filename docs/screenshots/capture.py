@@ -32,10 +32,12 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # faultserver
+
+from faultserver import FaultServer, free_port  # noqa: E402
 
 from recovery.audit.store import AuditStore  # noqa: E402
 from recovery.errors import ProbeFailed  # noqa: E402
-from recovery.faultserver import FaultServer, free_port  # noqa: E402
 
 KEYS = ("recovery-status", "recovery-stats", "recovery-stats-summary", "recovery-history")
 TOKEN = "s3cr3t-demo-token-4711"

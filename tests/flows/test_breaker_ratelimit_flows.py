@@ -14,15 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from faultserver import FaultServer
 
 from flows.breaker_flows import circuit_breaker_status, reset_circuit_breaker
 from flows.monitor import monitor
 from recovery.audit.store import AuditStore
-from recovery.breakers import breaker_for_target
-from recovery.config import load_config
-from recovery.faultserver import FaultServer
-from recovery.ratelimit import rate_key
-from recovery.state import RedisState
+from recovery.backends.state import RedisState
+from recovery.client.breakers import breaker_for_target
+from recovery.config.loader import load_config
+from recovery.kinds.ratelimit import rate_key
 
 FAST = (
     "{kind: exponential, base_seconds: 0.2, factor: 2, max_delay_seconds: 1, max_attempts: 6, jitter: none}"

@@ -32,15 +32,15 @@ from dbcache_services import (
     snapshot,
     source_value,
 )
+from faultserver import free_port
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from recovery.audit.store import AuditStore
-from recovery.breakers import breaker_for
-from recovery.config import BreakerConfig
-from recovery.faultserver import free_port
-from recovery.poolwatch import PoolGenerationWatcher
-from recovery.state import RedisState
+from recovery.backends.state import RedisState
+from recovery.client.breakers import breaker_for
+from recovery.client.poolwatch import PoolGenerationWatcher
+from recovery.config.loader import BreakerConfig
 
 CliRunner = Callable[..., subprocess.CompletedProcess[str]]
 CLI = [sys.executable, "-m", "recovery_cli.main"]

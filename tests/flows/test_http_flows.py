@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 import redis
+from faultserver import FaultServer
 
 from recovery.audit.store import AuditStore
-from recovery.breakers import breaker_for
-from recovery.config import BreakerConfig, load_config
-from recovery.faultserver import FaultServer
-from recovery.state import RedisState
+from recovery.backends.state import RedisState
+from recovery.client.breakers import breaker_for
+from recovery.config.loader import BreakerConfig, load_config
 
 CLI = [sys.executable, "-m", "recovery_cli.main"]
 
@@ -126,7 +126,10 @@ def test_two_monitors_at_once_run_one_recovery(
 ) -> None:
     """Two `monitor --once` processes started together: one recovery between them."""
     config = write_config(
-        tmp_path / "recovery.yaml", audit_url=sqlite_url, url=fault_server.url, state_url=redis_url,
+        tmp_path / "recovery.yaml",
+        audit_url=sqlite_url,
+        url=fault_server.url,
+        state_url=redis_url,
         strategy=PATIENT_STRATEGY,
     )
     # The service answers 503 until *both* monitors have recorded a failed probe in Redis (the
@@ -148,8 +151,13 @@ def test_two_monitors_at_once_run_one_recovery(
     healer.start()
     try:
         procs = [
-            subprocess.Popen([*CLI, "--config", str(config), "monitor", "--once", "--json"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env)
+            subprocess.Popen(
+                [*CLI, "--config", str(config), "monitor", "--once", "--json"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=cli_env,
+            )
             for _ in range(2)
         ]
         outputs = [p.communicate(timeout=240) for p in procs]

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
+from faultserver import FaultServer
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
@@ -29,11 +30,10 @@ from prefect.states import Crashed
 from flows.monitor import monitor
 from flows.observability_flows import recovery_history, recovery_stats, recovery_status
 from flows.recovery_flows import api_failure_recovery
-from recovery import metrics
 from recovery.audit.store import AuditStore
-from recovery.faultserver import FaultServer
+from recovery.backends.state import RedisState
 from recovery.redact import register_secret
-from recovery.state import RedisState
+from recovery.reporting import metrics
 
 pytestmark = pytest.mark.prefect
 REPO = Path(__file__).resolve().parents[2]

@@ -19,10 +19,10 @@ from typing import Any
 
 import httpx
 import pytest
+from faultserver import FaultServer, free_port
 
 from recovery.audit.store import AuditStore
-from recovery.faultserver import FaultServer, free_port
-from recovery.state import RedisState
+from recovery.backends.state import RedisState
 
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 AUTH = ("admin", "Sup3rSecretAuth")
@@ -54,8 +54,9 @@ class Api:
             time.sleep(1)
 
     def trigger(self, deployment_id: str, parameters: dict[str, Any]) -> str:
-        run = self.call("POST", f"/deployments/{deployment_id}/create_flow_run",
-                        json={"parameters": parameters})
+        run = self.call(
+            "POST", f"/deployments/{deployment_id}/create_flow_run", json={"parameters": parameters}
+        )
         return str(run["id"])
 
     def wait(self, flow_run_id: str, timeout: float = 180) -> dict[str, Any]:
@@ -70,13 +71,21 @@ class Api:
 
 def _start_server(home: Path, auth: bool) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_UI_ENABLED": "false", "PREFECT_API_URL": ""}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_API_URL": "",
+    }
     if auth:
         env["PREFECT_SERVER_API_AUTH_STRING"] = ":".join(AUTH)
     proc = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}/api"
     deadline = time.monotonic() + 180
@@ -116,8 +125,9 @@ def _write_config(path: Path, audit_url: str, state_url: str, url: str) -> Path:
 
 
 @pytest.fixture
-def served(tmp_path: Path, fault_server: FaultServer, redis_url: str, sqlite_url: str,
-           request: pytest.FixtureRequest) -> Iterator[tuple[Api, str, dict[str, Any]]]:
+def served(
+    tmp_path: Path, fault_server: FaultServer, redis_url: str, sqlite_url: str, request: pytest.FixtureRequest
+) -> Iterator[tuple[Api, str, dict[str, Any]]]:
     auth = bool(getattr(request, "param", False))
     server, base = _start_server(tmp_path / "prefect-home", auth)
     config = _write_config(tmp_path / "recovery.yaml", sqlite_url, redis_url, fault_server.url)
@@ -126,11 +136,17 @@ def served(tmp_path: Path, fault_server: FaultServer, redis_url: str, sqlite_url
         env["PREFECT_API_AUTH_STRING"] = ":".join(AUTH)
     worker = subprocess.Popen(
         [sys.executable, "-m", "recovery_cli.main", "--config", str(config), "serve", "--limit", "4"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
-        yield Api(base, AUTH if auth else None), base, {"config": config, "fault": fault_server,
-                                                         "audit": sqlite_url, "redis": redis_url}
+        yield (
+            Api(base, AUTH if auth else None),
+            base,
+            {"config": config, "fault": fault_server, "audit": sqlite_url, "redis": redis_url},
+        )
     finally:
         _stop(worker)
         _stop(server)
@@ -141,13 +157,24 @@ def test_rest_trigger_recover_and_history(served: tuple[Api, str, dict[str, Any]
     recover_id = api.deployment_id("recover", "recover")
 
     # Unknown target: rejected by the API's parameter schema, no flow run created.
-    api.call("POST", f"/deployments/{recover_id}/create_flow_run", expect=(409, 422),
-             json={"parameters": {"target": "no-such-api", "requested_by": "ops-bot"}})
+    api.call(
+        "POST",
+        f"/deployments/{recover_id}/create_flow_run",
+        expect=(409, 422),
+        json={"parameters": {"target": "no-such-api", "requested_by": "ops-bot"}},
+    )
 
     ctx["fault"].app.set_mode("fail-next:2")
     request_id = str(uuid.uuid4())
-    run_id = api.trigger(recover_id, {"target": "payments-api", "requested_by": "ops-bot",
-                                      "reason": "pager #4711", "request_id": request_id})
+    run_id = api.trigger(
+        recover_id,
+        {
+            "target": "payments-api",
+            "requested_by": "ops-bot",
+            "reason": "pager #4711",
+            "request_id": request_id,
+        },
+    )
     run = api.wait(run_id)
     assert run["state"]["type"] == "COMPLETED", run["state"]
     record = AuditStore(ctx["audit"]).run(request_id)
@@ -168,16 +195,20 @@ def test_rest_cancel_marks_audit_cancelled_and_releases_lock(
     recover_id = api.deployment_id("recover", "recover")
     ctx["fault"].app.set_mode("status:503")  # verification keeps retrying until we cancel
     request_id = str(uuid.uuid4())
-    run_id = api.trigger(recover_id, {"target": "payments-api", "requested_by": "ops-bot",
-                                      "request_id": request_id})
+    run_id = api.trigger(
+        recover_id, {"target": "payments-api", "requested_by": "ops-bot", "request_id": request_id}
+    )
     audit = AuditStore(ctx["audit"])
     deadline = time.monotonic() + 120
     while (rec := audit.run(request_id)) is None or not any(s.attempts for s in rec.steps[3:4]):
         assert time.monotonic() < deadline, "recovery never reached verification"
         time.sleep(0.5)
     assert RedisState(ctx["redis"]).lock_owner("payments-api") == request_id
-    api.call("POST", f"/flow_runs/{run_id}/set_state",
-             json={"state": {"type": "CANCELLING", "name": "Cancelling"}, "force": True})
+    api.call(
+        "POST",
+        f"/flow_runs/{run_id}/set_state",
+        json={"state": {"type": "CANCELLING", "name": "Cancelling"}, "force": True},
+    )
     run = api.wait(run_id)
     assert run["state"]["type"] == "CANCELLED", run["state"]
     deadline = time.monotonic() + 60
@@ -195,8 +226,11 @@ def test_rest_auth_required(served: tuple[Api, str, dict[str, Any]]) -> None:
     assert anonymous.status_code == 401
     recover_id = api.deployment_id("recover", "recover")
     request_id = str(uuid.uuid4())
-    run = api.wait(api.trigger(recover_id, {"target": "payments-api", "requested_by": "ops-bot",
-                                            "request_id": request_id}))
+    run = api.wait(
+        api.trigger(
+            recover_id, {"target": "payments-api", "requested_by": "ops-bot", "request_id": request_id}
+        )
+    )
     assert run["state"]["type"] == "COMPLETED", run["state"]
     record = AuditStore(ctx["audit"]).run(request_id)
     assert record is not None and record.state == "succeeded"
@@ -211,22 +245,40 @@ def test_prefect_deploy_all_accepts_prefect_yaml(tmp_path: Path, sqlite_url: str
             f"audit_url: {sqlite_url}\ntargets:\n"
             "  - {name: payments-api, kind: http, url: 'http://127.0.0.1:9/health'}\n"
         )
-        env = {**os.environ, "PREFECT_API_URL": base, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-               "RECOVERY_CONFIG": str(config)}
+        env = {
+            **os.environ,
+            "PREFECT_API_URL": base,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "RECOVERY_CONFIG": str(config),
+        }
         repo = Path(__file__).resolve().parents[2]
         prefect = [sys.executable, "-m", "prefect", "--no-prompt"]
-        pool = subprocess.run([*prefect, "work-pool", "create", "recovery-pool", "--type", "process"],
-                              env=env, cwd=repo, capture_output=True, text=True, timeout=180)
+        pool = subprocess.run(
+            [*prefect, "work-pool", "create", "recovery-pool", "--type", "process"],
+            env=env,
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert pool.returncode == 0, pool.stdout + pool.stderr
-        deploy = subprocess.run([*prefect, "deploy", "--all"], env=env, cwd=repo,
-                                capture_output=True, text=True, timeout=600)
+        deploy = subprocess.run(
+            [*prefect, "deploy", "--all"], env=env, cwd=repo, capture_output=True, text=True, timeout=600
+        )
         assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
         api = Api(base)
         deployments = api.call("POST", "/deployments/filter", json={})
         names = {d["name"] for d in deployments}
         assert names == {
-            "monitor", "recover", "recovery-status", "reset-circuit-breaker", "circuit-breaker-status",
-            "clear-cache", "reconnect-database", "recovery-history", "recovery-stats",
+            "monitor",
+            "recover",
+            "recovery-status",
+            "reset-circuit-breaker",
+            "circuit-breaker-status",
+            "clear-cache",
+            "reconnect-database",
+            "recovery-history",
+            "recovery-stats",
         }
         by_name = {d["name"]: d for d in deployments}
         assert by_name["recover"]["parameters"]["config_path"] == str(config)

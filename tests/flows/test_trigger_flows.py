@@ -9,8 +9,9 @@ import threading
 import time
 from pathlib import Path
 
+from faultserver import FaultServer
+
 from recovery.audit.store import AuditStore
-from recovery.faultserver import FaultServer
 
 CLI = [sys.executable, "-m", "recovery_cli.main"]
 
@@ -44,9 +45,22 @@ def test_twenty_concurrent_triggers_run_one_recovery(
     healer.start()
     procs = [
         subprocess.Popen(
-            [*CLI, "--config", str(config), "recover", "payments-api", "--requested-by", f"bot-{i}",
-             "--reason", "load test", "--json"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env,
+            [
+                *CLI,
+                "--config",
+                str(config),
+                "recover",
+                "payments-api",
+                "--requested-by",
+                f"bot-{i}",
+                "--reason",
+                "load test",
+                "--json",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env,
         )
         for i in range(20)
     ]

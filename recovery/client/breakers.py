@@ -38,8 +38,8 @@ from typing import Any, Literal, TypeVar
 
 import pybreaker
 
-from recovery.breaker_memory import MemoryBreakerStore
-from recovery.breaker_storage import (
+from recovery.backends.breaker_memory import MemoryBreakerStore
+from recovery.backends.breaker_store import (
     CLOSED,
     HALF_OPEN,
     OPEN,
@@ -48,7 +48,7 @@ from recovery.breaker_storage import (
     RedisBreakerStore,
     Ticket,
 )
-from recovery.config import BreakerConfig, RecoveryConfig
+from recovery.config.loader import BreakerConfig, RecoveryConfig
 from recovery.errors import StateUnavailable
 
 __all__ = [
@@ -65,7 +65,7 @@ __all__ = [
     "open_breaker",
 ]
 
-logger = logging.getLogger("recovery.breakers")
+logger = logging.getLogger("recovery.client.breakers")
 CircuitBreakerError = pybreaker.CircuitBreakerError
 REDIS_RETRY_SECONDS = 1.0
 R = TypeVar("R")

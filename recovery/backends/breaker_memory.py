@@ -1,5 +1,5 @@
 """The in-process breaker store (no ``state_url``): the same state machine as the Redis scripts
-in ``recovery.breaker_storage``, made atomic by a mutex instead of Lua."""
+in ``recovery.backends.breaker_store``, made atomic by a mutex instead of Lua."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from recovery.breaker_storage import CLOSED, HALF_OPEN, OPEN, BreakerSnapshot, BreakerStore, Ticket
+from recovery.backends.breaker_store import CLOSED, HALF_OPEN, OPEN, BreakerSnapshot, BreakerStore, Ticket
 
 T = TypeVar("T")
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import redis
 
-from recovery.breakers import breaker_for, breaker_state, close_breaker
-from recovery.config import HttpTarget, RecoveryConfig, TargetConfig
+from recovery.backends.state import SharedState, redis_client, scan_delete
+from recovery.client.breakers import breaker_for, breaker_state, close_breaker
+from recovery.config.loader import HttpTarget, RecoveryConfig, TargetConfig
 from recovery.errors import ProbeFailed, StateUnavailable
-from recovery.probes import ProbeResult, probe_targets
+from recovery.kinds.probing import ProbeResult, probe_targets
 from recovery.redact import redact, redact_url
-from recovery.state import SharedState, redis_client, scan_delete
 
 Detail = dict[str, Any] | None
 

@@ -5,7 +5,7 @@
 * Corrupted entries: ``SCAN`` (never ``KEYS``) over ``validate.key_pattern`` in batches, values
   fetched and deleted with pipelines. A bad key is deleted only if it still holds the value that
   was judged (compare-and-delete in Lua), so a concurrent writer's fresh value is never lost.
-* Rebuild: see ``recovery.cache_rebuild``.
+* Rebuild: see ``recovery.kinds.cache_rebuild``.
 
 The probe uses redis' asyncio client so many targets are probed concurrently; the steps run the
 blocking client on a worker thread. Redis errors become ``TemporaryError`` (retried with the
@@ -24,11 +24,11 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-from recovery.config import CacheValidation, RedisTarget, TargetConfig
+from recovery.backends.state import scan_delete
+from recovery.config.loader import CacheValidation, RedisTarget, TargetConfig
 from recovery.errors import PermanentError, RecoveryError, TemporaryError
-from recovery.probes import PROBERS, ProbeContext, ProbeResult
+from recovery.kinds.probing import PROBERS, ProbeContext, ProbeResult
 from recovery.redact import redact_url
-from recovery.state import scan_delete
 
 Detail = dict[str, Any] | None
 SAMPLE_KEYS = 10  # corrupted keys listed in the audit detail (counts are exact)

@@ -14,14 +14,14 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
-from recovery.breakers import breaker_for, open_breaker
-from recovery.config import RecoveryConfig
+from recovery.backends.state import HealthCounters, SharedState
+from recovery.client.breakers import breaker_for, open_breaker
+from recovery.config.loader import RecoveryConfig
+from recovery.engine.workflows import select_workflow
 from recovery.errors import StateUnavailable
-from recovery.flapping import FlapStatus, evaluate
-from recovery.probes import ProbeResult
-from recovery.ratelimit import rate_store_for
-from recovery.state import HealthCounters, SharedState
-from recovery.workflows import select_workflow
+from recovery.kinds.probing import ProbeResult
+from recovery.kinds.ratelimit import rate_store_for
+from recovery.policy.flapping import FlapStatus, evaluate
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 from sqlalchemy import Engine
 
+from recovery.backends.state import SharedState, open_state
 from recovery.errors import StateUnavailable
-from recovery.state import SharedState, open_state
 
 
 class PoolGenerationWatcher:
@@ -22,7 +22,7 @@ class PoolGenerationWatcher:
     The application calls ``check()`` before using its engine (cheap: shared state is read at most
     every ``interval_seconds``)::
 
-        from recovery.poolwatch import PoolGenerationWatcher
+        from recovery.client.poolwatch import PoolGenerationWatcher
 
         watcher = PoolGenerationWatcher(engine, "orders-db", "redis://state:6379/0")
         def handle_request() -> None:

@@ -18,9 +18,9 @@ Redis layout (``recovery:breaker:{target}``, hash, PEXPIRE ``state_ttl_seconds``
 ``state``, ``fail_counter``, ``success_counter``, ``opened_at`` (epoch seconds, microseconds),
 ``changed_at``; ``recovery:breaker:{target}:probe`` (string, PX lease) holds the probe's owner.
 
-Every method raises ``StateUnavailable`` when Redis cannot be reached; ``recovery.breakers``
+Every method raises ``StateUnavailable`` when Redis cannot be reached; ``recovery.client.breakers``
 decides what a guarded call does then. Constructing a store performs no I/O and never raises.
-``recovery.breaker_memory`` has the same state machine for a single process.
+``recovery.backends.breaker_memory`` has the same state machine for a single process.
 """
 
 from __future__ import annotations

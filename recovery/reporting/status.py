@@ -26,13 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from recovery.audit.models import RecoveryRun
 from recovery.audit.store import AuditStore, AuditUnavailable, error_text
-from recovery.breakers import breaker_for, breaker_state
-from recovery.config import RecoveryConfig, TargetConfig
-from recovery.errors import StateUnavailable
-from recovery.flapping import percent_state_change
-from recovery.ratelimit import rate_store_for
-from recovery.redact import redact, redact_url
-from recovery.state import (
+from recovery.backends.state import (
     HealthCounters,
     RedisState,
     SharedState,
@@ -45,6 +39,12 @@ from recovery.state import (
     paused_key,
     probe_history_key,
 )
+from recovery.client.breakers import breaker_for, breaker_state
+from recovery.config.loader import RecoveryConfig, TargetConfig
+from recovery.errors import StateUnavailable
+from recovery.kinds.ratelimit import rate_store_for
+from recovery.policy.flapping import percent_state_change
+from recovery.redact import redact, redact_url
 
 STATUS_THREADS = 4
 PIPELINE_CHUNK = 1000

@@ -24,15 +24,15 @@ from pydantic import (
     model_validator,
 )
 
+from recovery.config.strategy import STRATEGY_KINDS, ExponentialStrategyConfig, StrategyConfig
 from recovery.errors import ConfigError
 from recovery.redact import register_secret, register_secrets
-from recovery.strategies import STRATEGY_KINDS, ExponentialStrategyConfig, StrategyConfig
 
 DEFAULT_CONFIG_PATH = "recovery.yaml"
 CONFIG_ENV_VAR = "RECOVERY_CONFIG"
 
-# Target models live in recovery.targets; re-exported here, where callers have always found them.
-from recovery.targets import (  # noqa: E402
+# Target models live in recovery.config.targets; re-exported here, where callers have always found them.
+from recovery.config.targets import (  # noqa: E402
     NAME_PATTERN,
     TARGET_KINDS,
     BreakerConfig,

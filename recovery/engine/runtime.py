@@ -15,22 +15,23 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from recovery import actions, cache, cache_rebuild, database, ratelimit_steps
-from recovery.actions import Detail
-from recovery.admission import Admission, admit
 from recovery.audit.store import AuditStore, PlannedStep
-from recovery.breakers import breaker_for_target, open_breaker
-from recovery.config import HttpTarget, RecoveryConfig, TargetConfig
-from recovery.errors import PermanentError, RecoveryRefused, TemporaryError
-from recovery.state import SharedState, open_state
-from recovery.strategies import RetryPlan
-from recovery.workflows import (
+from recovery.backends.state import SharedState, open_state
+from recovery.client.breakers import breaker_for_target, open_breaker
+from recovery.config.loader import HttpTarget, RecoveryConfig, TargetConfig
+from recovery.engine import steps as actions
+from recovery.engine.steps import Detail
+from recovery.engine.workflows import (
     PlannedStepRetry,
     WorkflowSpec,
     select_workflow,
     step_plans,
     workflow_named,
 )
+from recovery.errors import PermanentError, RecoveryRefused, TemporaryError
+from recovery.kinds import cache, cache_rebuild, database, ratelimit_steps
+from recovery.policy.admission import Admission, admit
+from recovery.policy.strategies import RetryPlan
 
 RUN_TYPES = ("automatic", "manual", "scheduled", "emergency")
 

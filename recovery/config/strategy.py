@@ -1,8 +1,8 @@
 """Strategy configuration (a pydantic discriminated union on ``kind``) and the data strategies
-exchange with ``recovery.admission``: ``StrategyInput`` in, ``RetryPlan``/``StrategyDecision`` out.
+exchange with ``recovery.policy.admission``: ``StrategyInput`` in, ``RetryPlan``/``StrategyDecision`` out.
 
 ``strategy: {kind: exponential, ...}`` per target and at the top level of the config file;
-``recovery.strategies`` turns each model into a pure strategy object. docs/strategies.md has a
+``recovery.policy.strategies`` turns each model into a pure strategy object. docs/strategies.md has a
 worked example of each.
 """
 
@@ -185,7 +185,7 @@ class BreakerView:
 
 @dataclass(frozen=True)
 class StrategyInput:
-    """Everything a strategy may look at; gathered by ``recovery.admission``."""
+    """Everything a strategy may look at; gathered by ``recovery.policy.admission``."""
 
     target: str
     run_type: str

@@ -11,11 +11,11 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-from recovery.actions import Detail, probe_once
-from recovery.config import HttpTarget, RecoveryConfig, TargetConfig
+from recovery.backends.state import SharedState
+from recovery.config.loader import HttpTarget, RecoveryConfig, TargetConfig
+from recovery.engine.steps import Detail, probe_once
 from recovery.errors import EscalationRequired, PermanentError
-from recovery.ratelimit import plan_wait, rate_store_for
-from recovery.state import SharedState
+from recovery.kinds.ratelimit import plan_wait, rate_store_for
 
 Sleep = Callable[[float], Awaitable[None]]
 

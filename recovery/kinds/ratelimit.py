@@ -6,7 +6,7 @@ workflow lowers the target's *allowed request rate* in shared state (observed li
 seconds or an HTTP date, else ``X-RateLimit-Reset``; never longer than ``max_wait_seconds``: a
 longer reset is audited and escalated instead), and every later healthy monitor cycle raises the
 rate by ``increase_per_cycle`` until it is back at ``normal_rate_per_second`` (additive
-increase). Applications read the rate with ``recovery.tokenbucket.TokenBucket``.
+increase). Applications read the rate with ``recovery.client.tokenbucket.TokenBucket``.
 
 Shared-state layout (Redis hash ``recovery:target:{name}:rate``, expires ``ttl_seconds`` after the
 last write; an in-process dict without ``state_url``):
@@ -28,34 +28,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from pydantic import BaseModel, ConfigDict, Field
 
+from recovery.backends.state import PREFIX, RedisState, SharedState, redis_client
+from recovery.config.targets import RateLimitConfig
 from recovery.errors import StateUnavailable
 from recovery.redact import redact, redact_url
-from recovery.state import PREFIX, RedisState, SharedState, redis_client
 
 EPOCH_THRESHOLD = 1_000_000_000  # X-RateLimit-Reset above this is an epoch time, below a delay
-
-
-class RateLimitConfig(BaseModel):
-    """Per HTTP target: how ``rate-limit-recovery`` waits and how the allowed rate moves (AIMD)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    normal_rate_per_second: float = Field(10.0, gt=0, description="The rate AIMD climbs back to.")
-    safety_factor: float = Field(0.5, gt=0, le=1, description="Allowed rate = observed limit x this.")
-    min_rate_per_second: float = Field(0.1, gt=0, description="The allowed rate never drops below this.")
-    increase_per_cycle: float = Field(1.0, gt=0, description="Added per healthy monitor cycle (req/s).")
-    increase_interval_seconds: float | None = Field(
-        None, ge=0, description="Least time between increases; default: 0.9 x monitor.interval_seconds."
-    )
-    max_wait_seconds: float = Field(
-        300.0, ge=0, description="Longest reset wait slept through; a longer one is escalated."
-    )
-    limit_window_seconds: float | None = Field(
-        None, gt=0, description="Window of X-RateLimit-Limit, to turn it into requests/second."
-    )
-    ttl_seconds: float = Field(86400.0, gt=0, description="The rate key expires this long after a write.")
 
 
 # --- headers ------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Target models: one pydantic model per kind, joined in the ``TargetConfig`` union on ``kind``.
 
-Split from ``recovery.config`` (which loads and validates the whole file) so each target kind's
+Split from ``recovery.config.loader`` (which loads and validates the whole file) so each target kind's
 fields, validators and sub-models sit together.
 """
 
@@ -20,8 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from recovery.ratelimit import RateLimitConfig
-from recovery.strategies import StrategyConfig
+from recovery.config.strategy import StrategyConfig
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 
@@ -30,13 +29,34 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class RateLimitConfig(BaseModel):
+    """Per HTTP target: how ``rate-limit-recovery`` waits and how the allowed rate moves (AIMD)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    normal_rate_per_second: float = Field(10.0, gt=0, description="The rate AIMD climbs back to.")
+    safety_factor: float = Field(0.5, gt=0, le=1, description="Allowed rate = observed limit x this.")
+    min_rate_per_second: float = Field(0.1, gt=0, description="The allowed rate never drops below this.")
+    increase_per_cycle: float = Field(1.0, gt=0, description="Added per healthy monitor cycle (req/s).")
+    increase_interval_seconds: float | None = Field(
+        None, ge=0, description="Least time between increases; default: 0.9 x monitor.interval_seconds."
+    )
+    max_wait_seconds: float = Field(
+        300.0, ge=0, description="Longest reset wait slept through; a longer one is escalated."
+    )
+    limit_window_seconds: float | None = Field(
+        None, gt=0, description="Window of X-RateLimit-Limit, to turn it into requests/second."
+    )
+    ttl_seconds: float = Field(86400.0, gt=0, description="The rate key expires this long after a write.")
+
+
 class VerifyConfig(_Model):
     consecutive_successes: int = Field(3, ge=1, description="Good probes in a row to verify.")
     interval_seconds: float = Field(0.5, ge=0, description="Pause between verification probes.")
 
 
 class BreakerConfig(_Model):
-    """The target's circuit breaker (``recovery.breakers``), shared through ``state_url``."""
+    """The target's circuit breaker (``recovery.client.breakers``), shared through ``state_url``."""
 
     fail_max: int = Field(5, ge=1, description="Failures that open the breaker.")
     reset_timeout_seconds: float = Field(60.0, gt=0, description="Open -> half-open after this.")

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from recovery.config import RecoveryConfig, TargetConfig
-from recovery.probes import ProbeResult
-from recovery.strategies import RetryPlan, build_strategy, retry_plan
+from recovery.config.loader import RecoveryConfig, TargetConfig
+from recovery.kinds.probing import ProbeResult
+from recovery.policy.strategies import RetryPlan, build_strategy, retry_plan
 
 
 @dataclass(frozen=True)

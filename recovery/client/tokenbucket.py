@@ -1,6 +1,6 @@
 """The application side of rate limiting: a token bucket that follows the rate in shared state.
 
-``rate-limit-recovery`` and the monitor move a target's *allowed* rate (``recovery.ratelimit``);
+``rate-limit-recovery`` and the monitor move a target's *allowed* rate (``recovery.kinds.ratelimit``);
 each application process paces its requests with a ``TokenBucket`` that re-reads that rate at
 most every ``refresh_seconds``. The rate in shared state is the fleet's: a process that is one of
 ``workers`` identical processes takes ``rate / workers``. While the dependency's announced reset
@@ -22,11 +22,11 @@ import threading
 import time
 from collections.abc import Callable
 
-from recovery.config import HttpTarget, RecoveryConfig
+from recovery.config.loader import HttpTarget, RecoveryConfig
 from recovery.errors import ConfigError, StateUnavailable
-from recovery.ratelimit import RateState, RateStore, rate_store_for
+from recovery.kinds.ratelimit import RateState, RateStore, rate_store_for
 
-logger = logging.getLogger("recovery.tokenbucket")
+logger = logging.getLogger("recovery.client.tokenbucket")
 
 
 class TokenBucket:

@@ -1,6 +1,6 @@
 """Rendering of stats and history for people: CLI text, Prefect table and markdown artifacts.
 
-Pure functions over ``recovery.stats`` / audit records. Every string that can carry text from
+Pure functions over ``recovery.reporting.stats`` / audit records. Every string that can carry text from
 outside (error messages, reasons) goes through ``redact`` here, so an artifact can never show a
 secret even if an upstream redaction was missed.
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 from recovery.audit.store import RunRecord
 from recovery.redact import redact
-from recovery.stats import GroupStats, StatsReport
+from recovery.reporting.stats import GroupStats, StatsReport
 
 MAX_CELL = 160
 # Placeholder for "no value". Not "-": Prefect's UI renders table cells as markdown, where a

@@ -4,7 +4,7 @@ Every driver call blocks, so it runs on this module's own thread pool (``run_blo
 event loop stays free and probes of many database targets run concurrently (the default
 ``asyncio.to_thread`` pool has only ``cpu_count + 4`` threads). Each target has one cached engine
 in this process; ``reset_connection_pool`` disposes it and bumps the target's ``pool_generation``
-in shared state, which applications watch with ``recovery.poolwatch.PoolGenerationWatcher``.
+in shared state, which applications watch with ``recovery.client.poolwatch.PoolGenerationWatcher``.
 
 Errors are reduced to short, stable reasons (``connection refused``, ``auth failed``,
 ``timeout``, ``query error: UndefinedTable (42P01)``...) before they reach a probe result, an
@@ -26,11 +26,11 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from recovery.config import DatabaseTarget, TargetConfig
+from recovery.backends.state import SharedState
+from recovery.config.loader import DatabaseTarget, TargetConfig
 from recovery.errors import IntegrityCheckFailed, PermanentError, TemporaryError
-from recovery.probes import PROBERS, ProbeContext, ProbeResult
+from recovery.kinds.probing import PROBERS, ProbeContext, ProbeResult
 from recovery.redact import redact
-from recovery.state import SharedState
 
 Detail = dict[str, Any] | None
 T = TypeVar("T")

@@ -12,11 +12,11 @@ from __future__ import annotations
 import time
 
 from recovery.audit.store import AuditStore
-from recovery.config import RecoveryConfig
+from recovery.backends.state import SharedState
+from recovery.config.loader import RecoveryConfig
+from recovery.engine.runtime import RecoveryRequest
+from recovery.engine.workflows import select_workflow, workflow_named
 from recovery.errors import ConfigError, RecoveryRefused
-from recovery.runtime import RecoveryRequest
-from recovery.state import SharedState
-from recovery.workflows import select_workflow, workflow_named
 
 MANUAL_TYPES = ("manual", "emergency", "scheduled")
 

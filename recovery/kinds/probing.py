@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from recovery.config import HttpTarget, TargetConfig
-from recovery.ratelimit import observed_limit, reset_after_seconds
+from recovery.config.loader import HttpTarget, TargetConfig
+from recovery.kinds.ratelimit import observed_limit, reset_after_seconds
 from recovery.redact import redact
 
 
@@ -174,5 +174,5 @@ def probe_targets_sync(targets: Sequence[TargetConfig], concurrency: int = 100) 
 
 # The other kinds' probers register themselves in PROBERS on import. Kept last: those modules
 # import PROBERS/ProbeResult from here, which must already exist when they run.
-import recovery.cache  # noqa: E402
-import recovery.database  # noqa: E402, F401
+import recovery.kinds.cache  # noqa: E402
+import recovery.kinds.database  # noqa: E402, F401

@@ -23,9 +23,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from recovery.cache import Detail, as_redis, invalid_reason, redis_error, sync_client
-from recovery.config import RedisTarget, TargetConfig
+from recovery.config.loader import RedisTarget, TargetConfig
 from recovery.errors import PermanentError, TemporaryError
+from recovery.kinds.cache import Detail, as_redis, invalid_reason, redis_error, sync_client
 from recovery.redact import redact_url
 
 
@@ -95,7 +95,7 @@ def _rebuild_from_sql(target: RedisTarget) -> dict[str, int]:
     try:
         return _write(target, rows())
     except SQLAlchemyError as exc:
-        from recovery.database import classify_db_error
+        from recovery.kinds.database import classify_db_error
 
         reason = classify_db_error(exc)
         message = f"redis target {target.name}: rebuild source (sql): {reason}"

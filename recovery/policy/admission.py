@@ -2,7 +2,7 @@
 
 ``RecoveryRuntime.begin`` calls ``admit`` right after it holds the target's lock. It reads what
 the target's strategy needs (and nothing else): the time-window history, the audit history, the
-breaker, the rate-limit reset time; asks the pure strategy objects (``recovery.strategies``) for
+breaker, the rate-limit reset time; asks the pure strategy objects (``recovery.policy.strategies``) for
 a decision and a plan; then commits the decision's reservations atomically across workers:
 
 * a time-window slot: one Lua script trims the window, counts and adds only if under the limit
@@ -27,13 +27,12 @@ from datetime import UTC
 import redis
 
 from recovery.audit.store import AuditStore
-from recovery.breakers import FleetBreaker, breaker_for
-from recovery.config import RecoveryConfig, TargetConfig
+from recovery.backends.state import PREFIX, RedisState, SharedState
+from recovery.client.breakers import FleetBreaker, breaker_for
+from recovery.config.loader import RecoveryConfig, TargetConfig
 from recovery.errors import StateUnavailable
-from recovery.ratelimit import rate_store_for
-from recovery.redact import redact
-from recovery.state import PREFIX, RedisState, SharedState
-from recovery.strategies import (
+from recovery.kinds.ratelimit import rate_store_for
+from recovery.policy.strategies import (
     BreakerView,
     PastRun,
     RetryPlan,
@@ -45,6 +44,7 @@ from recovery.strategies import (
     retry_plan,
     strategy_kinds,
 )
+from recovery.redact import redact
 
 HISTORY_LIMIT = 100
 

@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from recovery.audit.store import AuditStore, PlannedStep
-from recovery.breakers import OPEN, breaker_for
-from recovery.config import RecoveryConfig
+from recovery.client.breakers import OPEN, breaker_for
+from recovery.config.loader import RecoveryConfig
 
 RESET_WORKFLOW = "reset-circuit-breaker"
 RESET_STEP = "reset_circuit_breaker"

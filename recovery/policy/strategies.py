@@ -12,7 +12,7 @@ A strategy answers three questions (tenacity style, no sleeping and no I/O insid
 
 Everything a strategy looks at arrives in a ``StrategyInput`` snapshot (clock reading, run type,
 recent recoveries, audit history, breaker state), so strategies are pure functions of data and
-unit-testable with a fake clock. ``recovery.admission`` gathers the snapshot from shared state
+unit-testable with a fake clock. ``recovery.policy.admission`` gathers the snapshot from shared state
 and the audit store and commits the reservations atomically.
 
 Config is a pydantic discriminated union on ``kind``; see docs/strategies.md for a worked
@@ -26,23 +26,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, overload
 
-from recovery.strategy_config import SINGLE_ATTEMPT as SINGLE_ATTEMPT
-from recovery.strategy_config import STRATEGY_KINDS as STRATEGY_KINDS
-from recovery.strategy_config import AdaptiveStrategyConfig as AdaptiveStrategyConfig
-from recovery.strategy_config import BreakerAlignedStrategyConfig as BreakerAlignedStrategyConfig
-from recovery.strategy_config import BreakerView as BreakerView
-from recovery.strategy_config import CompositeStrategyConfig as CompositeStrategyConfig
-from recovery.strategy_config import ExponentialStrategyConfig as ExponentialStrategyConfig
-from recovery.strategy_config import Jitter as Jitter
-from recovery.strategy_config import LeafStrategyConfig as LeafStrategyConfig
-from recovery.strategy_config import LinearStrategyConfig as LinearStrategyConfig
-from recovery.strategy_config import PastRun as PastRun
-from recovery.strategy_config import RetryPlan as RetryPlan
-from recovery.strategy_config import StrategyConfig as StrategyConfig
-from recovery.strategy_config import StrategyDecision as StrategyDecision
-from recovery.strategy_config import StrategyInput as StrategyInput
-from recovery.strategy_config import TimeWindowStrategyConfig as TimeWindowStrategyConfig
-from recovery.strategy_config import WindowSlot as WindowSlot
+from recovery.config.strategy import SINGLE_ATTEMPT as SINGLE_ATTEMPT
+from recovery.config.strategy import STRATEGY_KINDS as STRATEGY_KINDS
+from recovery.config.strategy import AdaptiveStrategyConfig as AdaptiveStrategyConfig
+from recovery.config.strategy import BreakerAlignedStrategyConfig as BreakerAlignedStrategyConfig
+from recovery.config.strategy import BreakerView as BreakerView
+from recovery.config.strategy import CompositeStrategyConfig as CompositeStrategyConfig
+from recovery.config.strategy import ExponentialStrategyConfig as ExponentialStrategyConfig
+from recovery.config.strategy import Jitter as Jitter
+from recovery.config.strategy import LeafStrategyConfig as LeafStrategyConfig
+from recovery.config.strategy import LinearStrategyConfig as LinearStrategyConfig
+from recovery.config.strategy import PastRun as PastRun
+from recovery.config.strategy import RetryPlan as RetryPlan
+from recovery.config.strategy import StrategyConfig as StrategyConfig
+from recovery.config.strategy import StrategyDecision as StrategyDecision
+from recovery.config.strategy import StrategyInput as StrategyInput
+from recovery.config.strategy import TimeWindowStrategyConfig as TimeWindowStrategyConfig
+from recovery.config.strategy import WindowSlot as WindowSlot
 
 # Run types that may skip the time window and breaker alignment (never the target lock).
 BYPASS_RUN_TYPES = frozenset({"emergency"})
