@@ -12,9 +12,11 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-RUN_TYPES = ("automatic", "manual", "scheduled", "emergency")
-RUN_STATES = ("in_progress", "succeeded", "failed", "cancelled", "refused")
-STEP_STATES = ("pending", "running", "succeeded", "failed", "skipped")
+from recovery.enums import RunState, RunType, StepState
+
+RUN_TYPES = tuple(RunType)
+RUN_STATES = tuple(RunState)
+STEP_STATES = tuple(StepState)
 
 
 class Base(DeclarativeBase):

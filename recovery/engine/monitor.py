@@ -18,6 +18,7 @@ from recovery.backends.state import HealthCounters, SharedState
 from recovery.client.breakers import breaker_for, open_breaker
 from recovery.config.loader import RecoveryConfig
 from recovery.engine.workflows import select_workflow
+from recovery.enums import MonitorAction
 from recovery.errors import StateUnavailable
 from recovery.kinds.probing import ProbeResult
 from recovery.kinds.ratelimit import rate_store_for
@@ -31,7 +32,7 @@ class Decision:
     reason: str
     failures: int
     successes: int
-    action: str  # "none" | "recover" | "in-progress" | "below-threshold" | "flapping"
+    action: MonitorAction
     workflow: str | None = None
     lock_token: str | None = None
     first_failure_at: float | None = None
@@ -100,7 +101,7 @@ def decide(
             reason=result.reason,
             failures=counters.failures,
             successes=counters.successes,
-            action="none",
+            action=MonitorAction.NONE,
             first_failure_at=counters.first_failure_at,
             flapping=flap.flapping if flap else False,
             flap_percent=flap.percent if flap else 0.0,
@@ -110,17 +111,17 @@ def decide(
             decisions.append(base)
             continue
         if counters.failures < config.monitor.failure_threshold:
-            decisions.append(replace(base, action="below-threshold"))
+            decisions.append(replace(base, action=MonitorAction.BELOW_THRESHOLD))
             continue
         if base.flapping:
             # Recovering a flapping target again and again hides the real fault: hold off and
             # let the flow escalate (target.flapping event) so a person looks.
-            decisions.append(replace(base, action="flapping"))
+            decisions.append(replace(base, action=MonitorAction.FLAPPING))
             continue
         target = config.target(result.target)
         token = str(uuid.uuid4())
         if not state.acquire_lock(target.name, token, config.monitor.lock_ttl_seconds):
-            decisions.append(replace(base, action="in-progress"))
+            decisions.append(replace(base, action=MonitorAction.IN_PROGRESS))
             continue
         # The target is confirmed down: tell the application (paused flag, open breaker) so it
         # degrades or fails fast instead of piling requests onto a failing dependency.
@@ -129,7 +130,7 @@ def decide(
         with contextlib.suppress(StateUnavailable):
             open_breaker(breaker_for(target.name, target.breaker, state_url))
         workflow = select_workflow(target, result).name
-        decisions.append(replace(base, action="recover", workflow=workflow, lock_token=token))
+        decisions.append(replace(base, action=MonitorAction.RECOVER, workflow=workflow, lock_token=token))
     # AIMD: each healthy cycle raises a lowered request rate by one step (one round trip for all).
     rates.raise_rates(healthy, now)
     return decisions

@@ -28,12 +28,11 @@ from recovery.engine.workflows import (
     step_plans,
     workflow_named,
 )
+from recovery.enums import RunType
 from recovery.errors import PermanentError, RecoveryRefused, TemporaryError
 from recovery.kinds import cache, cache_rebuild, database, ratelimit_steps
 from recovery.policy.admission import Admission, admit
 from recovery.policy.strategies import RetryPlan
-
-RUN_TYPES = ("automatic", "manual", "scheduled", "emergency")
 
 
 @dataclass(frozen=True)
@@ -179,7 +178,7 @@ class RecoveryRuntime:
         flow_run_id: str | None = None,
     ) -> RecoveryRuntime:
         """Lock the target and write the audit row; raise ``RecoveryRefused`` if locked."""
-        if request.run_type not in RUN_TYPES:
+        if request.run_type not in RunType.__members__.values():
             raise PermanentError(f"invalid recovery type {request.run_type!r}")
         target = config.target(request.target)
         spec = workflow_named(request.workflow, target) if request.workflow else select_workflow(target)

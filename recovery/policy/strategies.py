@@ -43,11 +43,12 @@ from recovery.config.strategy import StrategyDecision as StrategyDecision
 from recovery.config.strategy import StrategyInput as StrategyInput
 from recovery.config.strategy import TimeWindowStrategyConfig as TimeWindowStrategyConfig
 from recovery.config.strategy import WindowSlot as WindowSlot
+from recovery.enums import RunType
 
 # Run types that may skip the time window and breaker alignment (never the target lock).
-BYPASS_RUN_TYPES = frozenset({"emergency"})
+BYPASS_RUN_TYPES = frozenset({RunType.EMERGENCY})
 # Run types a strategy may refuse for repeating errors (a person asked for the others).
-UNATTENDED_RUN_TYPES = frozenset({"automatic", "scheduled"})
+UNATTENDED_RUN_TYPES = frozenset(t for t in RunType if t.unattended)
 
 
 class Strategy(Protocol):
