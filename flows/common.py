@@ -4,107 +4,168 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from typing import Any, Literal
 
 from prefect import Flow, get_run_logger
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.runtime import flow_run as current_flow_run
+from prefect.states import Failed
 
 from flows import signals
-from recovery.audit.store import AuditStore
-from recovery.backends.state import open_state
-from recovery.client.breakers import breaker_for_target
-from recovery.config.loader import load_config
+from recovery.config.loader import RecoveryConfig, load_config
+from recovery.engine.lifecycle import Phase, RunDetails, add_hook, emit
 from recovery.engine.runtime import RecoveryRequest, RecoveryRuntime
+from recovery.enums import RunState
+from recovery.enums import RunType as RunType_
 from recovery.errors import RecoveryRefused
 from recovery.redact import install_log_redaction, redact
+from recovery.services import services_for
+from tasks.status import publish_status
 from tasks.steps import step_task
 
 RunType = Literal["automatic", "manual", "scheduled", "emergency"]
+REFUSED_STATE = "Refused"  # the name of a refused run's final (Failed-type) state
 
 
-def _since(started: float) -> float:
-    return time.monotonic() - started
+def log_hook(details: RunDetails) -> None:
+    """The run's own log lines: what started, how it ended (refusals are not tracebacks)."""
+    try:
+        logger: Any = get_run_logger()
+    except Exception:  # outside a run context (a crash hook): nothing to log to
+        return
+    what = f"{details.workflow} of {details.target}"
+    if details.phase is Phase.STARTED:
+        logger.info("%s started (%s)", what, details.run_type)
+    elif details.state is RunState.REFUSED:
+        if details.escalate:  # time-window budget spent, same error repeating: a person must look
+            logger.error("recovery refused, escalating: %s", details.reason)
+        else:
+            logger.warning("recovery refused: %s", details.reason)
+    elif details.state is RunState.FAILED:
+        logger.error("%s failed: %s", what, details.error_text)
+    elif details.state is RunState.SUCCEEDED:
+        logger.info("%s succeeded", what)
+
+
+async def board_hook(details: RunDetails) -> None:
+    """A manual run's outcome shows on the status board at once (the monitor's cycle publishes
+    the board after its own recoveries, so automatic runs are skipped here)."""
+    if details.phase is not Phase.FINISHED or details.run_type is RunType_.AUTOMATIC:
+        return
+    params = current_flow_run.parameters or {}
+    await publish_status(load_config(params.get("config_path")))
+
+
+def install_hooks() -> None:
+    install_log_redaction()
+    add_hook(log_hook)
+    add_hook(board_hook)
+    signals.install_hooks()
+
+
+def refused_state(reason: str) -> State[Any]:
+    """A refusal is an outcome, not a crash: a Failed-type state named ``Refused``, no traceback."""
+    return Failed(name=REFUSED_STATE, message=f"refused: {reason}")
+
+
+def is_refused(state: State[Any]) -> bool:
+    return state.name == REFUSED_STATE
 
 
 async def execute_workflow(
-    workflow: str, request: RecoveryRequest, config_path: str | None, run_id: str | None = None
-) -> dict[str, Any]:
+    workflow: str, request: RecoveryRequest, config: RecoveryConfig, run_id: str | None = None
+) -> dict[str, Any] | State[Any]:
     """Run every step of ``workflow`` as a retrying task; the audit row tracks each one.
 
     The audit row's id is ``run_id`` when the caller chose one (so it can find the row), else
-    this flow run's id.
+    this flow run's id. Whatever happens, the run's outcome is emitted once, from the
+    ``finally`` below, to the registered run hooks (logs, metrics, events).
     """
-    install_log_redaction()
+    install_hooks()
     logger = get_run_logger()
-    config = load_config(config_path)
     flow_run_id = str(current_flow_run.id)
-    request = RecoveryRequest(**{**request.__dict__, "workflow": workflow})
+    request = replace(request, workflow=workflow)
+    run_type = RunType_(request.run_type)
+    audit_id = run_id or flow_run_id
     started = time.monotonic()
+
+    def outcome(state: RunState, **extra: Any) -> RunDetails:
+        return RunDetails(
+            Phase.FINISHED, request.target, workflow, run_type, audit_id, state,
+            duration_seconds=None if state is RunState.REFUSED else time.monotonic() - started, **extra,
+        )  # fmt: skip
+
+    final: RunDetails | None = None
     try:
-        rt = RecoveryRuntime.begin(config, request, run_id=run_id or flow_run_id, flow_run_id=flow_run_id)
-    except RecoveryRefused as exc:
-        if exc.escalate:  # time-window budget spent, same error repeating: a person must look
-            logger.error("recovery refused, escalating: %s", exc.reason)
-        else:
-            logger.warning("recovery refused: %s", exc.reason)
-        signals.run_refused(request.target, workflow, request.run_type, exc.reason, exc.escalate)
-        raise
-    logger.info("%s of %s started (%s)", workflow, rt.target.name, request.run_type)
-    try:
-        for name, planned in rt.plans.items():
-            try:
-                detail = await step_task(planned)(rt, name)
-                logger.info("step %s: %s", name, "skipped" if detail is None else detail)
-            except Exception as exc:
-                if not planned.step.optional:
-                    raise
-                logger.warning("optional step %s failed, continuing: %s", name, redact(str(exc)))
-    except asyncio.CancelledError as exc:
-        rt.finish("cancelled", exc)
-        signals.run_finished(
-            rt.target.name, workflow, request.run_type, "cancelled", _since(started), rt.run_id
-        )
-        raise
-    except BaseException as exc:
-        rt.finish("failed", exc)
-        logger.error("%s of %s failed: %s", workflow, rt.target.name, redact(str(exc)))
-        signals.run_finished(
-            rt.target.name, workflow, request.run_type, "failed", _since(started), rt.run_id, exc
-        )
-        raise
-    rt.finish("succeeded")
-    signals.run_finished(rt.target.name, workflow, request.run_type, "succeeded", _since(started), rt.run_id)
-    logger.info("%s of %s succeeded", workflow, rt.target.name)
-    return {"run_id": rt.run_id, "target": rt.target.name, "workflow": workflow, "state": "succeeded"}
+        try:
+            rt = RecoveryRuntime.begin(config, request, run_id=audit_id, flow_run_id=flow_run_id)
+        except RecoveryRefused as exc:
+            final = outcome(RunState.REFUSED, reason=exc.reason, escalate=exc.escalate)
+            return refused_state(exc.reason)
+        except BaseException as exc:  # audit or state store down before anything was done
+            final = outcome(RunState.FAILED, error=exc)
+            raise
+        await emit(RunDetails(Phase.STARTED, rt.target.name, workflow, run_type, rt.run_id))
+        state: RunState = RunState.FAILED
+        error: BaseException | None = None
+        try:
+            for name, planned in rt.plans.items():
+                try:
+                    detail = await step_task(planned)(rt, name)
+                    logger.info("step %s: %s", name, "skipped" if detail is None else detail)
+                except Exception as exc:
+                    if not planned.step.optional:
+                        raise
+                    logger.warning("optional step %s failed, continuing: %s", name, redact(str(exc)))
+            state = RunState.SUCCEEDED
+        except asyncio.CancelledError as exc:
+            state, error = RunState.CANCELLED, exc
+            raise
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            final = outcome(state, error=error)
+            rt.finish(state, error)
+        return {"run_id": rt.run_id, "target": rt.target.name, "workflow": workflow, "state": "succeeded"}
+    finally:
+        if final is not None:
+            await emit(final)
 
 
-def _finalize(flow_run: FlowRun, final: str) -> None:
+def _finalize(flow_run: FlowRun, final: RunState) -> None:
     """Mark an audit row that is still ``in_progress`` and release its lock (hooks below)."""
     params = flow_run.parameters or {}
     try:
-        config = load_config(params.get("config_path"))
-        audit = AuditStore(config.audit_url.get_secret_value())
-        record = audit.run(params.get("request_id") or str(flow_run.id))
-        if record is None or record.state != "in_progress":
+        services = services_for(load_config(params.get("config_path")))
+        record = services.audit.run(params.get("request_id") or str(flow_run.id))
+        if record is None or record.state != RunState.IN_PROGRESS:
             return
-        audit.finish_run(record.id, final, f"flow run {final}", error_type=f"Flow{final.title()}")
-        state = open_state(config.state_url.get_secret_value() if config.state_url else None)
+        services.audit.finish_run(record.id, final, f"flow run {final}", error_type=f"Flow{final.title()}")
         owner = params.get("lock_token") or record.id
-        state.release_lock(record.target, owner)
-        breaker_for_target(config, record.target).end_probe(owner, None)  # a breaker_aligned probe
+        services.state.release_lock(record.target, owner)
+        services.breaker(record.target).end_probe(owner, None)  # a breaker_aligned probe
     except Exception:  # a hook must never raise; the lock TTL is the backstop
         return
 
 
 def on_cancelled(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
-    _finalize(flow_run, "cancelled")
+    _finalize(flow_run, RunState.CANCELLED)
 
 
-def on_crashed(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
-    _finalize(flow_run, "failed")
+async def on_crashed(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
+    _finalize(flow_run, RunState.FAILED)
     params = flow_run.parameters or {}
-    workflow = str(params.get("workflow") or flow.name)
-    run_type = str(params.get("run_type") or params.get("type") or "manual")
-    target = str(params.get("target", "unknown"))
-    signals.run_finished(target, workflow, run_type, "failed", None, str(flow_run.id), state.message)
+    install_hooks()
+    await emit(
+        RunDetails(
+            Phase.FINISHED,
+            target=str(params.get("target", "unknown")),
+            workflow=str(params.get("workflow") or flow.name),
+            run_type=RunType_(params.get("run_type") or params.get("type") or "manual"),
+            run_id=str(flow_run.id),
+            state=RunState.FAILED,
+            error=state.message,
+        )
+    )

@@ -10,18 +10,20 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from prefect import flow, get_run_logger
+from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run as current_flow_run
 from pydantic import Field
 
-from flows.common import execute_workflow, on_cancelled, on_crashed
-from recovery.audit.store import AuditStore
-from recovery.backends.state import open_state
+from flows.common import execute_workflow, install_hooks, on_cancelled, on_crashed, refused_state
 from recovery.config.loader import load_config
+from recovery.engine.lifecycle import Phase, RunDetails, emit
 from recovery.engine.runtime import RecoveryRequest, record_dry_run
 from recovery.engine.triggers import admit, validate_request
 from recovery.engine.workflows import describe_plan, workflow_named
+from recovery.enums import RunState, RunType
 from recovery.errors import RecoveryRefused
 from recovery.redact import install_log_redaction
+from recovery.services import services_for
 
 TriggerType = Literal["manual", "emergency", "scheduled"]
 
@@ -38,7 +40,7 @@ async def recover(
         str | None, Field(description="Audit id to use (lets callers find the row).")
     ] = None,
     config_path: str | None = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | State[Any]:
     """Recover ``target`` now (manual, scheduled or emergency trigger), audited."""
     install_log_redaction()
     logger = get_run_logger()
@@ -66,10 +68,21 @@ async def recover(
             "plan": plan,
         }
     run_id = request_id or str(current_flow_run.id)
-    state = open_state(config.state_url.get_secret_value() if config.state_url else None)
+    services = services_for(config)
     try:
-        admit(config, state, AuditStore(config.audit_url.get_secret_value()), request, workflow_name, run_id)
+        admit(config, services.state, services.audit, request, workflow_name, run_id)
     except RecoveryRefused as exc:
-        logger.warning("trigger refused: %s", exc.reason)
-        raise
-    return await execute_workflow(workflow_name, request, config_path, run_id=run_id)
+        install_hooks()
+        await emit(
+            RunDetails(
+                Phase.FINISHED,
+                target,
+                workflow_name,
+                RunType(type),
+                run_id,
+                RunState.REFUSED,
+                reason=exc.reason,
+            )
+        )
+        return refused_state(exc.reason)
+    return await execute_workflow(workflow_name, request, config, run_id=run_id)

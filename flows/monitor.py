@@ -8,8 +8,10 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows import signals
+from flows.common import is_refused
 from flows.recovery_flows import RECOVERY_FLOWS
 from recovery.config.loader import load_config
+from recovery.enums import MonitorAction
 from recovery.redact import install_log_redaction, redact
 from recovery.reporting.status import TargetStatus
 from tasks.probe import apply_thresholds, probe_all
@@ -29,7 +31,7 @@ async def monitor(config_path: str | None = None) -> dict[str, Any]:
             logger.warning(
                 "%s unhealthy (%s), %d consecutive failures -> %s", d.target, d.reason, d.failures, d.action
             )
-    to_recover = [d for d in decisions if d.action == "recover"]
+    to_recover = [d for d in decisions if d.action is MonitorAction.RECOVER]
     # Flow.__call__'s overloads do not type return_state=True; each call yields a State.
     flows: dict[str, Any] = dict(RECOVERY_FLOWS)
     states = await asyncio.gather(
@@ -55,9 +57,7 @@ async def monitor(config_path: str | None = None) -> dict[str, Any]:
                 "target": d.target,
                 "workflow": d.workflow,
                 # refused: the target's strategy said no (time window, open breaker...): audited
-                "state": "succeeded"
-                if ok
-                else ("refused" if "RecoveryRefused" in (state.message or "") else "failed"),
+                "state": "succeeded" if ok else ("refused" if is_refused(state) else "failed"),
                 "message": state.message,
             }
         )

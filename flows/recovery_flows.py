@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import Flow, flow
+from prefect.client.schemas.objects import State
 
 from flows.common import RunType, execute_workflow, on_cancelled, on_crashed
+from recovery.config.loader import load_config
 from recovery.engine.runtime import RecoveryRequest
 
 
@@ -25,7 +27,7 @@ def _workflow_flow(workflow: str, doc: str) -> Flow[..., Any]:
         lock_token: str | None = None,
         detected_reason: str | None = None,
         first_failure_at: float | None = None,
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | State[Any]:
         request = RecoveryRequest(
             target=target,
             run_type=run_type,
@@ -35,7 +37,7 @@ def _workflow_flow(workflow: str, doc: str) -> Flow[..., Any]:
             detected_reason=detected_reason,
             first_failure_at=first_failure_at,
         )
-        return await execute_workflow(workflow, request, config_path)
+        return await execute_workflow(workflow, request, load_config(config_path))
 
     run.__name__ = run.__qualname__ = workflow.replace("-", "_")
     run.__doc__ = doc
@@ -71,7 +73,7 @@ async def clear_cache(
     lock_token: str | None = None,
     detected_reason: str | None = None,
     first_failure_at: float | None = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | State[Any]:
     """Manual: delete the keys of a cache target matching ``pattern`` (default: its key_pattern)."""
     request = RecoveryRequest(
         target=target,
@@ -83,7 +85,7 @@ async def clear_cache(
         first_failure_at=first_failure_at,
         options={"pattern": pattern} if pattern else None,
     )
-    return await execute_workflow("clear-cache", request, config_path)
+    return await execute_workflow("clear-cache", request, load_config(config_path))
 
 
 @flow(name="reconnect-database", on_cancellation=[on_cancelled], on_crashed=[on_crashed], log_prints=False)
@@ -96,7 +98,7 @@ async def reconnect_database(
     lock_token: str | None = None,
     detected_reason: str | None = None,
     first_failure_at: float | None = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | State[Any]:
     """Manual: reset the database's connection pools (pool_generation) and verify."""
     request = RecoveryRequest(
         target=target,
@@ -107,7 +109,7 @@ async def reconnect_database(
         detected_reason=detected_reason,
         first_failure_at=first_failure_at,
     )
-    return await execute_workflow("reconnect-database", request, config_path)
+    return await execute_workflow("reconnect-database", request, load_config(config_path))
 
 
 RECOVERY_FLOWS: dict[str, Flow[..., Any]] = {

@@ -20,7 +20,9 @@ from typing import Any
 
 from prefect.events import emit_event
 
+from recovery.engine.lifecycle import Phase, RunDetails, add_hook
 from recovery.engine.monitor import Decision
+from recovery.enums import RunState
 from recovery.redact import redact
 from recovery.reporting import metrics
 from recovery.reporting.status import TargetStatus
@@ -49,41 +51,38 @@ def _metrics(fn: Any, *args: Any) -> None:
         logger.warning("could not update metrics: %s", redact(str(exc)))
 
 
-def run_finished(
-    target: str,
-    workflow: str,
-    run_type: str,
-    state: str,
-    duration_seconds: float | None,
-    run_id: str | None = None,
-    error: BaseException | str | None = None,
-) -> None:
-    """A recovery run ended (succeeded/failed/cancelled): count it; escalate a failure."""
-    _metrics(metrics.record_run, target, workflow, run_type, state, duration_seconds)
-    if state == "failed":
+def metrics_hook(details: RunDetails) -> None:
+    """Count every finished run (refusals included) and observe its duration."""
+    if details.phase is Phase.FINISHED:
+        metrics.record_run(
+            details.target, details.workflow, details.run_type, details.state, details.duration_seconds
+        )
+
+
+def events_hook(details: RunDetails) -> None:
+    """``recovery.failed`` for a failed run; ``recovery.refused`` for a refusal a person must see."""
+    if details.phase is not Phase.FINISHED:
+        return
+    base = {"target": details.target, "workflow": details.workflow, "type": details.run_type}
+    if details.state is RunState.FAILED:
         _emit(
             "recovery.failed",
-            target,
+            details.target,
             {
-                "target": target,
-                "workflow": workflow,
-                "type": run_type,
-                "run_id": run_id,
-                "error_type": type(error).__name__ if isinstance(error, BaseException) else "Error",
-                "error": str(error) if error is not None else None,
+                **base,
+                "run_id": details.run_id,
+                "error_type": details.error_type or "Error",
+                "error": details.error_text,
             },
         )
+    elif details.state is RunState.REFUSED and details.escalate:
+        _emit("recovery.refused", details.target, {**base, "reason": details.reason})
 
 
-def run_refused(target: str, workflow: str, run_type: str, reason: str, escalate: bool) -> None:
-    """A recovery was refused: count it; escalate when a person must act."""
-    _metrics(metrics.record_run, target, workflow, run_type, "refused", None)
-    if escalate:
-        _emit(
-            "recovery.refused",
-            target,
-            {"target": target, "workflow": workflow, "type": run_type, "reason": reason},
-        )
+def install_hooks() -> None:
+    """Register the flows' run hooks (idempotent; every recovery flow calls it at start)."""
+    add_hook(metrics_hook)
+    add_hook(events_hook)
 
 
 def monitor_cycle(decisions: Sequence[Decision], board: Iterable[TargetStatus]) -> list[str]:

@@ -58,13 +58,13 @@ def format_run(run: Any) -> list[str]:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    from recovery.audit.store import AuditStore
     from recovery.config.loader import load_config
+    from recovery.services import services_for
 
     config = load_config(args.config)
     if args.target:
         config.target(args.target)  # unknown target -> exit 2 naming it
-    runs = AuditStore(config.audit_url.get_secret_value()).history(args.target, args.limit)
+    runs = services_for(config).audit.history(args.target, args.limit)
     if args.json:
         print_json([r.as_json() for r in runs])
     elif not runs:
@@ -101,15 +101,15 @@ def cmd_stats(args: argparse.Namespace) -> int:
     """Per target/workflow stats from the audit store (SQL aggregation; no Prefect)."""
     from datetime import UTC, datetime
 
-    from recovery.audit.store import AuditStore
     from recovery.config.loader import load_config
     from recovery.reporting.report import format_stats
     from recovery.reporting.stats import compute_stats, parse_window
+    from recovery.services import services_for
 
     window = parse_window(args.since)  # bad --since -> exit 2 before touching the database
     config = load_config(args.config)
     until = datetime.now(UTC)
-    report = compute_stats(AuditStore(config.audit_url.get_secret_value()), until - window, until)
+    report = compute_stats(services_for(config).audit, until - window, until)
     if args.json:
         print_json(report.as_json())
     else:

@@ -132,9 +132,9 @@ def _run_operation(args: argparse.Namespace, workflow: str, **params: Any) -> in
 
 def _report(args: argparse.Namespace, config: RecoveryConfig, run_id: str, state: Any, what: str) -> int:
     """Print the audit row of a finished flow run (or why it never started); 0 only if succeeded."""
-    from recovery.audit.store import AuditStore
+    from recovery.services import services_for
 
-    run = AuditStore(config.audit_url.get_secret_value()).run(run_id)
+    run = services_for(config).audit.run(run_id)
     if args.json:
         print_json(run.as_json() if run else {"state": "failed", "message": redact(state.message or "")})
     elif run:

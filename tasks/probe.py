@@ -5,10 +5,10 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from recovery.backends.state import open_state
 from recovery.config.loader import RecoveryConfig
 from recovery.engine.monitor import Decision, decide
 from recovery.kinds.probing import ProbeResult, probe_targets
+from recovery.services import services_for
 
 
 @task(name="probe-targets", cache_policy=NO_CACHE)
@@ -20,5 +20,4 @@ async def probe_all(config: RecoveryConfig) -> list[ProbeResult]:
 @task(name="apply-thresholds", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
 async def apply_thresholds(config: RecoveryConfig, results: list[ProbeResult]) -> list[Decision]:
     """Record probe results in shared state; lock and pick the targets to recover now."""
-    state = open_state(config.state_url.get_secret_value() if config.state_url else None)
-    return decide(config, state, results)
+    return decide(config, services_for(config).state, results)

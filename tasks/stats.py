@@ -37,6 +37,7 @@ from recovery.errors import RecoveryError
 from recovery.redact import redact
 from recovery.reporting import stats as core
 from recovery.reporting.report import history_markdown, history_table, stats_markdown, stats_table
+from recovery.services import services_for
 
 STATS_KEY = "recovery-stats"
 STATS_SUMMARY_KEY = "recovery-stats-summary"
@@ -133,7 +134,7 @@ async def compute_stats(
 ) -> core.StatsReport:
     """Audit stats (SQL) for the window, plus the runs only Prefect's history knows about."""
     config = load_config(config_path)
-    store = AuditStore(config.audit_url.get_secret_value())
+    store = services_for(config).audit
     report = await asyncio.to_thread(core.compute_stats, store, since, until)
     unaudited = await prefect_only_runs(config, store, flow_names, since, until)
     return core.merge_unaudited(report, unaudited)
@@ -157,7 +158,7 @@ async def publish_stats(report: core.StatsReport) -> None:
 async def publish_history(config_path: str | None, limit: int, ui_url: str | None) -> int:
     """The last ``limit`` runs as the ``recovery-history`` table artifact (links to flow runs)."""
     config = load_config(config_path)
-    store = AuditStore(config.audit_url.get_secret_value())
+    store = services_for(config).audit
     runs = await asyncio.to_thread(store.history, None, limit)
     table = history_table(runs, ui_url)
     links = history_markdown(runs, ui_url)

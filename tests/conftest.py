@@ -18,6 +18,7 @@ from faultserver import FaultServer
 from sqlalchemy.exc import SQLAlchemyError
 
 from recovery.audit import store as audit_store
+from recovery.services import reset_services
 
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
@@ -29,6 +30,13 @@ def service_unavailable(reason: str) -> None:
     if os.environ.get("CI", "").strip().lower() == "true":
         pytest.fail(f"{reason} (CI=true: required services must be running)", pytrace=False)
     pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_services() -> Iterator[None]:
+    """Each test builds its own clients (the product's one reset hook), never a previous test's."""
+    yield
+    reset_services()
 
 
 # --- Redis -------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ registered with ``redact`` so it cannot leak through logs or error messages.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Sequence
@@ -158,6 +159,7 @@ class RecoveryConfig(_Model):
 
 # --- loading ---------------------------------------------------------------------------------
 
+_ENV_NAME_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -258,8 +260,18 @@ def resolve_config_path(arg: str | None) -> Path:
     return Path(arg or os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH)
 
 
+# Parsed configs by (path, text digest, referenced environment): a run loads its config once,
+# and the flows, tasks and CLI of one process that name the same file share the object.
+_loaded: dict[tuple[str, str, tuple[str | None, ...]], RecoveryConfig] = {}
+_LOADED_MAX = 16
+
+
 def load_config(path: str | Path | None = None) -> RecoveryConfig:
-    """Read and validate the config file (``--config``, ``$RECOVERY_CONFIG``, ``recovery.yaml``)."""
+    """Read and validate the config file (``--config``, ``$RECOVERY_CONFIG``, ``recovery.yaml``).
+
+    Memoised on the file's content and the values of the ``${VAR}`` it references, so an edit
+    or a changed variable is seen by the next call while repeated loads cost one file read.
+    """
     resolved = resolve_config_path(str(path) if path else None)
     try:
         text = resolved.read_text(encoding="utf-8")
@@ -267,6 +279,11 @@ def load_config(path: str | Path | None = None) -> RecoveryConfig:
         raise ConfigError("--config", f"file not found: {resolved}") from None
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
         raise ConfigError("--config", f"cannot read {resolved}: {exc.__class__.__name__}") from None
+    env = tuple(os.environ.get(name) for name in sorted(set(_ENV_NAME_RE.findall(text))))
+    key = (str(resolved), hashlib.sha256(text.encode()).hexdigest(), env)
+    cached = _loaded.get(key)
+    if cached is not None:
+        return cached
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -274,4 +291,8 @@ def load_config(path: str | Path | None = None) -> RecoveryConfig:
         where = f"line {mark.line + 1}" if mark is not None else "YAML"
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(str(resolved), f"{where}: {problem}") from None
-    return parse_config(data, str(resolved))
+    config = parse_config(data, str(resolved))
+    if len(_loaded) >= _LOADED_MAX:
+        _loaded.clear()
+    _loaded[key] = config
+    return config

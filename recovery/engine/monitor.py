@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from recovery.backends.state import HealthCounters, SharedState
-from recovery.client.breakers import breaker_for, open_breaker
+from recovery.client.breakers import open_breaker
 from recovery.config.loader import RecoveryConfig
 from recovery.engine.workflows import select_workflow
 from recovery.enums import MonitorAction
@@ -23,6 +23,7 @@ from recovery.errors import StateUnavailable
 from recovery.kinds.probing import ProbeResult
 from recovery.kinds.ratelimit import rate_store_for
 from recovery.policy.flapping import FlapStatus, evaluate
+from recovery.services import services_for
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,6 @@ def decide(
 ) -> list[Decision]:
     """Record every probe in shared state and decide which targets to recover now."""
     now = time.time() if now is None else now
-    state_url = config.state_url.get_secret_value() if config.state_url else None
     decisions: list[Decision] = []
     rates = rate_store_for(state)
     healthy: list[str] = []
@@ -128,7 +128,7 @@ def decide(
         state.set_paused(target.name, f"monitor: {result.reason}")
         # The breaker is advisory here; the recovery's reset step reports Redis trouble.
         with contextlib.suppress(StateUnavailable):
-            open_breaker(breaker_for(target.name, target.breaker, state_url))
+            open_breaker(services_for(config).breaker(target))
         workflow = select_workflow(target, result).name
         decisions.append(replace(base, action=MonitorAction.RECOVER, workflow=workflow, lock_token=token))
     # AIMD: each healthy cycle raises a lowered request rate by one step (one round trip for all).

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from recovery.audit.store import AuditStore, PlannedStep
-from recovery.backends.state import SharedState, open_state
+from recovery.backends.state import SharedState
 from recovery.client.breakers import breaker_for_target, open_breaker
 from recovery.config.loader import HttpTarget, RecoveryConfig, TargetConfig
 from recovery.engine import steps as actions
@@ -33,6 +33,7 @@ from recovery.errors import PermanentError, RecoveryRefused, TemporaryError
 from recovery.kinds import cache, cache_rebuild, database, ratelimit_steps
 from recovery.policy.admission import Admission, admit
 from recovery.policy.strategies import RetryPlan
+from recovery.services import services_for
 
 
 @dataclass(frozen=True)
@@ -182,8 +183,8 @@ class RecoveryRuntime:
             raise PermanentError(f"invalid recovery type {request.run_type!r}")
         target = config.target(request.target)
         spec = workflow_named(request.workflow, target) if request.workflow else select_workflow(target)
-        audit = AuditStore(config.audit_url.get_secret_value())
-        state = open_state(config.state_url.get_secret_value() if config.state_url else None)
+        services = services_for(config)
+        audit, state = services.audit, services.state
         run_id = run_id or str(uuid.uuid4())
         owner = request.lock_token or run_id
         if request.lock_token is None and not state.acquire_lock(
@@ -302,8 +303,7 @@ def record_dry_run(config: RecoveryConfig, request: RecoveryRequest) -> str:
     """Audit a dry run: the plan is recorded, nothing is locked or touched."""
     target = config.target(request.target)
     spec = workflow_named(request.workflow, target) if request.workflow else select_workflow(target)
-    audit = AuditStore(config.audit_url.get_secret_value())
-    return audit.start_run(
+    return services_for(config).audit.start_run(
         target=target.name,
         workflow=spec.name,
         run_type=request.run_type,

@@ -44,6 +44,7 @@ from recovery.config.strategy import StrategyInput as StrategyInput
 from recovery.config.strategy import TimeWindowStrategyConfig as TimeWindowStrategyConfig
 from recovery.config.strategy import WindowSlot as WindowSlot
 from recovery.enums import RunType
+from recovery.testing import is_testing
 
 # Run types that may skip the time window and breaker alignment (never the target lock).
 BYPASS_RUN_TYPES = frozenset({RunType.EMERGENCY})
@@ -343,8 +344,14 @@ def build_strategy(config: StrategyConfig, *, breaker_reset_seconds: float | Non
 
 
 def retry_plan(strategy: Strategy, inp: StrategyInput | None = None) -> RetryPlan:
-    """The strategy's plan; a gate-only strategy (time_window) gives each step one attempt."""
-    return strategy.plan(inp) or SINGLE_ATTEMPT
+    """The strategy's plan; a gate-only strategy (time_window) gives each step one attempt.
+
+    In testing mode (``recovery.testing``) the attempts stay and every delay becomes 0 s.
+    """
+    plan = strategy.plan(inp) or SINGLE_ATTEMPT
+    if is_testing():
+        return RetryPlan(plan.max_attempts, tuple(0.0 for _ in plan.delays))
+    return plan
 
 
 def strategy_kinds(config: StrategyConfig) -> frozenset[str]:

@@ -33,18 +33,18 @@ from recovery.backends.state import (
     flapping_key,
     health_key,
     lock_key,
-    open_state,
     parse_health,
     parse_probe_history,
     paused_key,
     probe_history_key,
 )
-from recovery.client.breakers import breaker_for, breaker_state
+from recovery.client.breakers import breaker_state
 from recovery.config.loader import RecoveryConfig, TargetConfig
 from recovery.errors import StateUnavailable
 from recovery.kinds.ratelimit import rate_store_for
 from recovery.policy.flapping import percent_state_change
 from recovery.redact import redact, redact_url
+from recovery.services import services_for
 
 STATUS_THREADS = 4
 PIPELINE_CHUNK = 1000
@@ -159,9 +159,8 @@ def last_recoveries(store: AuditStore, targets: Sequence[str]) -> dict[str, Last
 
 
 def _breaker(config: RecoveryConfig, target: TargetConfig) -> str:
-    state_url = config.state_url.get_secret_value() if config.state_url else None
     try:
-        return str(breaker_state(breaker_for(target.name, target.breaker, state_url)))
+        return str(breaker_state(services_for(config).breaker(target)))
     except Exception:  # the board shows what it cannot read instead of failing
         return "unknown"
 
@@ -265,9 +264,9 @@ def collect_status(
     each, overlapped by ``STATUS_THREADS`` threads (1,000 targets on Redis: well under a second).
     """
     if state is None:
-        state = open_state(config.state_url.get_secret_value() if config.state_url else None)
+        state = services_for(config).state
     if store is None:
-        store = AuditStore(config.audit_url.get_secret_value())
+        store = services_for(config).audit
     names = [t.name for t in config.targets]
     last = last_recoveries(store, names)
     shared = _read_shared(state, names)
