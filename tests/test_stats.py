@@ -25,11 +25,10 @@ from recovery.reporting.stats import (
     GroupStats,
     LastFailure,
     StatsReport,
-    UnauditedRun,
     compute_stats,
-    merge_unaudited,
     parse_window,
 )
+from recovery.reporting.unaudited import UnauditedRun, merge_unaudited
 
 CLI = [sys.executable, "-m", "recovery_cli.main"]
 REPO = Path(__file__).resolve().parents[1]
