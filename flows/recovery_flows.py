@@ -12,6 +12,18 @@ from recovery.config.loader import load_config
 from recovery.engine.runtime import RecoveryRequest
 
 
+async def _run(
+    workflow: str, config_path: str | None = None, pattern: str | None = None, **fields: Any
+) -> dict[str, Any] | State[Any]:
+    """The body every recovery flow shares: its parameters (``locals()``) -> one request.
+
+    The flows' parameters are RecoveryRequest's fields by name, plus the config path and
+    clear-cache's ``pattern`` (a workflow option); passing ``locals()`` keeps them from drifting.
+    """
+    request = RecoveryRequest(**fields, options={"pattern": pattern} if pattern else None)
+    return await execute_workflow(workflow, request, load_config(config_path))
+
+
 def _workflow_flow(workflow: str, doc: str) -> Flow[..., Any]:
     """An automatic-recovery flow for ``workflow``: the monitor starts these as subflows.
 
@@ -28,16 +40,9 @@ def _workflow_flow(workflow: str, doc: str) -> Flow[..., Any]:
         detected_reason: str | None = None,
         first_failure_at: float | None = None,
     ) -> dict[str, Any] | State[Any]:
-        request = RecoveryRequest(
-            target=target,
-            run_type=run_type,
-            requested_by=requested_by,
-            reason=reason,
-            lock_token=lock_token,
-            detected_reason=detected_reason,
-            first_failure_at=first_failure_at,
-        )
-        return await execute_workflow(workflow, request, load_config(config_path))
+        # locals() also lists the closure's ``workflow``: the parameters are everything else.
+        fields = {k: v for k, v in locals().items() if k != "workflow"}
+        return await _run(workflow, **fields)
 
     run.__name__ = run.__qualname__ = workflow.replace("-", "_")
     run.__doc__ = doc
@@ -75,17 +80,7 @@ async def clear_cache(
     first_failure_at: float | None = None,
 ) -> dict[str, Any] | State[Any]:
     """Manual: delete the keys of a cache target matching ``pattern`` (default: its key_pattern)."""
-    request = RecoveryRequest(
-        target=target,
-        run_type=run_type,
-        requested_by=requested_by,
-        reason=reason,
-        lock_token=lock_token,
-        detected_reason=detected_reason,
-        first_failure_at=first_failure_at,
-        options={"pattern": pattern} if pattern else None,
-    )
-    return await execute_workflow("clear-cache", request, load_config(config_path))
+    return await _run("clear-cache", **locals())
 
 
 @flow(name="reconnect-database", on_cancellation=[on_cancelled], on_crashed=[on_crashed], log_prints=False)
@@ -100,16 +95,7 @@ async def reconnect_database(
     first_failure_at: float | None = None,
 ) -> dict[str, Any] | State[Any]:
     """Manual: reset the database's connection pools (pool_generation) and verify."""
-    request = RecoveryRequest(
-        target=target,
-        run_type=run_type,
-        requested_by=requested_by,
-        reason=reason,
-        lock_token=lock_token,
-        detected_reason=detected_reason,
-        first_failure_at=first_failure_at,
-    )
-    return await execute_workflow("reconnect-database", request, load_config(config_path))
+    return await _run("reconnect-database", **locals())
 
 
 RECOVERY_FLOWS: dict[str, Flow[..., Any]] = {
