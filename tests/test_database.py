@@ -25,7 +25,8 @@ from faultserver import free_port
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from recovery.backends.state import MemoryState, RedisState
+from recovery.backends.state_memory import MemoryState
+from recovery.backends.state_redis import RedisState
 from recovery.client.poolwatch import PoolGenerationWatcher
 from recovery.config.loader import DatabaseTarget, parse_config
 from recovery.errors import IntegrityCheckFailed, PermanentError, TemporaryError

@@ -9,7 +9,10 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from recovery.backends.state import MemoryState, RedisState, SharedState, probe_history_key
+from recovery.backends.keys import probe_history_key
+from recovery.backends.state import SharedState
+from recovery.backends.state_memory import MemoryState
+from recovery.backends.state_redis import RedisState
 from recovery.config.loader import RecoveryConfig, parse_config
 from recovery.engine.monitor import decide
 from recovery.errors import ConfigError

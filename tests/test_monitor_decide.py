@@ -9,7 +9,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from recovery.backends.state import MemoryState, RedisState, SharedState
+from recovery.backends.state import SharedState
+from recovery.backends.state_memory import MemoryState
+from recovery.backends.state_redis import RedisState
 from recovery.client.breakers import breaker_for, breaker_state
 from recovery.config.loader import RecoveryConfig, parse_config
 from recovery.engine.monitor import Decision, decide

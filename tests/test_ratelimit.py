@@ -17,7 +17,13 @@ import pytest
 import redis
 from faultserver import FaultApp, FaultServer, Receive, Scope, Send
 
-from recovery.backends.state import MemoryState, RedisState, SharedState
+from recovery.backends.keys import rate_key
+from recovery.backends.rate import RateStore, rate_store_for
+from recovery.backends.rate_memory import MemoryRateStore
+from recovery.backends.rate_redis import RedisRateStore
+from recovery.backends.state import SharedState
+from recovery.backends.state_memory import MemoryState
+from recovery.backends.state_redis import RedisState
 from recovery.client.tokenbucket import TokenBucket, token_bucket_for
 from recovery.config.loader import RecoveryConfig, parse_config
 from recovery.engine.monitor import decide
@@ -27,15 +33,12 @@ from recovery.errors import EscalationRequired, TemporaryError
 from recovery.kinds.probing import ProbeResult, probe_targets
 from recovery.kinds.ratelimit import (
     RateLimitConfig,
-    RateStore,
     decreased_rate,
     increased_rate,
     observed_limit,
     parse_ratelimit_reset,
     parse_retry_after,
     plan_wait,
-    rate_key,
-    rate_store_for,
     reset_after_seconds,
 )
 from recovery.kinds.ratelimit_steps import adjust_request_rate, wait_for_rate_limit_reset
@@ -103,10 +106,10 @@ def test_aimd_arithmetic() -> None:
 @pytest.fixture(params=["redis", "memory"])
 def store(request: pytest.FixtureRequest) -> RateStore:
     if request.param == "redis":
-        return RateStore(
+        return RedisRateStore(
             redis.Redis.from_url(request.getfixturevalue("redis_url"), decode_responses=True), "r"
         )
-    return RateStore(None, "in-process")
+    return MemoryRateStore()
 
 
 def test_lower_then_raise_over_healthy_cycles(store: RateStore) -> None:

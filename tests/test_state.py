@@ -10,7 +10,10 @@ from collections.abc import Iterator
 import pytest
 from faultserver import free_port
 
-from recovery.backends.state import MemoryState, RedisState, SharedState, health_key, lock_key, open_state
+from recovery.backends.keys import health_key, lock_key
+from recovery.backends.state import SharedState, open_state
+from recovery.backends.state_memory import MemoryState
+from recovery.backends.state_redis import RedisState
 from recovery.errors import StateUnavailable
 
 

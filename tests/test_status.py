@@ -9,9 +9,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from recovery.audit.store import AuditStore
-from recovery.backends.state import MemoryState, RedisState, SharedState
+from recovery.backends.rate import rate_store_for
+from recovery.backends.state import SharedState
+from recovery.backends.state_memory import MemoryState
+from recovery.backends.state_redis import RedisState
 from recovery.config.loader import RecoveryConfig, parse_config
-from recovery.kinds.ratelimit import rate_store_for
 from recovery.redact import register_secret
 from recovery.reporting.status import collect_status, format_status, status_table
 

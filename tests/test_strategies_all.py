@@ -16,12 +16,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recovery.audit.store import AuditStore
-from recovery.backends.state import MemoryState, RedisState
+from recovery.backends.keys import recoveries_key
+from recovery.backends.state_memory import MemoryState
+from recovery.backends.state_redis import RedisState
+from recovery.backends.window import RecoveryWindow, RedisWindow
 from recovery.client.breakers import CircuitBreakerError, breaker_for
 from recovery.config.loader import RecoveryConfig, parse_config
 from recovery.engine.runtime import RecoveryRequest, RecoveryRuntime
 from recovery.errors import ConfigError, RecoveryRefused
-from recovery.policy.admission import RecoveryWindow, admit, recoveries_key
+from recovery.policy.admission import admit
 from recovery.policy.strategies import (
     SINGLE_ATTEMPT,
     AdaptiveStrategyConfig,
@@ -437,7 +440,7 @@ def test_time_window_in_process_state(sqlite_url: str) -> None:
 
 
 def test_window_take_is_atomic_across_threads(redis_url: str) -> None:
-    window = RecoveryWindow(redis.Redis.from_url(redis_url, decode_responses=True))
+    window = RecoveryWindow(RedisWindow(redis.Redis.from_url(redis_url, decode_responses=True)))
     taken: list[str] = []
     barrier = threading.Barrier(12)
 

@@ -7,7 +7,9 @@ import threading
 import pytest
 
 from recovery.audit.store import AuditStore
-from recovery.backends.state import MemoryState, RedisState, SharedState
+from recovery.backends.state import SharedState
+from recovery.backends.state_memory import MemoryState
+from recovery.backends.state_redis import RedisState
 from recovery.config.loader import parse_config
 from recovery.engine.runtime import RecoveryRequest
 from recovery.engine.triggers import admit, validate_request

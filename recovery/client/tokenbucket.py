@@ -22,9 +22,9 @@ import threading
 import time
 from collections.abc import Callable
 
+from recovery.backends.rate import RateState, RateStore, rate_store_for
 from recovery.config.loader import HttpTarget, RecoveryConfig
 from recovery.errors import ConfigError, StateUnavailable
-from recovery.kinds.ratelimit import RateState, RateStore, rate_store_for
 
 logger = logging.getLogger("recovery.client.tokenbucket")
 

@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
+from recovery.backends.rate import rate_store_for
 from recovery.backends.state import HealthCounters, SharedState
 from recovery.client.breakers import open_breaker
 from recovery.config.loader import RecoveryConfig
@@ -21,7 +22,6 @@ from recovery.engine.workflows import select_workflow
 from recovery.enums import MonitorAction
 from recovery.errors import StateUnavailable
 from recovery.kinds.probing import ProbeResult
-from recovery.kinds.ratelimit import rate_store_for
 from recovery.policy.flapping import FlapStatus, evaluate
 from recovery.services import services_for
 

@@ -11,11 +11,12 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+from recovery.backends.rate import rate_store_for
 from recovery.backends.state import SharedState
 from recovery.config.loader import HttpTarget, RecoveryConfig, TargetConfig
 from recovery.engine.steps import Detail, probe_once
 from recovery.errors import EscalationRequired, PermanentError
-from recovery.kinds.ratelimit import plan_wait, rate_store_for
+from recovery.kinds.ratelimit import plan_wait
 
 Sleep = Callable[[float], Awaitable[None]]
 

@@ -6,8 +6,8 @@ breaker, the rate-limit reset time; asks the pure strategy objects (``recovery.p
 a decision and a plan; then commits the decision's reservations atomically across workers:
 
 * a time-window slot: one Lua script trims the window, counts and adds only if under the limit
-  (Redis sorted set ``recovery:target:{name}:recoveries``, score = start time; in-process dict
-  without ``state_url``). An emergency run is counted but never refused;
+  (``recovery.backends.window.RecoveryWindow``, a sorted set of start times per target). An
+  emergency run is counted but never refused;
 * the breaker's half-open probe lease (``FleetBreaker.try_probe``): the recovery *is* the probe,
   so no application worker probes at the same time.
 
@@ -18,139 +18,31 @@ failed one re-opens it (a new reset timeout), a cancelled one gives the lease ba
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC
 
-import redis
-
 from recovery.audit.store import AuditStore
-from recovery.backends.state import PREFIX, RedisState, SharedState
+from recovery.backends.rate import rate_store_for
+from recovery.backends.state import SharedState
+from recovery.backends.window import RecoveryWindow, recovery_window
 from recovery.client.breakers import FleetBreaker, breaker_for
 from recovery.config.loader import RecoveryConfig, TargetConfig
 from recovery.errors import StateUnavailable
-from recovery.kinds.ratelimit import rate_store_for
 from recovery.policy.strategies import (
     BreakerView,
     PastRun,
     RetryPlan,
     StrategyDecision,
     StrategyInput,
-    WindowSlot,
     build_strategy,
     leaf_configs,
     retry_plan,
     strategy_kinds,
 )
-from recovery.redact import redact
 
 HISTORY_LIMIT = 100
-
-
-def recoveries_key(target: str) -> str:
-    return f"{PREFIX}:target:{target}:recoveries"
-
-
-_TAKE = """
-local now = tonumber(ARGV[1])
-local keep = tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - keep)
-if ARGV[4] ~= '1' then
-  for i = 5, #ARGV, 2 do
-    local limit, window = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
-    if redis.call('ZCOUNT', KEYS[1], '(' .. tostring(now - window), '+inf') >= limit then
-      return i
-    end
-  end
-end
-redis.call('ZADD', KEYS[1], now, ARGV[2])
-redis.call('PEXPIRE', KEYS[1], math.ceil(keep * 1000))
-return 0
-"""
-
-
-class RecoveryWindow:
-    """Start times of a target's recent recoveries, shared by every worker (time_window)."""
-
-    def __init__(self, client: redis.Redis | None) -> None:
-        self.client = client
-        self._take = client.register_script(_TAKE) if client is not None else None
-        self._memory: dict[str, dict[str, float]] = {}
-        self._mutex = threading.Lock()
-
-    def _call(self, fn: Callable[[], object]) -> object:
-        try:
-            return fn()
-        except (redis.RedisError, OSError) as exc:
-            raise StateUnavailable(f"recovery window: {redact(str(exc))}") from None
-
-    def recent(self, target: str, now: float, window_seconds: float) -> tuple[float, ...]:
-        if self.client is None:
-            with self._mutex:
-                times = self._memory.get(target, {}).values()
-                return tuple(sorted(t for t in times if t > now - window_seconds))
-        client = self.client
-        raw = self._call(
-            lambda: client.zrangebyscore(recoveries_key(target), f"({now - window_seconds}", "+inf")
-        )
-        assert isinstance(raw, list)
-        return tuple(sorted(float(str(member).split("|", 1)[0]) for member in raw))
-
-    def take(self, target: str, run_id: str, now: float, slots: tuple[WindowSlot, ...]) -> WindowSlot | None:
-        """Add ``run_id`` unless a slot's window is full; returns the full slot, None when taken."""
-        keep = max(s.window_seconds for s in slots)
-        force = any(s.force for s in slots)
-        if self.client is None:
-            with self._mutex:
-                entries = {m: t for m, t in self._memory.get(target, {}).items() if t > now - keep}
-                if not force:
-                    for slot in slots:
-                        if (
-                            sum(1 for t in entries.values() if t > now - slot.window_seconds)
-                            >= slot.max_recoveries
-                        ):
-                            self._memory[target] = entries
-                            return slot
-                entries[run_id] = now
-                self._memory[target] = entries
-                return None
-        script = self._take
-        assert script is not None
-        args: list[str | float | int] = [repr(now), f"{now!r}|{run_id}", repr(keep), "1" if force else "0"]
-        for slot in slots:
-            args += [slot.max_recoveries, repr(slot.window_seconds)]
-        full = int(str(self._call(lambda: script(keys=[recoveries_key(target)], args=args))))
-        return slots[(full - 5) // 2] if full else None
-
-    def give_back(self, target: str, run_id: str, now: float) -> None:
-        """Remove a run that took a slot but never started (its audit row could not be written)."""
-        if self.client is None:
-            with self._mutex:
-                self._memory.get(target, {}).pop(run_id, None)
-            return
-        client = self.client
-        members = self._call(lambda: client.zrange(recoveries_key(target), 0, -1))
-        assert isinstance(members, list)
-        mine = [m for m in members if str(m).endswith(f"|{run_id}")]
-        if mine:
-            self._call(lambda: client.zrem(recoveries_key(target), *mine))
-
-
-_memory_window = RecoveryWindow(None)
-_windows: dict[str, RecoveryWindow] = {}
-_windows_lock = threading.Lock()
-
-
-def recovery_window(state: SharedState) -> RecoveryWindow:
-    if not isinstance(state, RedisState):
-        return _memory_window
-    with _windows_lock:
-        window = _windows.get(state.url)
-        if window is None:
-            window = _windows[state.url] = RecoveryWindow(state.client)
-        return window
 
 
 @dataclass

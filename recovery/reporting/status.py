@@ -26,22 +26,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from recovery.audit.models import RecoveryRun
 from recovery.audit.store import AuditStore, AuditUnavailable, error_text
-from recovery.backends.state import (
-    HealthCounters,
-    RedisState,
-    SharedState,
-    flapping_key,
-    health_key,
-    lock_key,
-    parse_health,
-    parse_probe_history,
-    paused_key,
-    probe_history_key,
-)
+from recovery.backends.keys import flapping_key, health_key, lock_key, paused_key, probe_history_key
+from recovery.backends.rate import rate_store_for
+from recovery.backends.state import HealthCounters, SharedState, parse_health, parse_probe_history
+from recovery.backends.state_redis import RedisState
 from recovery.client.breakers import breaker_state
 from recovery.config.loader import RecoveryConfig, TargetConfig
 from recovery.errors import StateUnavailable
-from recovery.kinds.ratelimit import rate_store_for
 from recovery.policy.flapping import percent_state_change
 from recovery.redact import redact, redact_url
 from recovery.services import services_for

@@ -19,10 +19,10 @@ from faultserver import FaultServer
 from flows.breaker_flows import circuit_breaker_status, reset_circuit_breaker
 from flows.monitor import monitor
 from recovery.audit.store import AuditStore
-from recovery.backends.state import RedisState
+from recovery.backends.keys import rate_key
+from recovery.backends.state_redis import RedisState
 from recovery.client.breakers import breaker_for_target
 from recovery.config.loader import load_config
-from recovery.kinds.ratelimit import rate_key
 
 FAST = (
     "{kind: exponential, base_seconds: 0.2, factor: 2, max_delay_seconds: 1, max_attempts: 6, jitter: none}"

@@ -37,7 +37,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from recovery.audit.store import AuditStore
-from recovery.backends.state import RedisState
+from recovery.backends.state_redis import RedisState
 from recovery.client.breakers import breaker_for
 from recovery.client.poolwatch import PoolGenerationWatcher
 from recovery.config.loader import BreakerConfig

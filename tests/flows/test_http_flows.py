@@ -18,7 +18,7 @@ import redis
 from faultserver import FaultServer
 
 from recovery.audit.store import AuditStore
-from recovery.backends.state import RedisState
+from recovery.backends.state_redis import RedisState
 from recovery.client.breakers import breaker_for
 from recovery.config.loader import BreakerConfig, load_config
 

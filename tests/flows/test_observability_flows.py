@@ -31,7 +31,7 @@ from flows.monitor import monitor
 from flows.observability_flows import recovery_history, recovery_stats, recovery_status
 from flows.recovery_flows import api_failure_recovery
 from recovery.audit.store import AuditStore
-from recovery.backends.state import RedisState
+from recovery.backends.state_redis import RedisState
 from recovery.redact import register_secret
 from recovery.reporting import metrics
 

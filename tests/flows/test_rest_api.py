@@ -22,7 +22,7 @@ import pytest
 from faultserver import FaultServer, free_port
 
 from recovery.audit.store import AuditStore
-from recovery.backends.state import RedisState
+from recovery.backends.state_redis import RedisState
 
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 AUTH = ("admin", "Sup3rSecretAuth")

@@ -3,7 +3,7 @@
 Scripts live in files (not Python strings) so they can be linted, diffed and run with
 ``redis-cli --eval`` on their own. ``script(name)`` reads ``{name}.lua`` from this package with
 ``importlib.resources`` (works from a wheel or a zip, not only a source tree) and caches the
-text: a store registers the script once per Redis client, and the file is read once per process.
+text: the file is read once per process; ``Scripts`` registers it once per Redis client.
 Breaker scripts use the ``breaker_`` prefix; everything else belongs to the state stores.
 """
 
@@ -12,8 +12,29 @@ from __future__ import annotations
 from functools import cache
 from importlib import resources
 
+import redis
+from redis.commands.core import Script
+
 
 @cache
 def script(name: str) -> str:
     """The source of ``lua/{name}.lua`` (``name`` without the extension)."""
     return resources.files(__name__).joinpath(f"{name}.lua").read_text(encoding="utf-8")
+
+
+class Scripts:
+    """The registered scripts of one Redis client, each registered on first use.
+
+    A store built on an existing client (a ``RedisState``'s) takes that client's ``Scripts``,
+    so a script is registered once per client, however many stores share it.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._registered: dict[str, Script] = {}
+
+    def __call__(self, name: str) -> Script:
+        registered = self._registered.get(name)
+        if registered is None:  # a race registers twice: harmless, both hold the same SHA
+            registered = self._registered[name] = self.client.register_script(script(name))
+        return registered

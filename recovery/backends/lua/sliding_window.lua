@@ -15,7 +15,8 @@ redis.call('ZREMRANGEBYSCORE', key, '-inf', now - keep)
 if ARGV[4] ~= '1' then
   for i = 5, #ARGV, 2 do
     local limit, window = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
-    local since = '(' .. tostring(now - window)
+    -- %.17g: tostring() keeps only 14 digits, too few for epoch seconds with microseconds
+    local since = string.format('(%.17g', now - window)
     local count = redis.call('ZCOUNT', key, since, '+inf')
     if count >= limit then
       local oldest = redis.call('ZRANGEBYSCORE', key, since, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)

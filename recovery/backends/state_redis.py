@@ -1,0 +1,129 @@
+"""``RedisState``: shared state in Redis, so every worker and the application agree.
+
+Read-modify-writes (probe counters, lock refresh/release, sliding windows) are Lua scripts from
+``backends/lua/``, registered lazily once per client: constructing a ``RedisState`` costs no
+round trip, and a script is loaded into Redis by its first call (EVALSHA, then SCRIPT LOAD).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from recovery.backends.keys import (
+    PROBE_HISTORY_SIZE,
+    flapping_key,
+    health_key,
+    lock_key,
+    paused_key,
+    pool_generation_key,
+    probe_history_key,
+)
+from recovery.backends.lua import Scripts
+from recovery.backends.state import (
+    HealthCounters,
+    SharedState,
+    parse_health,
+    parse_probe_history,
+    redis_client,
+)
+from recovery.backends.window import RedisWindow
+from recovery.errors import StateUnavailable
+from recovery.redact import redact, redact_url
+
+
+class RedisState(SharedState):
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.description = f"redis ({redact_url(url)})"
+        self.client = redis_client(url)
+        self.scripts = Scripts(self.client)  # shared with the stores built on this client
+        self._windows: RedisWindow | None = None
+
+    def _call(self, fn: Callable[[], Any]) -> Any:  # redis-py returns are loosely typed
+        try:
+            return fn()
+        except redis.RedisError as exc:
+            raise StateUnavailable(f"shared state {redact_url(self.url)}: {redact(str(exc))}") from None
+
+    def record_probe(self, target: str, healthy: bool, reason: str, now: float) -> HealthCounters:
+        record = self.scripts("record_probe")
+        args = ["1" if healthy else "0", reason, now]
+        flat = self._call(lambda: record(keys=[health_key(target)], args=args))
+        counters = parse_health(dict(zip(flat[::2], flat[1::2], strict=True)))
+        assert counters is not None  # the script just wrote the hash
+        return counters
+
+    def health(self, target: str) -> HealthCounters | None:
+        return parse_health(self._call(lambda: self.client.hgetall(health_key(target))))
+
+    def acquire_lock(self, target: str, owner: str, ttl_seconds: float) -> bool:
+        ttl = max(1, int(ttl_seconds * 1000))
+        return bool(self._call(lambda: self.client.set(lock_key(target), owner, nx=True, px=ttl)))
+
+    def refresh_lock(self, target: str, owner: str, ttl_seconds: float) -> bool:
+        ttl = max(1, int(ttl_seconds * 1000))
+        refresh = self.scripts("refresh_lock")
+        return bool(self._call(lambda: refresh(keys=[lock_key(target)], args=[owner, ttl])))
+
+    def release_lock(self, target: str, owner: str) -> bool:
+        release = self.scripts("release_lock")
+        return bool(self._call(lambda: release(keys=[lock_key(target)], args=[owner])))
+
+    def lock_owner(self, target: str) -> str | None:
+        value = self._call(lambda: self.client.get(lock_key(target)))
+        return str(value) if value is not None else None
+
+    def set_paused(self, target: str, reason: str) -> None:
+        self._call(lambda: self.client.set(paused_key(target), reason))
+
+    def clear_paused(self, target: str) -> bool:
+        return bool(self._call(lambda: self.client.delete(paused_key(target))))
+
+    def paused(self, target: str) -> str | None:
+        value = self._call(lambda: self.client.get(paused_key(target)))
+        return str(value) if value is not None else None
+
+    def bump_pool_generation(self, target: str) -> int:
+        return int(self._call(lambda: self.client.incr(pool_generation_key(target))))
+
+    def pool_generation(self, target: str) -> int:
+        value = self._call(lambda: self.client.get(pool_generation_key(target)))
+        return int(value) if value is not None else 0
+
+    @property
+    def windows(self) -> RedisWindow:
+        # Shares this client (one connection pool) and its registered scripts.
+        if self._windows is None:
+            self._windows = RedisWindow(self.client, f"shared state {redact_url(self.url)}", self.scripts)
+        return self._windows
+
+    def push_probe_history(self, target: str, healthy: bool, size: int = PROBE_HISTORY_SIZE) -> list[bool]:
+        key = probe_history_key(target)
+
+        def push() -> list[Any]:
+            with self.client.pipeline(transaction=True) as pipe:  # MULTI/EXEC: push, cap, read
+                pipe.lpush(key, "1" if healthy else "0")
+                pipe.ltrim(key, 0, size - 1)
+                pipe.lrange(key, 0, -1)
+                return list(pipe.execute())
+
+        return parse_probe_history(self._call(push)[2])
+
+    def probe_history(self, target: str) -> list[bool]:
+        return parse_probe_history(self._call(lambda: self.client.lrange(probe_history_key(target), 0, -1)))
+
+    def set_flapping(self, target: str, since: float | None) -> None:
+        if since is None:
+            self._call(lambda: self.client.delete(flapping_key(target)))
+        else:
+            self._call(lambda: self.client.set(flapping_key(target), repr(since)))
+
+    def flapping_since(self, target: str) -> float | None:
+        value = self._call(lambda: self.client.get(flapping_key(target)))
+        return float(value) if value is not None else None
+
+    def close(self) -> None:
+        self.client.close()
