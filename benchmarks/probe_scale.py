@@ -8,7 +8,7 @@ For each N, against one local uvicorn server (``tests/faultserver.py``, /health 
 
     floor     bare asyncio streams speaking HTTP/1.1, 100 keep-alive connections reused; no HTTP
               library at all, so nothing the project does can be faster than this
-    project   ``recovery.kinds.probing.probe_targets`` with N ``HttpTarget`` configs, concurrency 100
+    project   ``recovery.engine.probing.probe_targets`` with N ``HttpTarget`` configs, concurrency 100
               (includes building and closing its client, as every monitor cycle does)
     httpx     httpx.AsyncClient with its default (httpcore) transport, limits 100/100, 100 in flight
     aiohttp   (diagnostic) aiohttp.ClientSession directly, the transport under the project's httpx
@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # fau
 from faultserver import FaultServer, free_port
 
 from recovery.config.loader import HttpTarget
-from recovery.kinds.probing import probe_targets
+from recovery.engine.probing import probe_targets
 
 INFLIGHT = 100
 GOAL = 1.5

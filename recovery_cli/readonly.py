@@ -30,7 +30,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from recovery.config.loader import load_config
-    from recovery.kinds.probing import probe_targets
+    from recovery.engine.probing import probe_targets
 
     config = load_config(args.config)
     results = asyncio.run(probe_targets(config.targets, config.monitor.probe_concurrency))

@@ -7,7 +7,8 @@ from prefect.cache_policies import NO_CACHE
 
 from recovery.config.loader import RecoveryConfig
 from recovery.engine.monitor import Decision, decide
-from recovery.kinds.probing import ProbeResult, probe_targets
+from recovery.engine.probing import probe_targets
+from recovery.kinds.base import ProbeResult
 from recovery.services import services_for
 
 

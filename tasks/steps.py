@@ -10,9 +10,9 @@ from prefect.client.schemas.objects import State, TaskRun
 from prefect.runtime import task_run as current_task_run
 
 from recovery.engine.runtime import RecoveryRuntime
-from recovery.engine.steps import Detail
 from recovery.engine.workflows import PlannedStepRetry
 from recovery.errors import TemporaryError
+from recovery.kinds.base import Detail
 
 PREFECT_MAX_RETRY_DELAYS = 50
 

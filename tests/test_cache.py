@@ -29,9 +29,9 @@ from dbcache_services import (
 from faultserver import free_port
 
 from recovery.config.loader import CacheValidation, RedisTarget, parse_config
+from recovery.engine.probing import probe_targets
 from recovery.errors import ConfigError, PermanentError, TemporaryError
 from recovery.kinds import cache, cache_rebuild
-from recovery.kinds.probing import probe_targets
 from recovery.redact import redact
 
 PASSWORD = "RedisCanaryPw4711"

@@ -29,9 +29,10 @@ from recovery.backends.state_memory import MemoryState
 from recovery.backends.state_redis import RedisState
 from recovery.client.poolwatch import PoolGenerationWatcher
 from recovery.config.loader import DatabaseTarget, parse_config
+from recovery.engine.probing import probe_targets
 from recovery.errors import IntegrityCheckFailed, PermanentError, TemporaryError
 from recovery.kinds import database
-from recovery.kinds.probing import ProbeResult, probe_targets
+from recovery.kinds.base import ProbeResult
 from recovery.redact import redact
 
 CANARY = "DbCanaryPw4711"

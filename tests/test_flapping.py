@@ -16,7 +16,7 @@ from recovery.backends.state_redis import RedisState
 from recovery.config.loader import RecoveryConfig, parse_config
 from recovery.engine.monitor import decide
 from recovery.errors import ConfigError
-from recovery.kinds.probing import ProbeResult
+from recovery.kinds.base import ProbeResult
 from recovery.policy.flapping import HISTORY_SIZE, evaluate, percent_state_change
 
 

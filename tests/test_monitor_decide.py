@@ -15,7 +15,7 @@ from recovery.backends.state_redis import RedisState
 from recovery.client.breakers import breaker_for, breaker_state
 from recovery.config.loader import RecoveryConfig, parse_config
 from recovery.engine.monitor import Decision, decide
-from recovery.kinds.probing import ProbeResult
+from recovery.kinds.base import ProbeResult
 
 
 @dataclass

@@ -11,7 +11,9 @@ import pytest
 from faultserver import FaultApp, FaultServer, Receive, Scope, Send
 
 from recovery.config.loader import HttpTarget
-from recovery.kinds.probing import ProbeResult, parse_retry_after, probe_targets, probe_targets_sync
+from recovery.engine.probing import probe_targets, probe_targets_sync
+from recovery.kinds.base import ProbeResult
+from recovery.kinds.http import parse_retry_after
 
 
 def http(name: str, url: str, **overrides: Any) -> HttpTarget:

@@ -27,12 +27,14 @@ from recovery.backends.state_redis import RedisState
 from recovery.client.tokenbucket import TokenBucket, token_bucket_for
 from recovery.config.loader import RecoveryConfig, parse_config
 from recovery.engine.monitor import decide
+from recovery.engine.probing import probe_once, probe_targets
 from recovery.engine.runtime import RecoveryRequest, RecoveryRuntime
 from recovery.engine.workflows import select_workflow
 from recovery.errors import EscalationRequired, TemporaryError
-from recovery.kinds.probing import ProbeResult, probe_targets
+from recovery.kinds.base import ProbeResult
 from recovery.kinds.ratelimit import (
     RateLimitConfig,
+    adjust_request_rate,
     decreased_rate,
     increased_rate,
     observed_limit,
@@ -40,8 +42,8 @@ from recovery.kinds.ratelimit import (
     parse_retry_after,
     plan_wait,
     reset_after_seconds,
+    wait_for_rate_limit_reset,
 )
-from recovery.kinds.ratelimit_steps import adjust_request_rate, wait_for_rate_limit_reset
 
 NOW = 1_700_000_000.0
 
@@ -257,10 +259,11 @@ async def test_wait_without_a_record_asks_the_server(fault_server: FaultServer) 
     config = http_config(f"{fault_server.url}/ratelimit?retry_after=2")
     target = config.targets[0].model_copy(update={"name": "api-fresh"})
     sleep = FakeSleep()
-    detail = await wait_for_rate_limit_reset(state, target, sleep=sleep)
+    detail = await wait_for_rate_limit_reset(state, target, lambda: probe_once(target), sleep=sleep)
     assert sleep.calls == [2.0] and detail is not None and detail["source"] == "probe"
     healthy = config.targets[0].model_copy(update={"name": "api-ok", "url": f"{fault_server.url}/health"})
-    assert await wait_for_rate_limit_reset(state, healthy, sleep=sleep) is None  # nothing to wait for
+    probe_healthy = lambda: probe_once(healthy)  # noqa: E731
+    assert await wait_for_rate_limit_reset(state, healthy, probe_healthy, sleep=sleep) is None  # not limited
 
 
 def test_adjust_uses_the_announced_limit() -> None:

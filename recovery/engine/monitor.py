@@ -21,7 +21,7 @@ from recovery.config.loader import RecoveryConfig
 from recovery.engine.workflows import select_workflow
 from recovery.enums import MonitorAction
 from recovery.errors import StateUnavailable
-from recovery.kinds.probing import ProbeResult
+from recovery.kinds.base import ProbeResult
 from recovery.policy.flapping import FlapStatus, evaluate
 from recovery.services import services_for
 

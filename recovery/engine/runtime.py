@@ -11,16 +11,14 @@ it is testable without Prefect. Order of one run:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from recovery.audit.store import AuditStore, PlannedStep
 from recovery.backends.state import SharedState
-from recovery.client.breakers import breaker_for_target, open_breaker
-from recovery.config.loader import HttpTarget, RecoveryConfig, TargetConfig
-from recovery.engine import steps as actions
-from recovery.engine.steps import Detail
+from recovery.client.breakers import FleetBreaker, breaker_for, breaker_for_target, open_breaker
+from recovery.config.loader import RecoveryConfig, TargetConfig
+from recovery.engine.probing import probe_once
 from recovery.engine.workflows import (
     PlannedStepRetry,
     WorkflowSpec,
@@ -30,7 +28,7 @@ from recovery.engine.workflows import (
 )
 from recovery.enums import RunType
 from recovery.errors import PermanentError, RecoveryRefused, TemporaryError
-from recovery.kinds import cache, cache_rebuild, database, ratelimit_steps
+from recovery.kinds.base import Detail, ProbeResult
 from recovery.policy.admission import Admission, admit
 from recovery.policy.strategies import RetryPlan
 from recovery.services import services_for
@@ -54,93 +52,6 @@ class RecoveryRequest:
 
 def _ts(epoch: float | None) -> datetime | None:
     return datetime.fromtimestamp(epoch, UTC) if epoch else None
-
-
-Action = Callable[["RecoveryRuntime"], Awaitable[Detail]]
-
-
-async def _check(rt: RecoveryRuntime) -> Detail:
-    return await actions.check_service_health(rt.target)
-
-
-async def _clear_cache(rt: RecoveryRuntime) -> Detail:
-    assert isinstance(rt.target, HttpTarget)
-    return actions.clear_error_cache(rt.config, rt.target)
-
-
-async def _reset_breaker(rt: RecoveryRuntime) -> Detail:
-    return actions.reset_circuit_breaker(rt.config, rt.target)
-
-
-async def _verify(rt: RecoveryRuntime) -> Detail:
-    return await actions.test_connectivity(rt.target)
-
-
-async def _restore(rt: RecoveryRuntime) -> Detail:
-    return actions.restore_operations(rt.state, rt.target)
-
-
-ACTIONS: dict[str, Action] = {
-    "check_service_health": _check,
-    "clear_error_cache": _clear_cache,
-    "reset_circuit_breaker": _reset_breaker,
-    "test_connectivity": _verify,
-    "restore_operations": _restore,
-}
-
-
-# Database and cache steps (recovery/database.py, recovery/cache.py).
-async def _clear_stuck(rt: RecoveryRuntime) -> Detail:
-    return await database.clear_stuck_sessions(rt.target)
-
-
-async def _reset_pool(rt: RecoveryRuntime) -> Detail:
-    return await database.reset_connection_pool(rt.state, rt.target)
-
-
-async def _integrity(rt: RecoveryRuntime) -> Detail:
-    return await database.verify_integrity(rt.target)
-
-
-async def _cache_health(rt: RecoveryRuntime) -> Detail:
-    return await cache.check_cache_health(rt.target)
-
-
-async def _clear_corrupted(rt: RecoveryRuntime) -> Detail:
-    return await cache.clear_corrupted_entries(rt.target)
-
-
-async def _rebuild(rt: RecoveryRuntime) -> Detail:
-    return await cache_rebuild.rebuild_cache(rt.target)
-
-
-async def _clear_keys(rt: RecoveryRuntime) -> Detail:
-    return await cache.clear_cache(rt.target, rt.options.get("pattern"))
-
-
-ACTIONS.update(
-    {
-        "clear_stuck_sessions": _clear_stuck,
-        "reset_connection_pool": _reset_pool,
-        "verify_integrity": _integrity,
-        "check_cache_health": _cache_health,
-        "clear_corrupted_entries": _clear_corrupted,
-        "rebuild_cache": _rebuild,
-        "clear_cache_keys": _clear_keys,
-    }
-)
-
-
-# Rate-limit steps (recovery/ratelimit_steps.py).
-async def _adjust_rate(rt: RecoveryRuntime) -> Detail:
-    return ratelimit_steps.adjust_request_rate(rt.config, rt.state, rt.target)
-
-
-async def _wait_reset(rt: RecoveryRuntime) -> Detail:
-    return await ratelimit_steps.wait_for_rate_limit_reset(rt.state, rt.target)
-
-
-ACTIONS.update({"adjust_request_rate": _adjust_rate, "wait_for_rate_limit_reset": _wait_reset})
 
 
 class RecoveryRuntime:
@@ -260,7 +171,7 @@ class RecoveryRuntime:
         if self.admission is not None:
             self.admission.refresh()  # breaker_aligned: keep holding the half-open probe
         try:
-            detail = await ACTIONS[name](self)
+            detail = await planned.step.run(self)
         except TemporaryError as exc:
             if attempt < planned.plan.max_attempts:
                 raise  # the step stays "running"; Prefect retries after the planned delay
@@ -275,6 +186,17 @@ class RecoveryRuntime:
         if name == "reset_circuit_breaker" and detail is not None:
             self.breaker_closed_by_us = True
         return detail
+
+    # --- StepContext (recovery.kinds.base): what step functions may use of a running recovery.
+
+    async def probe(self) -> ProbeResult:
+        """Probe this run's target once with its kind's prober."""
+        return await probe_once(self.target)
+
+    def breaker(self) -> FleetBreaker:
+        """The target's fleet-wide breaker (the same instance the application's factory returns)."""
+        state_url = self.config.state_url.get_secret_value() if self.config.state_url else None
+        return breaker_for(self.target.name, self.target.breaker, state_url)
 
     def finish(self, state: str, error: BaseException | None = None) -> None:
         try:

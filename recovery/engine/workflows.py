@@ -1,7 +1,8 @@
 """Recovery workflows as data: which steps, in which order, which are optional.
 
-The Prefect flows execute these specs; the CLI's ``--dry-run`` prints them. Keeping the step list
-here (not in the flow body) means the plan shown to a person is the plan that runs.
+Each kind module defines its workflow specs (``recovery.kinds``); this module selects among them
+and plans their retries. The Prefect flows execute these specs; the CLI's ``--dry-run`` prints
+them, so the plan shown to a person is the plan that runs.
 """
 
 from __future__ import annotations
@@ -9,126 +10,40 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from recovery.config.loader import RecoveryConfig, TargetConfig
-from recovery.kinds.probing import ProbeResult
+from recovery.kinds import kinds
+from recovery.kinds.base import ProbeResult, StepSpec, WorkflowSpec
 from recovery.policy.strategies import RetryPlan, build_strategy, retry_plan
 
-
-@dataclass(frozen=True)
-class StepSpec:
-    name: str
-    description: str
-    optional: bool = False  # an optional step's failure is audited but does not fail the run
-    retryable: bool = True  # False: one attempt only (diagnostics)
-
-
-@dataclass(frozen=True)
-class WorkflowSpec:
-    name: str
-    kinds: tuple[str, ...]
-    steps: tuple[StepSpec, ...]
-    description: str
-    manual: bool = False  # a manual operation: run on request, never chosen by select_workflow
+__all__ = [
+    "PlannedStepRetry",
+    "StepSpec",
+    "WorkflowSpec",
+    "describe_plan",
+    "select_workflow",
+    "step_plans",
+    "workflow_named",
+    "workflows",
+]
 
 
-API_FAILURE = WorkflowSpec(
-    name="api-failure-recovery",
-    kinds=("http",),
-    description="Recover an HTTP dependency: clear cached errors, reset its breaker, verify, resume.",
-    steps=(
-        StepSpec("check_service_health", "Probe once and record the diagnosis.", retryable=False),
-        StepSpec("clear_error_cache", "Delete cached error responses (SCAN + UNLINK).", optional=True),
-        StepSpec("reset_circuit_breaker", "Close the target's circuit breaker."),
-        StepSpec("test_connectivity", "N consecutive good probes; retried with backoff."),
-        StepSpec("restore_operations", "Clear the target's paused flag."),
-    ),
-)
+def workflows() -> dict[str, WorkflowSpec]:
+    """Every registered workflow by name, kind by kind in registration order.
 
-DATABASE_RECOVERY = WorkflowSpec(
-    name="database-recovery",
-    kinds=("database",),
-    description="Recover a SQL database: clear stuck sessions, reset pools, check integrity, resume.",
-    steps=(
-        StepSpec("check_service_health", "Probe once and record the diagnosis.", retryable=False),
-        StepSpec(
-            "clear_stuck_sessions",
-            "PostgreSQL: terminate idle-in-transaction / lock-blocking sessions over the threshold.",
-        ),
-        StepSpec("reset_connection_pool", "Dispose the recovery's engine; bump pool_generation for apps."),
-        StepSpec(
-            "verify_integrity",
-            "Probe query, rolled-back canary write/read, no stuck sessions (SQLite: PRAGMA check).",
-        ),
-        StepSpec("reset_circuit_breaker", "Close the target's circuit breaker."),
-        StepSpec("test_connectivity", "N consecutive good probes; retried with backoff."),
-        StepSpec("restore_operations", "Clear the target's paused flag."),
-    ),
-)
-
-CACHE_RECOVERY = WorkflowSpec(
-    name="cache-recovery",
-    kinds=("redis",),
-    description="Recover a Redis cache: delete corrupted entries, rebuild them, verify, resume.",
-    steps=(
-        StepSpec("check_cache_health", "PING latency, memory vs maxmemory, evictions.", retryable=False),
-        StepSpec("clear_corrupted_entries", "SCAN validate.key_pattern; delete invalid values (pipelined)."),
-        # Optional: a cold but correct cache can serve traffic; a source outage must not keep it paused.
-        StepSpec("rebuild_cache", "Warm missing keys from the rebuild source (pipelined).", optional=True),
-        StepSpec("reset_circuit_breaker", "Close the target's circuit breaker."),
-        StepSpec("test_connectivity", "N consecutive good probes; retried with backoff."),
-        StepSpec("restore_operations", "Clear the target's paused flag."),
-    ),
-)
-
-CLEAR_CACHE = WorkflowSpec(
-    name="clear-cache",
-    kinds=("redis",),
-    manual=True,
-    description="Manual: delete every key matching a pattern (default: validate.key_pattern).",
-    steps=(StepSpec("clear_cache_keys", "SCAN + UNLINK the pattern in batches."),),
-)
-
-RECONNECT_DATABASE = WorkflowSpec(
-    name="reconnect-database",
-    kinds=("database",),
-    manual=True,
-    description="Manual: drop pooled connections everywhere (pool_generation) and verify.",
-    steps=(
-        StepSpec("check_service_health", "Probe once and record the diagnosis.", retryable=False),
-        StepSpec("reset_connection_pool", "Dispose the recovery's engine; bump pool_generation for apps."),
-        StepSpec("test_connectivity", "N consecutive good probes; retried with backoff."),
-    ),
-)
-
-RATE_LIMIT = WorkflowSpec(
-    name="rate-limit-recovery",
-    kinds=("http",),
-    description="Back off a rate-limited HTTP dependency: lower the request rate, wait, resume.",
-    steps=(
-        StepSpec("check_service_health", "Probe once and record the diagnosis.", retryable=False),
-        StepSpec("adjust_request_rate", "Allowed rate in shared state = observed limit x safety factor."),
-        StepSpec(
-            "wait_for_rate_limit_reset",
-            "Sleep until Retry-After / X-RateLimit-Reset, at most max_wait_seconds (longer: escalate).",
-            retryable=False,
-        ),
-        StepSpec("reset_circuit_breaker", "Close the target's circuit breaker."),
-        StepSpec("test_connectivity", "N consecutive good probes; retried with backoff."),
-        StepSpec("restore_operations", "Clear the target's paused flag."),
-    ),
-)
-
-WORKFLOWS: dict[str, WorkflowSpec] = {
-    spec.name: spec
-    for spec in (API_FAILURE, DATABASE_RECOVERY, CACHE_RECOVERY, CLEAR_CACHE, RECONNECT_DATABASE, RATE_LIMIT)
-}
+    Built from the registry on each call (a handful of specs), so a kind registered later, e.g.
+    by a plugin or a test, is selectable without anything here changing.
+    """
+    return {spec.name: spec for kind in kinds().values() for spec in kind.workflows}
 
 
 def select_workflow(target: TargetConfig, probe: ProbeResult | None = None) -> WorkflowSpec:
     """The workflow that recovers ``target`` given what its last probe saw."""
-    if probe is not None and probe.rate_limited and target.kind in RATE_LIMIT.kinds:
-        return RATE_LIMIT  # 429 / X-RateLimit-Remaining: 0: back off, do not "repair" the API
-    for spec in WORKFLOWS.values():
-        if target.kind in spec.kinds and not spec.manual and spec is not RATE_LIMIT:
+    candidates = [s for s in workflows().values() if target.kind in s.kinds and not s.manual]
+    if probe is not None:
+        for spec in candidates:  # conditional workflows first: rate-limit-recovery for a 429
+            if spec.when is not None and spec.when(probe):
+                return spec
+    for spec in candidates:
+        if spec.when is None:
             return spec
     raise LookupError(f"no recovery workflow for target kind {target.kind!r}")
 
@@ -136,9 +51,10 @@ def select_workflow(target: TargetConfig, probe: ProbeResult | None = None) -> W
 def workflow_named(name: str, target: TargetConfig) -> WorkflowSpec:
     from recovery.errors import ConfigError
 
-    spec = WORKFLOWS.get(name)
+    known = workflows()
+    spec = known.get(name)
     if spec is None:
-        raise ConfigError("workflow", f"unknown workflow '{name}' (known: {', '.join(WORKFLOWS)})")
+        raise ConfigError("workflow", f"unknown workflow '{name}' (known: {', '.join(known)})")
     if target.kind not in spec.kinds:
         raise ConfigError("workflow", f"'{name}' cannot recover a {target.kind} target")
     return spec

@@ -5,7 +5,7 @@
 * Corrupted entries: ``SCAN`` (never ``KEYS``) over ``validate.key_pattern`` in batches, values
   fetched and deleted with pipelines. A bad key is deleted only if it still holds the value that
   was judged (compare-and-delete in Lua), so a concurrent writer's fresh value is never lost.
-* Rebuild: see ``recovery.kinds.cache_rebuild``.
+* Rebuild: see ``recovery.kinds.cache_rebuild``; shared Redis plumbing: ``cache_client``.
 
 The probe uses redis' asyncio client so many targets are probed concurrently; the steps run the
 blocking client on a worker thread. Redis errors become ``TemporaryError`` (retried with the
@@ -15,7 +15,6 @@ target's backoff) naming the target and its redacted URL, except auth failures (
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -26,11 +25,18 @@ import redis.asyncio as aioredis
 
 from recovery.backends.state import scan_delete
 from recovery.config.loader import CacheValidation, RedisTarget, TargetConfig
-from recovery.errors import PermanentError, RecoveryError, TemporaryError
-from recovery.kinds.probing import PROBERS, ProbeContext, ProbeResult
-from recovery.redact import redact_url
+from recovery.errors import PermanentError
+from recovery.kinds.base import Detail, Kind, ProbeContext, ProbeResult, StepContext, StepSpec, WorkflowSpec
+from recovery.kinds.cache_client import (
+    as_redis,
+    classify_redis_error,
+    invalid_reason,
+    redis_error,
+    sync_client,
+)
+from recovery.kinds.cache_rebuild import rebuild_cache
+from recovery.kinds.common import RESET_BREAKER, RESTORE, VERIFY
 
-Detail = dict[str, Any] | None
 SAMPLE_KEYS = 10  # corrupted keys listed in the audit detail (counts are exact)
 
 # KEYS[1] is deleted only if its type (ARGV[1]) and, for strings, its value (ARGV[2]) are still
@@ -43,49 +49,6 @@ return redis.call('UNLINK', KEYS[1])
 """
 
 _last_evicted: dict[tuple[str, str], int] = {}
-
-
-def as_redis(target: TargetConfig) -> RedisTarget:
-    if not isinstance(target, RedisTarget):
-        raise PermanentError(f"{target.name} is a {target.kind} target, not a redis cache")
-    return target
-
-
-def classify_redis_error(exc: BaseException) -> str:
-    """A short, stable reason for a Redis client error (never the URL or password)."""
-    message = str(exc).lower()
-    if isinstance(exc, redis.AuthenticationError | redis.exceptions.AuthenticationWrongNumberOfArgsError):
-        return "auth failed"
-    if "wrongpass" in message or "noauth" in message or "invalid password" in message:
-        return "auth failed"
-    if isinstance(exc, redis.BusyLoadingError):
-        return "loading"
-    if isinstance(exc, redis.TimeoutError | TimeoutError):
-        return "timeout"
-    if "connection refused" in message or "connect call failed" in message:
-        return "connection refused"
-    if isinstance(exc, redis.ConnectionError | ConnectionError | OSError):
-        return "connection lost" if "closed" in message or "reset" in message else "connection error"
-    if isinstance(exc, redis.ResponseError):
-        return f"error: {str(exc).split(' ', 1)[0][:40]}"
-    return f"error: {type(exc).__name__}"
-
-
-def redis_error(target: RedisTarget, exc: BaseException, doing: str) -> RecoveryError:
-    reason = classify_redis_error(exc)
-    where = f"redis target {target.name} ({redact_url(target.url.get_secret_value())})"
-    if reason == "auth failed" or reason.startswith("error:"):
-        return PermanentError(f"{where}: {doing}: {reason}")
-    return TemporaryError(f"{where} unreachable while {doing}: {reason}")
-
-
-def sync_client(target: RedisTarget) -> redis.Redis:
-    return redis.Redis.from_url(
-        target.url.get_secret_value(),
-        decode_responses=False,
-        socket_timeout=target.timeout_seconds,
-        socket_connect_timeout=target.timeout_seconds,
-    )
 
 
 # --- health ------------------------------------------------------------------------------------
@@ -158,9 +121,6 @@ async def probe_redis(target: RedisTarget, ctx: ProbeContext) -> ProbeResult:
     return ProbeResult(target.name, "redis", problem is None, problem or "ok", health.ping_ms)
 
 
-PROBERS["redis"] = probe_redis
-
-
 async def check_cache_health(target: TargetConfig) -> Detail:
     """Diagnosis step: record latency, memory and evictions (never fails the run)."""
     cache = as_redis(target)
@@ -173,28 +133,6 @@ async def check_cache_health(target: TargetConfig) -> Detail:
 
 
 # --- validation and corrupted entries ---------------------------------------------------------
-
-
-def invalid_reason(value: bytes | str, rules: CacheValidation) -> str | None:
-    """Why ``value`` is corrupted under ``rules``, or None if it is valid."""
-    if isinstance(value, bytes):
-        try:
-            value = value.decode("utf-8")
-        except UnicodeDecodeError:
-            return "not utf-8"
-    if rules.format == "string":
-        return None if value else "empty"
-    try:
-        data = json.loads(value)
-    except ValueError:
-        return "invalid json"
-    if rules.required_fields:
-        if not isinstance(data, dict):
-            return "not a json object"
-        for name in rules.required_fields:
-            if name not in data:
-                return f"missing field {name}"
-    return None
 
 
 def _key_text(key: bytes) -> str:
@@ -299,3 +237,64 @@ async def clear_cache(target: TargetConfig, pattern: str | None = None) -> Detai
     if not pattern:
         raise PermanentError(f"{cache.name}: no pattern given and the target has no validate.key_pattern")
     return await asyncio.to_thread(_clear_pattern_sync, cache, pattern)
+
+
+# --- workflows -------------------------------------------------------------------------------
+# Steps bind the functions above to a StepContext; the functions keep plain arguments so they
+# can be called (and tested) without a running recovery.
+
+
+async def _health_step(ctx: StepContext) -> Detail:
+    return await check_cache_health(ctx.target)
+
+
+async def _clear_corrupted_step(ctx: StepContext) -> Detail:
+    return await clear_corrupted_entries(ctx.target)
+
+
+async def _rebuild_step(ctx: StepContext) -> Detail:
+    return await rebuild_cache(ctx.target)
+
+
+async def _clear_keys_step(ctx: StepContext) -> Detail:
+    return await clear_cache(ctx.target, ctx.options.get("pattern"))
+
+
+CACHE_RECOVERY = WorkflowSpec(
+    name="cache-recovery",
+    kinds=("redis",),
+    description="Recover a Redis cache: delete corrupted entries, rebuild them, verify, resume.",
+    steps=(
+        StepSpec(
+            "check_cache_health",
+            "PING latency, memory vs maxmemory, evictions.",
+            _health_step,
+            retryable=False,
+        ),
+        StepSpec(
+            "clear_corrupted_entries",
+            "SCAN validate.key_pattern; delete invalid values (pipelined).",
+            _clear_corrupted_step,
+        ),
+        # Optional: a cold but correct cache can serve traffic; a source outage must not keep it paused.
+        StepSpec(
+            "rebuild_cache",
+            "Warm missing keys from the rebuild source (pipelined).",
+            _rebuild_step,
+            optional=True,
+        ),
+        RESET_BREAKER,
+        VERIFY,
+        RESTORE,
+    ),
+)
+
+CLEAR_CACHE = WorkflowSpec(
+    name="clear-cache",
+    kinds=("redis",),
+    manual=True,
+    description="Manual: delete every key matching a pattern (default: validate.key_pattern).",
+    steps=(StepSpec("clear_cache_keys", "SCAN + UNLINK the pattern in batches.", _clear_keys_step),),
+)
+
+KIND = Kind("redis", probe_redis, (CACHE_RECOVERY, CLEAR_CACHE))

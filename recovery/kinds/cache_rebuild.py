@@ -1,4 +1,5 @@
-"""Cache rebuild: warm a Redis target from its source of truth (``rebuild`` in the config).
+"""Cache rebuild, a helper of the cache kind: warm a Redis target from its source of truth
+(``rebuild`` in the config).
 
 Rows from SQL (streamed), a JSON object from HTTP, or a Python ``module:function``, written in
 pipelined batches with ``SET NX`` - only keys that are missing, so entries the application
@@ -25,7 +26,9 @@ from sqlalchemy.pool import NullPool
 
 from recovery.config.loader import RedisTarget, TargetConfig
 from recovery.errors import PermanentError, TemporaryError
-from recovery.kinds.cache import Detail, as_redis, invalid_reason, redis_error, sync_client
+from recovery.kinds.base import Detail
+from recovery.kinds.cache_client import as_redis, invalid_reason, redis_error, sync_client
+from recovery.kinds.sql import classify_db_error
 from recovery.redact import redact_url
 
 
@@ -95,8 +98,6 @@ def _rebuild_from_sql(target: RedisTarget) -> dict[str, int]:
     try:
         return _write(target, rows())
     except SQLAlchemyError as exc:
-        from recovery.kinds.database import classify_db_error
-
         reason = classify_db_error(exc)
         message = f"redis target {target.name}: rebuild source (sql): {reason}"
         if reason.startswith(("connection", "timeout", "server starting")):

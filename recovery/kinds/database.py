@@ -1,59 +1,39 @@
 """Database targets (PostgreSQL, SQLite): health probe, stuck sessions, pool reset, integrity checks.
 
-Every driver call blocks, so it runs on this module's own thread pool (``run_blocking``): the
-event loop stays free and probes of many database targets run concurrently (the default
-``asyncio.to_thread`` pool has only ``cpu_count + 4`` threads). Each target has one cached engine
-in this process; ``reset_connection_pool`` disposes it and bumps the target's ``pool_generation``
-in shared state, which applications watch with ``recovery.client.poolwatch.PoolGenerationWatcher``.
-
-Errors are reduced to short, stable reasons (``connection refused``, ``auth failed``,
-``timeout``, ``query error: UndefinedTable (42P01)``...) before they reach a probe result, an
-exception or the audit, so a driver message can never carry the URL's password anywhere.
+Driver calls run on ``recovery.kinds.sql``'s thread pool (``run_blocking``) against the target's
+cached engine; ``reset_connection_pool`` disposes that engine and bumps the target's
+``pool_generation`` in shared state, which applications watch with
+``recovery.client.poolwatch.PoolGenerationWatcher``. Failures reach probe results, exceptions
+and the audit only as short, password-free reasons (``recovery.kinds.sql.classify_db_error``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import math
-import threading
 import time
 import uuid
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Connection, text
 
 from recovery.backends.state import SharedState
 from recovery.config.loader import DatabaseTarget, TargetConfig
 from recovery.errors import IntegrityCheckFailed, PermanentError, TemporaryError
-from recovery.kinds.probing import PROBERS, ProbeContext, ProbeResult
+from recovery.kinds.base import Detail, Kind, ProbeContext, ProbeResult, StepContext, StepSpec, WorkflowSpec
+from recovery.kinds.common import CHECK_HEALTH, RESET_BREAKER, RESTORE, VERIFY
+from recovery.kinds.sql import (
+    classify_db_error,
+    db_error,
+    dispose_engine,
+    run_blocking,
+    run_probe_query,
+    set_statement_timeout,
+    target_engine,
+)
+from recovery.kinds.sql import dispose_all_engines as dispose_all_engines  # re-exported for callers
 from recovery.redact import redact
 
-Detail = dict[str, Any] | None
-T = TypeVar("T")
-
-RECOVERY_APPLICATION_NAME = "selfheal-recovery"
 MAX_LISTED_SESSIONS = 100  # audit detail lists at most this many sessions (the count is exact)
-# Reasons that retrying may fix; anything else (auth, query errors) is permanent.
-TEMPORARY_REASONS = ("connection refused", "connection lost", "timeout", "server starting", "unknown host")
-
-_executor: ThreadPoolExecutor | None = None
-_executor_lock = threading.Lock()
-_engines: dict[tuple[str, str], Engine] = {}
-_engines_lock = threading.Lock()
-
-
-async def run_blocking(fn: Callable[..., T], *args: Any) -> T:
-    """Run ``fn(*args)`` on the database thread pool (64 threads, created on first use)."""
-    global _executor
-    with _executor_lock:
-        if _executor is None:
-            _executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="recovery-db")
-        executor = _executor
-    return await asyncio.get_running_loop().run_in_executor(executor, functools.partial(fn, *args))
 
 
 def as_database(target: TargetConfig) -> DatabaseTarget:
@@ -62,150 +42,12 @@ def as_database(target: TargetConfig) -> DatabaseTarget:
     return target
 
 
-# --- engines ---------------------------------------------------------------------------------
-
-
-def _sqlite_busy_timeout(dbapi_conn: Any, _record: Any, seconds: float) -> None:
-    cursor = dbapi_conn.cursor()
-    cursor.execute(f"PRAGMA busy_timeout={int(seconds * 1000)}")
-    cursor.close()
-
-
-def target_engine(target: DatabaseTarget) -> Engine:
-    """The recovery's own engine for ``target`` (cached per process until the pool is reset)."""
-    raw = target.url.get_secret_value()
-    key = (target.name, raw)
-    with _engines_lock:
-        engine = _engines.get(key)
-        if engine is not None:
-            return engine
-        url = make_url(raw)
-        connect_args: dict[str, Any] = {}
-        if url.get_backend_name() == "postgresql":
-            connect_args["connect_timeout"] = max(2, math.ceil(target.connect_timeout_seconds))
-            # A peer that vanishes mid-query (no RST) is noticed in ~10 s, not the OS's 2 hours.
-            connect_args.update(keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3)
-            if "application_name" not in url.query:
-                connect_args["application_name"] = RECOVERY_APPLICATION_NAME
-        elif url.get_backend_name() == "sqlite":
-            connect_args["check_same_thread"] = False  # the probe thread pool shares the pool
-        engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args)
-        if url.get_backend_name() == "sqlite":
-            from sqlalchemy import event
-
-            event.listen(
-                engine,
-                "connect",
-                functools.partial(_sqlite_busy_timeout, seconds=target.statement_timeout_seconds),
-            )
-        _engines[key] = engine
-        return engine
-
-
-def dispose_engine(target: DatabaseTarget) -> bool:
-    """Close the pooled connections of ``target``'s engine and forget it; True if there was one."""
-    with _engines_lock:
-        engine = _engines.pop((target.name, target.url.get_secret_value()), None)
-    if engine is None:
-        return False
-    engine.dispose()
-    return True
-
-
-def dispose_all_engines() -> int:
-    """Dispose every cached engine (process shutdown, tests); returns how many there were."""
-    with _engines_lock:
-        engines = list(_engines.values())
-        _engines.clear()
-    for engine in engines:
-        engine.dispose()
-    return len(engines)
-
-
-# --- error classification --------------------------------------------------------------------
-
-
-def classify_db_error(exc: BaseException) -> str:
-    """A short, stable, password-free reason for a driver/SQLAlchemy error."""
-    orig = getattr(exc, "orig", None) or exc
-    sqlstate = getattr(orig, "sqlstate", None)
-    message = str(orig).lower()
-    if isinstance(sqlstate, str) and sqlstate:
-        if sqlstate.startswith("28"):
-            return "auth failed"
-        if sqlstate in ("57014", "55P03"):  # query_canceled (statement_timeout), lock_not_available
-            return "timeout"
-        if sqlstate in ("57P01", "57P02") or sqlstate.startswith("08"):
-            return "connection lost"
-        if sqlstate == "57P03":
-            return "server starting"
-        return f"query error: {type(orig).__name__} ({sqlstate})"
-    if "connection refused" in message:
-        return "connection refused"
-    if "authentication failed" in message or ("role" in message and "does not exist" in message):
-        return "auth failed"
-    if "starting up" in message or "shutting down" in message:
-        return "server starting"
-    if "timeout" in message or "timed out" in message or "interrupted" in message or "is locked" in message:
-        return "timeout"
-    lost = ("server closed the connection", "eof detected", "terminating connection", "connection is closed")
-    if any(s in message for s in lost) or "consuming input failed" in message:
-        return "connection lost"
-    if "could not translate host name" in message or "name or service not known" in message:
-        return "unknown host"
-    if "database" in message and "does not exist" in message:
-        return "database does not exist"
-    if message.startswith("connection failed"):
-        return "connection error"
-    if "unable to open database file" in message:
-        return "connection error: unable to open database file"
-    if type(orig).__module__.startswith(("sqlite3", "psycopg", "sqlalchemy")):
-        first_line = str(orig).splitlines()[0] if str(orig) else type(orig).__name__
-        return f"query error: {redact(first_line)[:120]}"
-    return f"connection error: {type(orig).__name__}"
-
-
-def _error(target: DatabaseTarget, exc: BaseException, doing: str) -> TemporaryError | PermanentError:
-    reason = classify_db_error(exc)
-    message = f"database {target.name}: {doing}: {reason}"
-    return TemporaryError(message) if reason.startswith(TEMPORARY_REASONS) else PermanentError(message)
-
-
-def _set_statement_timeout(conn: Connection, target: DatabaseTarget) -> None:
-    """Bound every statement of the current transaction by ``statement_timeout_seconds``."""
-    milliseconds = max(1, int(target.statement_timeout_seconds * 1000))
-    if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT set_config('statement_timeout', :ms, true)"), {"ms": f"{milliseconds}ms"})
-    elif conn.dialect.name == "sqlite":
-        deadline = time.monotonic() + target.statement_timeout_seconds
-        driver = conn.connection.driver_connection
-        assert driver is not None
-        # A non-zero return aborts the running statement with "interrupted" (-> timeout).
-        driver.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
-
-
-def _clear_statement_timeout(conn: Connection) -> None:
-    if conn.dialect.name == "sqlite" and conn.connection.driver_connection is not None:
-        conn.connection.driver_connection.set_progress_handler(None, 0)
-
-
-def _run_probe_query(conn: Connection, target: DatabaseTarget) -> None:
-    """The probe query under the statement timeout, in a transaction that is always rolled back."""
-    trans = conn.begin()
-    try:
-        _set_statement_timeout(conn, target)
-        conn.execute(text(target.probe_query)).fetchmany(1)
-    finally:
-        _clear_statement_timeout(conn)
-        trans.rollback()
-
-
 # --- health probe ----------------------------------------------------------------------------
 
 
 def _probe_sync(target: DatabaseTarget) -> None:
     with target_engine(target).connect() as conn:
-        _run_probe_query(conn, target)
+        run_probe_query(conn, target)
 
 
 async def probe_database(target: DatabaseTarget, ctx: ProbeContext) -> ProbeResult:
@@ -223,9 +65,6 @@ async def probe_database(target: DatabaseTarget, ctx: ProbeContext) -> ProbeResu
         reason = classify_db_error(exc)
     latency = (time.perf_counter() - started) * 1000
     return ProbeResult(target.name, "database", reason == "ok", reason, latency)
-
-
-PROBERS["database"] = probe_database
 
 
 # --- stuck sessions (PostgreSQL) -------------------------------------------------------------
@@ -267,7 +106,7 @@ def _stuck_sessions(conn: Connection, target: DatabaseTarget, terminate: bool) -
     """Find (and optionally terminate) stuck sessions in one statement, so the set cannot drift."""
     trans = conn.begin()
     try:
-        _set_statement_timeout(conn, target)
+        set_statement_timeout(conn, target)
         rows = conn.execute(
             text(_stuck_sql(conn, terminate)),
             {"app": target.application_name, "seconds": target.stuck_session_seconds},
@@ -298,7 +137,7 @@ def _clear_stuck_sync(target: DatabaseTarget) -> Detail:
         with engine.connect() as conn:
             sessions = _stuck_sessions(conn, target, terminate=True)
     except Exception as exc:
-        raise _error(target, exc, "clearing stuck sessions") from None
+        raise db_error(target, exc, "clearing stuck sessions") from None
     terminated = [s for s in sessions if s["terminated"]]
     return {
         "threshold_seconds": target.stuck_session_seconds,
@@ -341,7 +180,7 @@ def _canary_round_trip(conn: Connection, target: DatabaseTarget) -> None:
     token = uuid.uuid4().hex
     trans = conn.begin()
     try:
-        _set_statement_timeout(conn, target)
+        set_statement_timeout(conn, target)
         conn.execute(
             text(
                 f'CREATE TABLE IF NOT EXISTS "{table}" '
@@ -372,7 +211,7 @@ def _integrity_sync(target: DatabaseTarget) -> Detail:
     step = "probe query"
     try:
         with target_engine(target).connect() as conn:
-            _run_probe_query(conn, target)
+            run_probe_query(conn, target)
             checks["probe_query"] = "ok"
             if conn.dialect.name == "postgresql":
                 step = "canary write/read"
@@ -392,7 +231,7 @@ def _integrity_sync(target: DatabaseTarget) -> Detail:
     except IntegrityCheckFailed:
         raise
     except Exception as exc:
-        error = _error(target, exc, f"integrity check ({step})")
+        error = db_error(target, exc, f"integrity check ({step})")
         if isinstance(error, TemporaryError):
             raise error from None  # unreachable / timed out: retry with backoff
         raise IntegrityCheckFailed(str(error)) from None  # the database answered "broken"
@@ -402,3 +241,58 @@ def _integrity_sync(target: DatabaseTarget) -> Detail:
 async def verify_integrity(target: TargetConfig) -> Detail:
     """Probe query, canary round trip and no stuck sessions (PostgreSQL); PRAGMA check (SQLite)."""
     return await run_blocking(_integrity_sync, as_database(target))
+
+
+# --- workflows -------------------------------------------------------------------------------
+# Steps bind the functions above to a StepContext; the functions keep plain arguments so they
+# can be called (and tested) without a running recovery.
+
+
+async def _clear_stuck_step(ctx: StepContext) -> Detail:
+    return await clear_stuck_sessions(ctx.target)
+
+
+async def _reset_pool_step(ctx: StepContext) -> Detail:
+    return await reset_connection_pool(ctx.state, ctx.target)
+
+
+async def _integrity_step(ctx: StepContext) -> Detail:
+    return await verify_integrity(ctx.target)
+
+
+RESET_POOL = StepSpec(
+    "reset_connection_pool", "Dispose the recovery's engine; bump pool_generation for apps.", _reset_pool_step
+)
+
+DATABASE_RECOVERY = WorkflowSpec(
+    name="database-recovery",
+    kinds=("database",),
+    description="Recover a SQL database: clear stuck sessions, reset pools, check integrity, resume.",
+    steps=(
+        CHECK_HEALTH,
+        StepSpec(
+            "clear_stuck_sessions",
+            "PostgreSQL: terminate idle-in-transaction / lock-blocking sessions over the threshold.",
+            _clear_stuck_step,
+        ),
+        RESET_POOL,
+        StepSpec(
+            "verify_integrity",
+            "Probe query, rolled-back canary write/read, no stuck sessions (SQLite: PRAGMA check).",
+            _integrity_step,
+        ),
+        RESET_BREAKER,
+        VERIFY,
+        RESTORE,
+    ),
+)
+
+RECONNECT_DATABASE = WorkflowSpec(
+    name="reconnect-database",
+    kinds=("database",),
+    manual=True,
+    description="Manual: drop pooled connections everywhere (pool_generation) and verify.",
+    steps=(CHECK_HEALTH, RESET_POOL, VERIFY),
+)
+
+KIND = Kind("database", probe_database, (DATABASE_RECOVERY, RECONNECT_DATABASE))

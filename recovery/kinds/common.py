@@ -1,0 +1,58 @@
+"""Steps every kind's workflows share: diagnose, reset the breaker, verify, resume.
+
+They see the target only through ``StepContext`` (``ctx.probe()`` uses the kind's own prober),
+so one implementation serves HTTP, database and cache targets alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from recovery.client.breakers import breaker_state, close_breaker
+from recovery.errors import ProbeFailed
+from recovery.kinds.base import Detail, StepContext, StepSpec
+
+
+async def check_service_health(ctx: StepContext) -> Detail:
+    """Diagnosis only: records what the target looks like now; never fails the run."""
+    result = await ctx.probe()
+    return {"healthy": result.healthy, "reason": result.reason, "latency_ms": round(result.latency_ms, 1)}
+
+
+async def reset_circuit_breaker(ctx: StepContext) -> Detail:
+    breaker = ctx.breaker()
+    before = breaker_state(breaker)
+    close_breaker(breaker)
+    return {"before": before, "after": breaker_state(breaker)}
+
+
+async def test_connectivity(ctx: StepContext) -> Detail:
+    """``verify.consecutive_successes`` good probes in a row, else ``ProbeFailed`` (retried)."""
+    verify = ctx.target.verify
+    needed = verify.consecutive_successes
+    latencies: list[float] = []
+    for i in range(needed):
+        result = await ctx.probe()
+        if not result.healthy:
+            raise ProbeFailed(f"verification probe {i + 1}/{needed} failed: {result.reason}")
+        latencies.append(round(result.latency_ms, 1))
+        if i + 1 < needed:
+            await asyncio.sleep(verify.interval_seconds)
+    return {"probes": needed, "latency_ms": latencies}
+
+
+async def restore_operations(ctx: StepContext) -> Detail:
+    """Clear the paused flag so the application sends traffic to the target again."""
+    was_paused = ctx.state.clear_paused(ctx.target.name)
+    return {"was_paused": was_paused}
+
+
+# The shared steps as specs, so every workflow lists them with the same wording.
+CHECK_HEALTH = StepSpec(
+    "check_service_health", "Probe once and record the diagnosis.", check_service_health, retryable=False
+)
+RESET_BREAKER = StepSpec(
+    "reset_circuit_breaker", "Close the target's circuit breaker.", reset_circuit_breaker
+)
+VERIFY = StepSpec("test_connectivity", "N consecutive good probes; retried with backoff.", test_connectivity)
+RESTORE = StepSpec("restore_operations", "Clear the target's paused flag.", restore_operations)

@@ -1,0 +1,136 @@
+"""HTTP targets: the probe, clearing cached error responses, and the api-failure workflow.
+
+The probe uses the batch's shared ``httpx.AsyncClient`` (``ProbeContext.http``; aiohttp transport,
+see ``recovery.engine.probing``). A 429 or ``X-RateLimit-Remaining: 0`` is reported as
+``rate_limited`` so selection picks rate-limit-recovery instead of "repairing" the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+
+import httpx
+import redis
+
+from recovery.backends.state import redis_client, scan_delete
+from recovery.config.loader import HttpTarget
+from recovery.errors import PermanentError, StateUnavailable
+from recovery.kinds.base import Detail, Kind, ProbeContext, ProbeResult, StepContext, StepSpec, WorkflowSpec
+from recovery.kinds.common import CHECK_HEALTH, RESET_BREAKER, RESTORE, VERIFY
+from recovery.kinds.ratelimit_headers import observed_limit, reset_after_seconds
+from recovery.redact import redact, redact_url
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date (RFC 9110)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (now if now is not None else time.time()))
+
+
+def _classify_exception(exc: BaseException) -> str:
+    """Map transport errors to a stable reason; aiohttp's cause says more than httpx's wrapper."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and len(chain) < 10:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    for err in chain:
+        if isinstance(err, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(err, TimeoutError | httpx.TimeoutException) and not isinstance(
+            err, httpx.ConnectTimeout
+        ):
+            return "timeout"
+    text = " ".join(str(e) for e in chain).lower()
+    if "connect call failed" in text or "connection refused" in text:
+        return "connection refused"
+    if "timeout" in text or "timed out" in text:
+        return "timeout"
+    if "disconnected" in text or "reset by peer" in text:
+        return "connection reset"
+    return f"connection error: {redact(exc.__class__.__name__)}"
+
+
+async def probe_http(target: HttpTarget, ctx: ProbeContext) -> ProbeResult:
+    headers = {k: v.get_secret_value() for k, v in target.headers.items()}
+    started = time.perf_counter()
+    try:
+        # asyncio.timeout is the hard stop: a server that accepts and then never answers must
+        # not hold the batch longer than the target's timeout.
+        async with asyncio.timeout(target.timeout_seconds):
+            response = await ctx.http.request(
+                target.method, target.url, headers=headers, timeout=target.timeout_seconds
+            )
+            await response.aread()
+    except Exception as exc:
+        latency = (time.perf_counter() - started) * 1000
+        return ProbeResult(target.name, "http", False, _classify_exception(exc), latency)
+    latency = (time.perf_counter() - started) * 1000
+    status = response.status_code
+    remaining = response.headers.get("x-ratelimit-remaining")
+    if status == 429 or (remaining is not None and remaining.strip() == "0"):
+        # Retry-After (seconds or HTTP date), else X-RateLimit-Reset (epoch or seconds).
+        retry_after = reset_after_seconds(response.headers)
+        limit = observed_limit(response.headers, target.rate_limit.limit_window_seconds)
+        return ProbeResult(
+            target.name, "http", False, f"rate limited ({status})", latency, status, True, retry_after, limit
+        )
+    if status in target.expect_status:
+        return ProbeResult(target.name, "http", True, "ok", latency, status)
+    return ProbeResult(target.name, "http", False, f"status {status}", latency, status)
+
+
+def as_http(target: object) -> HttpTarget:
+    if not isinstance(target, HttpTarget):
+        raise PermanentError(f"{getattr(target, 'name', target)} is not an http target")
+    return target
+
+
+async def clear_error_cache(ctx: StepContext) -> Detail:
+    """Delete the target's cached error responses so clients stop serving stale failures."""
+    target = as_http(ctx.target)
+    if not target.error_cache_pattern:
+        return None
+    url_secret = target.error_cache_url or ctx.config.state_url
+    if url_secret is None:
+        return None
+    url = url_secret.get_secret_value()
+    client = redis_client(url)
+    try:
+        deleted = scan_delete(client, target.error_cache_pattern)
+    except redis.RedisError as exc:
+        raise StateUnavailable(f"error cache {redact_url(url)}: {redact(str(exc))}") from None
+    finally:
+        client.close()
+    return {"pattern": target.error_cache_pattern, "deleted": deleted}
+
+
+API_FAILURE = WorkflowSpec(
+    name="api-failure-recovery",
+    kinds=("http",),
+    description="Recover an HTTP dependency: clear cached errors, reset its breaker, verify, resume.",
+    steps=(
+        CHECK_HEALTH,
+        StepSpec(
+            "clear_error_cache",
+            "Delete cached error responses (SCAN + UNLINK).",
+            clear_error_cache,
+            optional=True,
+        ),
+        RESET_BREAKER,
+        VERIFY,
+        RESTORE,
+    ),
+)
+
+KIND = Kind("http", probe_http, (API_FAILURE,))
