@@ -25,7 +25,8 @@ import redis
 
 from recovery.audit.store import AuditStore
 from recovery.backends.breaker_memory import MemoryBreakerStore
-from recovery.backends.breaker_store import RedisBreakerStore, breaker_key, probe_key
+from recovery.backends.breaker_store import RedisBreakerStore
+from recovery.backends.keys import breaker_key, breaker_probe_key
 from recovery.client.breakers import (
     CircuitBreakerError,
     FleetBreaker,
@@ -404,11 +405,11 @@ def test_probe_lease_key_expires(redis_url: str) -> None:
     ticket = breaker.try_probe("worker-1")
     assert ticket.verdict == "probe"
     client = redis.Redis.from_url(redis_url, decode_responses=True)
-    assert client.get(probe_key("lease")) == "worker-1"
-    assert 0 < client.pttl(probe_key("lease")) <= 5000
+    assert client.get(breaker_probe_key("lease")) == "worker-1"
+    assert 0 < client.pttl(breaker_probe_key("lease")) <= 5000
     assert breaker.try_probe("worker-2").verdict == "reject"
     breaker.end_probe("worker-1", ok=True)
-    assert breaker.current_state == "closed" and client.get(probe_key("lease")) is None
+    assert breaker.current_state == "closed" and client.get(breaker_probe_key("lease")) is None
 
 
 def test_monitor_reopen_keeps_opened_at(redis_url: str) -> None:

@@ -3,24 +3,17 @@
 pybreaker's ``CircuitRedisStorage`` reads and writes state, counters and ``opened_at`` in
 separate commands (a failure counted on one worker can race a close on another), stores
 ``opened_at`` in whole seconds and keys that never expire, and raises from its constructor when
-Redis is down. Here each decision is one Lua script:
+Redis is down. Here each transition is one step of ``recovery.backends.breaker_core`` (the rules
+are documented there): ``RedisBreakerStore`` runs it as one Lua script
+(``recovery/backends/lua/breaker_*.lua``), ``MemoryBreakerStore`` under a mutex.
 
-    admit      closed -> pass; open and reset timeout not elapsed -> reject; otherwise take the
-               half-open probe lease (SET NX PX) -> exactly one probe across all workers
-    succeeded  closed: reset the failure count; the probe: close after success_threshold probes
-    failed     closed: count, open at fail_max; the probe: re-open (new opened_at)
-    release    a cancelled probe gives its lease back without counting anything
-    refresh    the lease holder extends it (a recovery that is the probe, step by step)
-    force      open / close / half-open (operators, recoveries); ``trip`` keeps an open breaker's
-               opened_at so re-opening cannot postpone its reset timeout
+Redis layout (``recovery.backends.keys``; PEXPIRE ``state_ttl_seconds`` on each write):
+``breaker_key(target)`` hash ``state``, ``fail_counter``, ``success_counter``, ``opened_at``
+(epoch seconds, microseconds), ``changed_at``; ``breaker_probe_key(target)`` string, PX lease,
+the probe's owner.
 
-Redis layout (``recovery:breaker:{target}``, hash, PEXPIRE ``state_ttl_seconds`` on each write):
-``state``, ``fail_counter``, ``success_counter``, ``opened_at`` (epoch seconds, microseconds),
-``changed_at``; ``recovery:breaker:{target}:probe`` (string, PX lease) holds the probe's owner.
-
-Every method raises ``StateUnavailable`` when Redis cannot be reached; ``recovery.client.breakers``
+Every method raises ``StateUnavailable`` when Redis cannot be reached; ``recovery.client``
 decides what a guarded call does then. Constructing a store performs no I/O and never raises.
-``recovery.backends.breaker_memory`` has the same state machine for a single process.
 """
 
 from __future__ import annotations
@@ -31,7 +24,6 @@ import time
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,167 +31,48 @@ import pybreaker
 import redis
 import redis.asyncio
 
+from recovery.backends.breaker_core import (
+    CLOSED,
+    HALF_OPEN,
+    OPEN,
+    STATES,
+    BreakerSnapshot,
+    Failure,
+    Ticket,
+)
+from recovery.backends.keys import breaker_key, breaker_probe_key
+from recovery.backends.lua import script
 from recovery.errors import StateUnavailable
 from recovery.redact import redact, redact_url
 
-CLOSED, OPEN, HALF_OPEN = pybreaker.STATE_CLOSED, pybreaker.STATE_OPEN, pybreaker.STATE_HALF_OPEN
-PREFIX = "recovery:breaker"
+__all__ = [
+    "CLOSED",
+    "HALF_OPEN",
+    "OPEN",
+    "BreakerSnapshot",
+    "BreakerStore",
+    "Failure",
+    "RedisBreakerStore",
+    "Ticket",
+    "close_async_clients",
+]
 
-
-def breaker_key(target: str) -> str:
-    return f"{PREFIX}:{target}"
-
-
-def probe_key(target: str) -> str:
-    return f"{PREFIX}:{target}:probe"
-
-
-@dataclass(frozen=True)
-class Ticket:
-    """What ``admit`` decided for one call: ``pass`` (closed), ``probe`` (holds the lease), ``reject``."""
-
-    verdict: str
-    state: str  # the state admit saw
-    fail_counter: int = 0
-    retry_in: float | None = None  # reject while open: seconds until the reset timeout elapses
-    holder: str | None = None  # reject while half-open: who holds the probe lease
-    owner: str = ""
-
-
-@dataclass(frozen=True)
-class BreakerSnapshot:
-    state: str
-    fail_counter: int
-    success_counter: int
-    opened_at: float | None
-    probe_holder: str | None
-    probe_ttl_seconds: float | None
+_SCRIPTS = ("admit", "succeeded", "failed", "release", "refresh", "force")
 
 
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
-_ADMIT = """
-local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
-if state == 'closed' then
-  return {'pass', state, redis.call('HGET', KEYS[1], 'fail_counter') or '0', ''}
-end
-if state == 'open' then
-  local opened = tonumber(redis.call('HGET', KEYS[1], 'opened_at') or ARGV[1])
-  local remaining = opened + tonumber(ARGV[2]) - tonumber(ARGV[1])
-  if remaining > 0 then return {'reject', state, tostring(remaining), ''} end
-end
-if redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', ARGV[3]) then
-  if state == 'open' then
-    redis.call('HSET', KEYS[1], 'state', 'half-open', 'success_counter', 0, 'changed_at', ARGV[1])
-  end
-  redis.call('PEXPIRE', KEYS[1], ARGV[5])
-  return {'probe', state, '0', ARGV[4]}
-end
-return {'reject', 'half-open', '0', redis.call('GET', KEYS[2]) or ''}
-"""
-
-_SUCCEEDED = """
-local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
-if ARGV[3] == '1' then
-  if state == 'half-open' and redis.call('GET', KEYS[2]) == ARGV[2] then
-    redis.call('DEL', KEYS[2])
-    local successes = redis.call('HINCRBY', KEYS[1], 'success_counter', 1)
-    if successes >= tonumber(ARGV[4]) then
-      redis.call('HSET', KEYS[1], 'state', 'closed', 'fail_counter', 0, 'success_counter', 0,
-                 'changed_at', ARGV[1])
-      redis.call('HDEL', KEYS[1], 'opened_at')
-      state = 'closed'
-    end
-    redis.call('PEXPIRE', KEYS[1], ARGV[5])
-  end
-  return state
-end
-if state == 'closed' and tonumber(redis.call('HGET', KEYS[1], 'fail_counter') or '0') > 0 then
-  redis.call('HSET', KEYS[1], 'fail_counter', 0)
-  redis.call('PEXPIRE', KEYS[1], ARGV[5])
-end
-return state
-"""
-
-_FAILED = """
-local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
-local function trip()
-  redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', ARGV[1], 'success_counter', 0,
-             'changed_at', ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], ARGV[5])
-  return {'open', 1}
-end
-if ARGV[3] == '1' then
-  if state == 'half-open' and redis.call('GET', KEYS[2]) == ARGV[2] then
-    redis.call('DEL', KEYS[2])
-    return trip()
-  end
-  return {state, 0}
-end
-if state ~= 'closed' then return {state, 0} end
-local failures = redis.call('HINCRBY', KEYS[1], 'fail_counter', 1)
-if failures >= tonumber(ARGV[4]) then return trip() end
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-return {'closed', 0}
-"""
-
-_REFRESH = """
-if redis.call('GET', KEYS[2]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[2], ARGV[2]) end
-return 0
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[2]) == ARGV[1] then return redis.call('DEL', KEYS[2]) end
-return 0
-"""
-
-_FORCE = """
-local prev = redis.call('HGET', KEYS[1], 'state') or 'closed'
-if ARGV[4] == 'trip' and prev == 'open' then return prev end
-if ARGV[1] == 'open' then
-  redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', ARGV[2], 'success_counter', 0,
-             'changed_at', ARGV[2])
-elseif ARGV[1] == 'half-open' then
-  redis.call('HSET', KEYS[1], 'state', 'half-open', 'success_counter', 0, 'changed_at', ARGV[2])
-else
-  redis.call('HSET', KEYS[1], 'state', 'closed', 'fail_counter', 0, 'success_counter', 0,
-             'changed_at', ARGV[2])
-  redis.call('HDEL', KEYS[1], 'opened_at')
-end
-redis.call('DEL', KEYS[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return prev
-"""
-
-
-class _SwallowedCancel(asyncio.CancelledError):
-    """A cancellation redis-py swallowed after the script ran; ``raw`` is the script's result."""
-
-    def __init__(self, raw: Any) -> None:
-        super().__init__()
-        self.raw = raw
-
-
-def _ticket(raw: list[Any], owner: str) -> Ticket:
-    verdict, state, number, holder = (str(x) for x in raw)
-    if verdict == "pass":
-        return Ticket(verdict, state, fail_counter=int(number), owner=owner)
-    if verdict == "probe":
-        return Ticket(verdict, state, owner=owner)
-    if state == OPEN:
-        return Ticket(verdict, state, retry_in=float(number), owner=owner)
-    return Ticket(verdict, state, holder=holder or None, owner=owner)
-
-
 class BreakerStore(pybreaker.CircuitBreakerStorage, ABC):
-    """Atomic breaker state for one target (and pybreaker's storage interface on top of it)."""
+    """Atomic breaker state for one target, with pybreaker's storage interface on top of it.
+
+    The async variants default to the sync ones: the in-memory store never waits."""
 
     description: str
 
-    def __init__(self, target: str, ttl_seconds: float, clock: Callable[[], float] = time.time) -> None:
-        super().__init__(target)
+    def __init__(self, target: str, ttl_seconds: float, clock: Callable[[], float], kind: str) -> None:
+        super().__init__(kind)  # pybreaker's storage ``name`` is the kind ("memory", "redis")
         self.target = target
         self.ttl_seconds = ttl_seconds
         self.clock = clock
@@ -215,7 +88,7 @@ class BreakerStore(pybreaker.CircuitBreakerStorage, ABC):
         """Record a success; returns the state after it."""
 
     @abstractmethod
-    def failed(self, owner: str, probe: bool, fail_max: int) -> tuple[str, bool]:
+    def failed(self, owner: str, probe: bool, fail_max: int) -> Failure:
         """Record a failure; returns the state after it and whether this failure opened it."""
 
     @abstractmethod
@@ -230,20 +103,22 @@ class BreakerStore(pybreaker.CircuitBreakerStorage, ABC):
     def force(self, state: str, trip: bool = False) -> str:
         """Move to ``state`` (``trip``: only if not already open); returns the previous state."""
 
-    # Async variants; the in-memory store answers without awaiting anything.
     async def aadmit(self, reset_timeout: float, lease_seconds: float, owner: str) -> Ticket:
         return self.admit(reset_timeout, lease_seconds, owner)
 
     async def asucceeded(self, owner: str, probe: bool, success_threshold: int) -> str:
         return self.succeeded(owner, probe, success_threshold)
 
-    async def afailed(self, owner: str, probe: bool, fail_max: int) -> tuple[str, bool]:
+    async def afailed(self, owner: str, probe: bool, fail_max: int) -> Failure:
         return self.failed(owner, probe, fail_max)
 
     async def arelease(self, owner: str) -> None:
         self.release(owner)
 
-    # --- pybreaker's CircuitBreakerStorage interface (compatibility; not used by FleetBreaker) ---
+    # --- pybreaker's CircuitBreakerStorage interface ----------------------------------------------
+    # pybreaker's own ``CircuitBreaker.open/half_open/close`` and ``fail_counter`` go through
+    # these. The counter writes are no-ops: counting, tripping and resetting happen inside the
+    # atomic transitions above, never as separate read-modify-write steps.
 
     @property
     def state(self) -> str:
@@ -268,7 +143,7 @@ class BreakerStore(pybreaker.CircuitBreakerStorage, ABC):
 
     @opened_at.setter
     def opened_at(self, value: datetime) -> None:
-        pass  # set atomically together with the state by force(OPEN)
+        pass  # set atomically together with the state by force(OPEN), with the store's clock
 
     def increment_counter(self) -> None:
         raise NotImplementedError("use failed(): counting and tripping are one atomic step")
@@ -280,7 +155,30 @@ class BreakerStore(pybreaker.CircuitBreakerStorage, ABC):
         raise NotImplementedError("use succeeded(): counting and closing are one atomic step")
 
     def reset_success_counter(self) -> None:
-        pass
+        pass  # opening and half-opening reset it atomically
+
+
+class _SwallowedCancel(asyncio.CancelledError):
+    """A cancellation redis-py swallowed after the script ran; ``raw`` is the script's result."""
+
+    def __init__(self, raw: Any) -> None:
+        super().__init__()
+        self.raw = raw
+
+
+def _ticket(raw: list[Any], owner: str) -> Ticket:
+    verdict, state, number, holder = (str(x) for x in raw)
+    if verdict == "pass":
+        return Ticket(verdict, state, fail_counter=int(number), owner=owner)
+    if verdict == "probe":
+        return Ticket(verdict, state, owner=owner)
+    if state == OPEN:
+        return Ticket(verdict, state, retry_in=float(number), owner=owner)
+    return Ticket(verdict, state, holder=holder or None, owner=owner)
+
+
+def _failure(raw: list[Any]) -> Failure:
+    return Failure(str(raw[0]), bool(int(raw[1])))
 
 
 class RedisBreakerStore(BreakerStore):
@@ -294,11 +192,11 @@ class RedisBreakerStore(BreakerStore):
         clock: Callable[[], float] = time.time,
         timeout: float = 2.0,
     ) -> None:
-        super().__init__(target, ttl_seconds, clock)
+        super().__init__(target, ttl_seconds, clock, "redis")
         self.url = url
         self.timeout = timeout
         self.description = f"redis ({redact_url(url)})"
-        self.keys = [breaker_key(target), probe_key(target)]
+        self.keys = [breaker_key(target), breaker_probe_key(target)]
         self._client: redis.Redis | None = None
         self._scripts: dict[str, Any] = {}
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, dict[str, Any]]] = (
@@ -311,7 +209,7 @@ class RedisBreakerStore(BreakerStore):
             f"breaker state {redact_url(self.url)}: {redact(str(exc)) or type(exc).__name__}"
         )
 
-    def _sync(self, name: str) -> Any:
+    def _connect(self) -> redis.Redis:
         with self._init_lock:
             if self._client is None:
                 self._client = redis.Redis.from_url(
@@ -320,8 +218,8 @@ class RedisBreakerStore(BreakerStore):
                     socket_timeout=self.timeout,
                     socket_connect_timeout=self.timeout,
                 )
-                self._scripts = {n: self._client.register_script(s) for n, s in _SCRIPTS.items()}
-            return self._scripts[name]
+                self._scripts = {n: self._client.register_script(script(f"breaker_{n}")) for n in _SCRIPTS}
+            return self._client
 
     def _async_script(self, name: str) -> Any:
         # redis.asyncio connections belong to the loop that opened them: one client per loop.
@@ -334,13 +232,14 @@ class RedisBreakerStore(BreakerStore):
                 socket_timeout=self.timeout,
                 socket_connect_timeout=self.timeout,
             )
-            entry = (client, {n: client.register_script(s) for n, s in _SCRIPTS.items()})
+            entry = (client, {n: client.register_script(script(f"breaker_{n}")) for n in _SCRIPTS})
             self._async[loop] = entry
         return entry[1][name]
 
     def _run(self, name: str, args: list[Any]) -> Any:
         try:
-            return self._sync(name)(keys=self.keys, args=args)
+            self._connect()
+            return self._scripts[name](keys=self.keys, args=args)
         except (redis.RedisError, OSError, ValueError) as exc:
             raise self._fail(exc) from None
 
@@ -360,6 +259,8 @@ class RedisBreakerStore(BreakerStore):
             raise _SwallowedCancel(raw)
         return raw
 
+    # Argument lists, shared by the sync and async entry points (which only differ in I/O).
+
     def _admit_args(self, reset_timeout: float, lease_seconds: float, owner: str) -> list[Any]:
         return [
             repr(self.clock()),
@@ -368,6 +269,9 @@ class RedisBreakerStore(BreakerStore):
             owner,
             _ms(self.ttl_seconds),
         ]
+
+    def _settle_args(self, owner: str, probe: bool, limit: int) -> list[Any]:
+        return [repr(self.clock()), owner, "1" if probe else "0", limit, _ms(self.ttl_seconds)]
 
     def admit(self, reset_timeout: float, lease_seconds: float, owner: str) -> Ticket:
         return _ticket(self._run("admit", self._admit_args(reset_timeout, lease_seconds, owner)), owner)
@@ -381,22 +285,17 @@ class RedisBreakerStore(BreakerStore):
             raise
         return _ticket(raw, owner)
 
-    def _settle_args(self, owner: str, probe: bool, limit: int) -> list[Any]:
-        return [repr(self.clock()), owner, "1" if probe else "0", limit, _ms(self.ttl_seconds)]
-
     def succeeded(self, owner: str, probe: bool, success_threshold: int) -> str:
         return str(self._run("succeeded", self._settle_args(owner, probe, success_threshold)))
 
     async def asucceeded(self, owner: str, probe: bool, success_threshold: int) -> str:
         return str(await self._arun("succeeded", self._settle_args(owner, probe, success_threshold)))
 
-    def failed(self, owner: str, probe: bool, fail_max: int) -> tuple[str, bool]:
-        state, tripped = self._run("failed", self._settle_args(owner, probe, fail_max))
-        return str(state), bool(int(tripped))
+    def failed(self, owner: str, probe: bool, fail_max: int) -> Failure:
+        return _failure(self._run("failed", self._settle_args(owner, probe, fail_max)))
 
-    async def afailed(self, owner: str, probe: bool, fail_max: int) -> tuple[str, bool]:
-        state, tripped = await self._arun("failed", self._settle_args(owner, probe, fail_max))
-        return str(state), bool(int(tripped))
+    async def afailed(self, owner: str, probe: bool, fail_max: int) -> Failure:
+        return _failure(await self._arun("failed", self._settle_args(owner, probe, fail_max)))
 
     def release(self, owner: str) -> None:
         self._run("release", [owner])
@@ -408,16 +307,14 @@ class RedisBreakerStore(BreakerStore):
         return bool(self._run("refresh", [owner, _ms(lease_seconds)]))
 
     def force(self, state: str, trip: bool = False) -> str:
-        if state not in (CLOSED, OPEN, HALF_OPEN):
+        if state not in STATES:
             raise ValueError(f"unknown breaker state {state!r}")
         args = [state, repr(self.clock()), _ms(self.ttl_seconds), "trip" if trip else "always"]
         return str(self._run("force", args))
 
     def snapshot(self) -> BreakerSnapshot:
-        self._sync("admit")
-        assert self._client is not None
         try:
-            with self._client.pipeline(transaction=True) as pipe:
+            with self._connect().pipeline(transaction=True) as pipe:
                 pipe.hgetall(self.keys[0])
                 pipe.get(self.keys[1])
                 pipe.pttl(self.keys[1])
@@ -437,16 +334,6 @@ class RedisBreakerStore(BreakerStore):
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
-
-
-_SCRIPTS = {
-    "admit": _ADMIT,
-    "succeeded": _SUCCEEDED,
-    "failed": _FAILED,
-    "release": _RELEASE,
-    "refresh": _REFRESH,
-    "force": _FORCE,
-}
 
 
 async def close_async_clients(store: BreakerStore) -> None:
