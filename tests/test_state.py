@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from faultserver import free_port
@@ -78,10 +78,37 @@ def test_lock_only_owner_can_refresh_or_release(state: SharedState) -> None:
     assert state.acquire_lock("api", "run-b", 30)
 
 
-def test_lock_expires_after_ttl(state: SharedState) -> None:
-    assert state.acquire_lock("api", "crashed-run", 0.2)
-    assert not state.acquire_lock("api", "next-run", 0.2)
-    time.sleep(0.35)
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def clocked(request: pytest.FixtureRequest) -> Iterator[tuple[SharedState, Callable[[float], None], float]]:
+    """A state, how to let time pass, and a TTL unit: a fake clock in memory (exact, instant);
+    Redis expires keys on its own clock, so its TTLs are long enough to leave wide margins."""
+    if request.param == "memory":
+        clock = FakeClock()
+        yield MemoryState(clock=clock), clock.sleep, 1.0
+        return
+    backend = RedisState(request.getfixturevalue("redis_url"))
+    try:
+        yield backend, time.sleep, 0.6
+    finally:
+        backend.close()
+
+
+def test_lock_expires_after_ttl(clocked: tuple[SharedState, Callable[[float], None], float]) -> None:
+    state, sleep, unit = clocked
+    assert state.acquire_lock("api", "crashed-run", unit)
+    assert not state.acquire_lock("api", "next-run", unit)
+    sleep(unit * 2)
     assert state.lock_owner("api") is None
     assert not state.refresh_lock("api", "crashed-run", 10)  # an expired lock cannot be revived
     assert not state.release_lock("api", "crashed-run")
@@ -89,14 +116,15 @@ def test_lock_expires_after_ttl(state: SharedState) -> None:
     assert state.lock_owner("api") == "next-run"
 
 
-def test_refresh_extends_ttl(state: SharedState) -> None:
-    assert state.acquire_lock("api", "run-a", 0.3)
+def test_refresh_extends_ttl(clocked: tuple[SharedState, Callable[[float], None], float]) -> None:
+    state, sleep, unit = clocked
+    assert state.acquire_lock("api", "run-a", unit)
     for _ in range(3):
-        time.sleep(0.15)
-        assert state.refresh_lock("api", "run-a", 0.3)
-    # 0.45 s after acquiring, the lock (TTL 0.3 s) is still held thanks to the refreshes.
+        sleep(unit / 2)
+        assert state.refresh_lock("api", "run-a", unit)
+    # 1.5 TTLs after acquiring, the lock is still held thanks to the refreshes.
     assert state.lock_owner("api") == "run-a"
-    time.sleep(0.45)
+    sleep(unit * 2)
     assert state.lock_owner("api") is None
 
 
