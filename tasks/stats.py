@@ -36,7 +36,7 @@ from recovery.engine.workflows import select_workflow
 from recovery.errors import RecoveryError
 from recovery.redact import redact
 from recovery.reporting import stats as core
-from recovery.reporting import unaudited
+from recovery.reporting import unaudited as merge
 from recovery.reporting.report import history_markdown, history_table, stats_markdown, stats_table
 from recovery.services import services_for
 
@@ -99,14 +99,14 @@ def _workflow(config: RecoveryConfig, flow_name: str, params: dict[str, Any]) ->
 
 async def prefect_only_runs(
     config: RecoveryConfig, store: AuditStore, flow_names: list[str], since: datetime, until: datetime
-) -> list[unaudited.UnauditedRun]:
+) -> list[merge.UnauditedRun]:
     """Recovery flow runs that ended badly in the window and have no audit row."""
     ended = await _ended_badly(flow_names, since, until)
     runs = [(name, run) for name, items in ended.items() for run in items]
-    audited = await asyncio.to_thread(unaudited.audited_flow_run_ids, store, [str(r.id) for _, r in runs])
+    audited = await asyncio.to_thread(merge.audited_flow_run_ids, store, [str(r.id) for _, r in runs])
     same_audit = _SameAudit(config)
     known = {t.name for t in config.targets}
-    out: list[unaudited.UnauditedRun] = []
+    out: list[merge.UnauditedRun] = []
     for name, run in runs:
         params = run.parameters or {}
         if str(run.id) in audited or params.get("target") not in known:
@@ -116,7 +116,7 @@ async def prefect_only_runs(
         state_type = run.state.type if run.state else StateType.CRASHED
         at = run.end_time or run.start_time or run.expected_start_time or until
         out.append(
-            unaudited.UnauditedRun(
+            merge.UnauditedRun(
                 flow_run_id=str(run.id),
                 target=str(params["target"]),
                 workflow=_workflow(config, name, params),
@@ -138,7 +138,7 @@ async def compute_stats(
     store = services_for(config).audit
     report = await asyncio.to_thread(core.compute_stats, store, since, until)
     unaudited = await prefect_only_runs(config, store, flow_names, since, until)
-    return unaudited.merge_unaudited(report, unaudited)
+    return merge.merge_unaudited(report, unaudited)
 
 
 @task(name="publish-stats", cache_policy=NO_CACHE)
