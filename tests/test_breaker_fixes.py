@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -46,7 +46,7 @@ def make(request: pytest.FixtureRequest) -> Iterator[Any]:
 
 
 def test_failure_while_iterating_counts(make: Any) -> None:
-    breaker, _ = make(fail_max=5)
+    breaker: FleetBreaker = make(fail_max=5)[0]
 
     @breaker
     def rows(n: int) -> Iterator[int]:
@@ -62,7 +62,7 @@ def test_failure_while_iterating_counts(make: Any) -> None:
 
 
 def test_a_finished_generator_is_a_success(make: Any) -> None:
-    breaker, _ = make(fail_max=5)
+    breaker: FleetBreaker = make(fail_max=5)[0]
 
     @breaker
     def rows() -> Iterator[int]:
@@ -77,7 +77,7 @@ def test_a_finished_generator_is_a_success(make: Any) -> None:
 
 
 def test_generator_failures_trip_the_breaker(make: Any) -> None:
-    breaker, _ = make(fail_max=2)
+    breaker: FleetBreaker = make(fail_max=2)[0]
 
     def rows() -> Iterator[int]:
         yield 1
@@ -93,11 +93,11 @@ def test_generator_failures_trip_the_breaker(make: Any) -> None:
 
 
 def test_send_throw_and_close_reach_the_wrapped_generator(make: Any) -> None:
-    breaker, _ = make(fail_max=5)
+    breaker: FleetBreaker = make(fail_max=5)[0]
     seen: list[Any] = []
 
     @breaker
-    def echo() -> Iterator[int]:
+    def echo() -> Generator[int, str, None]:
         try:
             while True:
                 seen.append((yield len(seen)))

@@ -141,7 +141,7 @@ async def test_async_failures_count(make: Any) -> None:
 
 
 async def test_decorator_guards_async_and_sync_functions(make: Any) -> None:
-    breaker = make(fail_max=1)
+    breaker: FleetBreaker = make(fail_max=1)
 
     @breaker
     async def fetch(x: int) -> int:

@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast, overload
 
 import pybreaker
 
@@ -47,6 +47,7 @@ CircuitBreakerError = pybreaker.CircuitBreakerError
 REDIS_RETRY_SECONDS = 1.0
 R = TypeVar("R")
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])  # a decorated function keeps its signature
 
 _BYPASS = Ticket("bypass", "unknown")
 
@@ -311,7 +312,16 @@ class FleetBreaker(pybreaker.CircuitBreaker):
             raise
         self._drive(self._settlement(ticket, None))
 
-    def __call__(self, *call_args: Any, **call_kwargs: bool) -> Callable[..., Any]:
+    @overload
+    def __call__(self, func: F, /) -> F: ...
+
+    @overload
+    def __call__(self, **call_kwargs: bool) -> Callable[[F], F]: ...
+
+    @overload  # pybreaker's own signature (``breaker(func, __pybreaker_call_async=True)``)
+    def __call__(self, *call_args: Any, **call_kwargs: bool) -> Callable[..., Any]: ...
+
+    def __call__(self, *call_args: Any, **call_kwargs: bool) -> Any:
         """Decorator: ``@breaker`` guards a function, a generator function or an ``async def``.
 
         Plain functions use pybreaker's own decorator (which calls ``self.call``, and keeps
