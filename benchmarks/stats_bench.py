@@ -40,7 +40,7 @@ from sqlalchemy import func, insert, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from recovery.audit import store as audit_store
+from recovery.audit import db as audit_store
 from recovery.audit.models import RecoveryRun
 from recovery.audit.sqlfuncs import unindexed
 from recovery.audit.store import AuditStore

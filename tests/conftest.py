@@ -17,7 +17,7 @@ import sqlalchemy
 from faultserver import FaultServer
 from sqlalchemy.exc import SQLAlchemyError
 
-from recovery.audit import store as audit_store
+from recovery.audit import db as audit_store
 from recovery.services import reset_services
 
 REDIS_HOST = "127.0.0.1"

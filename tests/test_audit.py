@@ -12,13 +12,9 @@ import sqlalchemy
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from recovery.audit.store import (
-    HEAD_REVISION,
-    MIGRATIONS_DIR,
-    AuditStore,
-    AuditUnavailable,
-    PlannedStep,
-)
+from recovery.audit.db import HEAD_REVISION, MIGRATIONS_DIR
+from recovery.audit.records import AuditUnavailable, PlannedStep
+from recovery.audit.store import AuditStore
 from recovery.errors import ProbeFailed
 
 CANARY = "S3cretCanary"

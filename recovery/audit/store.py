@@ -7,246 +7,30 @@ Alembic entirely, which keeps read-only CLI commands fast.
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect, select, text, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload
 
+from recovery.audit.db import get_engine, migrate
 from recovery.audit.models import RUN_STATES, RecoveryRun, RecoveryStep
-from recovery.errors import RecoveryError
+from recovery.audit.records import (
+    AuditUnavailable,
+    PlannedStep,
+    RunRecord,
+    aware,
+    error_text,
+    run_record,
+    utcnow,
+)
 from recovery.redact import redact, redact_url
 
-HEAD_REVISION = "0002"
-MAX_MESSAGE = 2000
-MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-
-
-class AuditUnavailable(RecoveryError):
-    """The audit database cannot be reached or written; recoveries must not run unaudited."""
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite drops tzinfo; everything is stored in UTC, so naive values are UTC.
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
-
-
-def _iso(value: datetime | None) -> str | None:
-    value = _aware(value)
-    return value.isoformat() if value is not None else None
-
-
-def error_text(error: BaseException | str | None) -> str | None:
-    if error is None:
-        return None
-    return redact(str(error))[:MAX_MESSAGE]
-
-
-@dataclass(frozen=True)
-class PlannedStep:
-    name: str
-    optional: bool = False
-    max_attempts: int = 1
-
-
-@dataclass(frozen=True)
-class StepRecord:
-    name: str
-    state: str
-    attempts: int
-    max_attempts: int
-    optional: bool
-    started_at: datetime | None
-    finished_at: datetime | None
-    duration_seconds: float | None
-    error_type: str | None
-    error_message: str | None
-    detail: dict[str, Any] | None
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "state": self.state,
-            "attempts": self.attempts,
-            "max_attempts": self.max_attempts,
-            "optional": self.optional,
-            "duration_seconds": self.duration_seconds,
-            "error_type": self.error_type,
-            "error_message": self.error_message,
-            "detail": self.detail,
-        }
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    id: str
-    target: str
-    workflow: str
-    type: str
-    state: str
-    dry_run: bool
-    requested_by: str | None
-    reason: str | None
-    detected_reason: str | None
-    first_failure_at: datetime | None
-    detected_at: datetime | None
-    started_at: datetime
-    finished_at: datetime | None
-    duration_seconds: float | None
-    error_type: str | None
-    error_message: str | None
-    flow_run_id: str | None
-    steps: tuple[StepRecord, ...]
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "target": self.target,
-            "workflow": self.workflow,
-            "type": self.type,
-            "state": self.state,
-            "dry_run": self.dry_run,
-            "requested_by": self.requested_by,
-            "reason": self.reason,
-            "detected_reason": self.detected_reason,
-            "first_failure_at": _iso(self.first_failure_at),
-            "detected_at": _iso(self.detected_at),
-            "started_at": _iso(self.started_at),
-            "finished_at": _iso(self.finished_at),
-            "duration_seconds": self.duration_seconds,
-            "error_type": self.error_type,
-            "error_message": self.error_message,
-            "flow_run_id": self.flow_run_id,
-            "steps": [s.as_json() for s in self.steps],
-        }
-
-
-def _run_record(row: RecoveryRun) -> RunRecord:
-    steps = tuple(
-        StepRecord(
-            s.name,
-            s.state,
-            s.attempts,
-            s.max_attempts,
-            s.optional,
-            _aware(s.started_at),
-            _aware(s.finished_at),
-            s.duration_seconds,
-            s.error_type,
-            s.error_message,
-            s.detail,
-        )
-        for s in row.steps
-    )
-    started = _aware(row.started_at)
-    assert started is not None
-    return RunRecord(
-        row.id,
-        row.target,
-        row.workflow,
-        row.type,
-        row.state,
-        row.dry_run,
-        row.requested_by,
-        row.reason,
-        row.detected_reason,
-        _aware(row.first_failure_at),
-        _aware(row.detected_at),
-        started,
-        _aware(row.finished_at),
-        row.duration_seconds,
-        row.error_type,
-        row.error_message,
-        row.flow_run_id,
-        steps,
-    )
-
-
-_engines: dict[str, Engine] = {}
-_engines_lock = threading.Lock()
-
-
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    # WAL lets readers (history, stats) run while a monitor writes; busy_timeout makes two
-    # concurrent writers wait for each other instead of failing with "database is locked".
-    cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
-
-
-def get_engine(url: str) -> Engine:
-    with _engines_lock:
-        engine = _engines.get(url)
-        if engine is None:
-            engine = create_engine(url, pool_pre_ping=True)
-            if engine.dialect.name == "sqlite":
-                event.listen(engine, "connect", _sqlite_pragmas)
-            _engines[url] = engine
-        return engine
-
-
-def _at_head(engine: Engine) -> bool:
-    with engine.connect() as conn:
-        if not inspect(conn).has_table("alembic_version"):
-            return False
-        return bool(conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == HEAD_REVISION)
-
-
-# Alembic keeps its ``context``/``op`` proxies in module globals: two threads migrating at once
-# corrupt each other, so one migration runs per process at a time.
-_migrate_lock = threading.Lock()
-
-
-@contextmanager
-def _cross_process_lock(engine: Engine) -> Iterator[None]:
-    """Serialise migrations across processes. SQLite DDL is not transactional enough to race."""
-    database = engine.url.database if engine.dialect.name == "sqlite" else None
-    if not database or database == ":memory:" or database.startswith("file:"):
-        yield  # PostgreSQL serialises inside the transaction (advisory lock) instead
-        return
-    import fcntl
-
-    with open(f"{database}.migrate-lock", "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def migrate(engine: Engine) -> None:
-    """Bring the schema to head with Alembic (skipped, without importing Alembic, at head)."""
-    if _at_head(engine):
-        return
-    from alembic import command
-    from alembic.config import Config
-
-    with _migrate_lock, _cross_process_lock(engine):
-        if _at_head(engine):  # another thread/process finished while we waited
-            return
-        cfg = Config()
-        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-        with engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                # Two processes migrating at once serialise here instead of racing on DDL.
-                conn.execute(text("SELECT pg_advisory_xact_lock(7265441)"))
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+__all__ = ["AuditStore", "AuditUnavailable", "PlannedStep", "RunRecord", "error_text"]
 
 
 class AuditStore:
@@ -389,7 +173,7 @@ class AuditStore:
             now = utcnow()
             step.state = state
             step.finished_at = now
-            started = _aware(step.started_at)
+            started = aware(step.started_at)
             step.duration_seconds = (now - started).total_seconds() if started else 0.0
             step.error_type = type(error).__name__ if error else None
             step.error_message = error_text(error)
@@ -414,7 +198,7 @@ class AuditStore:
             now = now or utcnow()
             row.state = state
             row.finished_at = now
-            row.duration_seconds = (now - _aware(row.started_at)).total_seconds()  # type: ignore[operator]
+            row.duration_seconds = (now - aware(row.started_at)).total_seconds()  # type: ignore[operator]
             if error is not None:
                 row.error_type = error_type or (
                     type(error).__name__ if isinstance(error, BaseException) else "Error"
@@ -449,7 +233,7 @@ class AuditStore:
             row = session.scalars(
                 select(RecoveryRun).options(selectinload(RecoveryRun.steps)).where(RecoveryRun.id == run_id)
             ).first()
-            return _run_record(row) if row else None
+            return run_record(row) if row else None
 
     def history(self, target: str | None = None, limit: int = 20) -> list[RunRecord]:
         """Most recent runs first."""
@@ -458,4 +242,4 @@ class AuditStore:
             query = query.where(RecoveryRun.target == target)
         query = query.order_by(RecoveryRun.started_at.desc(), RecoveryRun.id).limit(limit)
         with self._session() as session:
-            return [_run_record(r) for r in session.scalars(query)]
+            return [run_record(r) for r in session.scalars(query)]

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from recovery.audit.store import AuditStore, PlannedStep
+from recovery.audit.records import PlannedStep
+from recovery.audit.store import AuditStore
 from recovery.client.breakers import OPEN, breaker_for
 from recovery.config.loader import RecoveryConfig
 

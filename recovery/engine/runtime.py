@@ -14,7 +14,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from recovery.audit.store import AuditStore, PlannedStep
+from recovery.audit.records import PlannedStep
+from recovery.audit.store import AuditStore
 from recovery.backends.state import SharedState
 from recovery.client.breakers import FleetBreaker, breaker_for, breaker_for_target, open_breaker
 from recovery.config.loader import RecoveryConfig, TargetConfig

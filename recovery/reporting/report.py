@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from recovery.audit.store import RunRecord
+from recovery.audit.records import RunRecord
 from recovery.redact import redact
 from recovery.reporting.stats import GroupStats, StatsReport
 

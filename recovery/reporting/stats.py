@@ -39,8 +39,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.elements import ColumnElement
 
 from recovery.audit.models import RecoveryRun
+from recovery.audit.records import AuditUnavailable, error_text
 from recovery.audit.sqlfuncs import seconds_between, unindexed
-from recovery.audit.store import AuditStore, AuditUnavailable, error_text
+from recovery.audit.store import AuditStore
 from recovery.errors import ConfigError
 
 FINISHED = ("succeeded", "failed", "cancelled")

@@ -25,7 +25,8 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from recovery.audit.models import RecoveryRun
-from recovery.audit.store import AuditStore, AuditUnavailable, error_text
+from recovery.audit.records import AuditUnavailable, error_text
+from recovery.audit.store import AuditStore
 from recovery.backends.keys import flapping_key, health_key, lock_key, paused_key, probe_history_key
 from recovery.backends.rate import rate_store_for
 from recovery.backends.state import HealthCounters, SharedState, parse_health, parse_probe_history

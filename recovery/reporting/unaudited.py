@@ -15,7 +15,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from recovery.audit.models import RecoveryRun
-from recovery.audit.store import AuditStore, AuditUnavailable, error_text
+from recovery.audit.records import AuditUnavailable, error_text
+from recovery.audit.store import AuditStore
 from recovery.reporting.stats import GroupStats, LastFailure, StatsReport, _utc
 
 

@@ -1,0 +1,162 @@
+"""What the audit store reads back: frozen run and step records, and their text rules.
+
+``error_text`` is the one way an error enters the audit: redacted, then truncated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from recovery.audit.models import RecoveryRun
+from recovery.errors import RecoveryError
+from recovery.redact import redact
+
+MAX_MESSAGE = 2000
+
+
+class AuditUnavailable(RecoveryError):
+    """The audit database cannot be reached or written; recoveries must not run unaudited."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def aware(value: datetime | None) -> datetime | None:
+    # SQLite drops tzinfo; everything is stored in UTC, so naive values are UTC.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _iso(value: datetime | None) -> str | None:
+    value = aware(value)
+    return value.isoformat() if value is not None else None
+
+
+def error_text(error: BaseException | str | None) -> str | None:
+    if error is None:
+        return None
+    return redact(str(error))[:MAX_MESSAGE]
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    name: str
+    optional: bool = False
+    max_attempts: int = 1
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    name: str
+    state: str
+    attempts: int
+    max_attempts: int
+    optional: bool
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_seconds: float | None
+    error_type: str | None
+    error_message: str | None
+    detail: dict[str, Any] | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "state": self.state,
+            "attempts": self.attempts,
+            "max_attempts": self.max_attempts,
+            "optional": self.optional,
+            "duration_seconds": self.duration_seconds,
+            "error_type": self.error_type,
+            "error_message": self.error_message,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: str
+    target: str
+    workflow: str
+    type: str
+    state: str
+    dry_run: bool
+    requested_by: str | None
+    reason: str | None
+    detected_reason: str | None
+    first_failure_at: datetime | None
+    detected_at: datetime | None
+    started_at: datetime
+    finished_at: datetime | None
+    duration_seconds: float | None
+    error_type: str | None
+    error_message: str | None
+    flow_run_id: str | None
+    steps: tuple[StepRecord, ...]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "target": self.target,
+            "workflow": self.workflow,
+            "type": self.type,
+            "state": self.state,
+            "dry_run": self.dry_run,
+            "requested_by": self.requested_by,
+            "reason": self.reason,
+            "detected_reason": self.detected_reason,
+            "first_failure_at": _iso(self.first_failure_at),
+            "detected_at": _iso(self.detected_at),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "duration_seconds": self.duration_seconds,
+            "error_type": self.error_type,
+            "error_message": self.error_message,
+            "flow_run_id": self.flow_run_id,
+            "steps": [s.as_json() for s in self.steps],
+        }
+
+
+def run_record(row: RecoveryRun) -> RunRecord:
+    steps = tuple(
+        StepRecord(
+            s.name,
+            s.state,
+            s.attempts,
+            s.max_attempts,
+            s.optional,
+            aware(s.started_at),
+            aware(s.finished_at),
+            s.duration_seconds,
+            s.error_type,
+            s.error_message,
+            s.detail,
+        )
+        for s in row.steps
+    )
+    started = aware(row.started_at)
+    assert started is not None
+    return RunRecord(
+        row.id,
+        row.target,
+        row.workflow,
+        row.type,
+        row.state,
+        row.dry_run,
+        row.requested_by,
+        row.reason,
+        row.detected_reason,
+        aware(row.first_failure_at),
+        aware(row.detected_at),
+        started,
+        aware(row.finished_at),
+        row.duration_seconds,
+        row.error_type,
+        row.error_message,
+        row.flow_run_id,
+        steps,
+    )
