@@ -32,6 +32,7 @@ from recovery.client.breakers import (
 )
 from recovery.config.loader import BreakerConfig
 
+
 class Boom(Exception):
     pass
 
