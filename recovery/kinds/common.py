@@ -11,6 +11,7 @@ import asyncio
 from recovery.client.breakers import breaker_state, close_breaker
 from recovery.errors import ProbeFailed
 from recovery.kinds.base import Detail, StepContext, StepSpec
+from recovery.testing import delay
 
 
 async def check_service_health(ctx: StepContext) -> Detail:
@@ -37,7 +38,7 @@ async def test_connectivity(ctx: StepContext) -> Detail:
             raise ProbeFailed(f"verification probe {i + 1}/{needed} failed: {result.reason}")
         latencies.append(round(result.latency_ms, 1))
         if i + 1 < needed:
-            await asyncio.sleep(verify.interval_seconds)
+            await asyncio.sleep(delay(verify.interval_seconds))  # 0 s in testing mode
     return {"probes": needed, "latency_ms": latencies}
 
 
