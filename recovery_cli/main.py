@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from recovery.errors import ConfigError, RecoveryError
 from recovery.redact import redact
@@ -40,80 +41,73 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    p = sub.add_parser("validate", help="validate the config file")
-    p.set_defaults(func=cmd_validate)
+    def command(
+        name: str, help: str, func: Any, *, target: str | None = None, json: bool = True, who: bool = False
+    ) -> argparse.ArgumentParser:
+        """One subcommand; ``target``: "required"/"optional" positional TARGET; ``who``: --requested-by."""
+        p: argparse.ArgumentParser = sub.add_parser(name, help=help)
+        if target is not None:
+            p.add_argument("target", nargs=None if target == "required" else "?")
+        if who:
+            p.add_argument("--requested-by", default=os.environ.get("USER") or "cli", help="who (audited)")
+        if json:
+            p.add_argument("--json", action="store_true")
+        p.set_defaults(func=func)
+        return p
 
-    p = sub.add_parser("check", help="probe every target once (no Prefect)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_check)
-
-    p = sub.add_parser("monitor", help="run the monitor flow (every interval, or --once)")
+    command("validate", "validate the config file", cmd_validate, json=False)
+    command("check", "probe every target once (no Prefect)", cmd_check)
+    p = command("monitor", "run the monitor flow (every interval, or --once)", cmd_monitor)
     p.add_argument("--once", action="store_true", help="run one cycle and exit")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_monitor)
-
-    p = sub.add_parser("recover", help="run a recovery flow for TARGET now")
-    p.add_argument("target")
+    p = command("recover", "run a recovery flow for TARGET now", cmd_recover, target="required", who=True)
     p.add_argument("--workflow", help="override the workflow chosen for the target's kind")
     p.add_argument("--reason", help="why (audited; required for --type emergency)")
-    p.add_argument("--requested-by", default=os.environ.get("USER") or "cli", help="who (audited)")
     p.add_argument("--type", choices=("manual", "emergency", "scheduled"), default="manual")
     p.add_argument("--dry-run", action="store_true", help="record and print the plan only")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_recover)
-
-    p = sub.add_parser("history", help="recent recoveries from the audit store (no Prefect)")
+    p = command("history", "recent recoveries from the audit store (no Prefect)", cmd_history)
     p.add_argument("--target")
     p.add_argument("--limit", type=positive_int, default=20)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_history)
-
-    p = sub.add_parser("stats", help="per target/workflow rates, durations, MTTD/MTTR (no Prefect)")
+    p = command("stats", "per target/workflow rates, durations, MTTD/MTTR (no Prefect)", cmd_stats)
     p.add_argument("--since", default="24h", help="window: 30m, 24h, 7d... (default 24h)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_stats)
-
-    p = sub.add_parser("status", help="status board of every target (no Prefect; 1 if one is unhealthy)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_status)
-
-    p = sub.add_parser(
-        "breaker-status", help="circuit breaker state of every target or TARGET (no Prefect; 1 if not closed)"
+    command("status", "status board of every target (no Prefect; 1 if one is unhealthy)", cmd_status)
+    command(
+        "breaker-status",
+        "circuit breaker state of every target or TARGET (no Prefect; 1 if not closed)",
+        cmd_breaker_status,
+        target="optional",
     )
-    p.add_argument("target", nargs="?")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_breaker_status)
-
-    p = sub.add_parser("reset-breaker", help="close TARGET's circuit breaker now (audited)")
-    p.add_argument("target")
+    p = command(
+        "reset-breaker",
+        "close TARGET's circuit breaker now (audited)",
+        cmd_reset_breaker,
+        target="required",
+        who=True,
+    )
     p.add_argument("--reason", required=True, help="why (audited)")
-    p.add_argument("--requested-by", default=os.environ.get("USER") or "cli", help="who (audited)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_reset_breaker)
-
-    p = sub.add_parser("clear-cache", help="delete a cache target's keys (audited manual operation)")
-    p.add_argument("target")
+    p = command(
+        "clear-cache",
+        "delete a cache target's keys (audited manual operation)",
+        cmd_clear_cache,
+        target="required",
+        who=True,
+    )
     p.add_argument("--pattern", help="SCAN MATCH pattern (default: the target's validate.key_pattern)")
     p.add_argument("--reason", help="why (audited)")
-    p.add_argument("--requested-by", default=os.environ.get("USER") or "cli", help="who (audited)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_clear_cache)
-
-    p = sub.add_parser("reconnect-database", help="reset a database target's connection pools (audited)")
-    p.add_argument("target")
+    p = command(
+        "reconnect-database",
+        "reset a database target's connection pools (audited)",
+        cmd_reconnect_database,
+        target="required",
+        who=True,
+    )
     p.add_argument("--reason", help="why (audited)")
-    p.add_argument("--requested-by", default=os.environ.get("USER") or "cli", help="who (audited)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_reconnect_database)
-
-    p = sub.add_parser("serve", help="serve every deployment from this process (schedules kept on exit)")
+    p = command(
+        "serve", "serve every deployment from this process (schedules kept on exit)", cmd_serve, json=False
+    )
     p.add_argument("--limit", type=positive_int, help="max concurrent flow runs in this process")
     p.add_argument("--metrics-port", type=port_number, help="expose Prometheus metrics on this port")
-    p.set_defaults(func=cmd_serve)
-
-    p = sub.add_parser("demo", help="watch a flaky local service fail and be recovered")
+    p = command("demo", "watch a flaky local service fail and be recovered", cmd_demo, json=False)
     p.add_argument("--keep", action="store_true", help="keep the demo's temp directory")
-    p.set_defaults(func=cmd_demo)
     return parser
 
 

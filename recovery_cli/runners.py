@@ -53,7 +53,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 def cmd_recover(args: argparse.Namespace) -> int:
     import uuid
 
-    from recovery.config.loader import load_config, resolve_config_path
+    from recovery.config.loader import load_config
     from recovery.engine.runtime import RecoveryRequest, record_dry_run
     from recovery.engine.triggers import validate_request
     from recovery.engine.workflows import describe_plan, workflow_named
@@ -83,25 +83,42 @@ def cmd_recover(args: argparse.Namespace) -> int:
     from flows.manual_flows import recover
 
     request_id = str(uuid.uuid4())  # the audit row's id, so this command can read it back
-    flow_fn: Any = recover  # Flow's overloads do not type return_state=True
-    state: Any = asyncio.run(
-        flow_fn(
-            target=target.name,
-            requested_by=args.requested_by,
-            type=args.type,
-            workflow=args.workflow,
-            reason=args.reason,
-            request_id=request_id,
-            config_path=str(resolve_config_path(args.config)),
-            return_state=True,
-        )
+    return _run_flow(
+        args,
+        config,
+        recover,
+        "recovery",
+        request_id,
+        target=target.name,
+        requested_by=args.requested_by,
+        type=args.type,
+        workflow=args.workflow,
+        reason=args.reason,
+        request_id=request_id,
     )
-    return _report(args, config, request_id, state, "recovery")
+
+
+def _run_flow(
+    args: argparse.Namespace,
+    config: RecoveryConfig,
+    flow_fn: Any,
+    what: str,
+    audit_id: str | None,
+    **params: Any,
+) -> int:
+    """Run ``flow_fn`` in this process, then print its audit row (``audit_id``, default: the
+    flow run's id, which is the audit id of workflow flows)."""
+    from recovery.config.loader import resolve_config_path
+
+    state: Any = asyncio.run(
+        flow_fn(config_path=str(resolve_config_path(args.config)), return_state=True, **params)
+    )
+    return _report(args, config, audit_id or str(state.state_details.flow_run_id), state, what)
 
 
 def _run_operation(args: argparse.Namespace, workflow: str, **params: Any) -> int:
     """Run a manual-operation flow for ``args.target`` and print its audit record."""
-    from recovery.config.loader import load_config, resolve_config_path
+    from recovery.config.loader import load_config
     from recovery.engine.workflows import workflow_named
 
     config = load_config(args.config)
@@ -114,20 +131,18 @@ def _run_operation(args: argparse.Namespace, workflow: str, **params: Any) -> in
     prefect_environment()
     from flows.recovery_flows import RECOVERY_FLOWS
 
-    flow_fn: Any = RECOVERY_FLOWS[workflow]  # flows differ in their extra parameters (pattern)
-    state = asyncio.run(
-        flow_fn(
-            target=target.name,
-            config_path=str(resolve_config_path(args.config)),
-            run_type="manual",
-            requested_by=args.requested_by,
-            reason=args.reason,
-            return_state=True,
-            **params,
-        )
+    return _run_flow(
+        args,
+        config,
+        RECOVERY_FLOWS[workflow],  # flows differ in their extra parameters (pattern)
+        workflow,
+        None,
+        target=target.name,
+        run_type="manual",
+        requested_by=args.requested_by,
+        reason=args.reason,
+        **params,
     )
-    # The audit row of a workflow flow run has the flow run's id.
-    return _report(args, config, str(state.state_details.flow_run_id), state, workflow)
 
 
 def _report(args: argparse.Namespace, config: RecoveryConfig, run_id: str, state: Any, what: str) -> int:
@@ -159,7 +174,7 @@ def cmd_reconnect_database(args: argparse.Namespace) -> int:
 
 def cmd_reset_breaker(args: argparse.Namespace) -> int:
     """Close TARGET's breaker through the ``reset-circuit-breaker`` flow (audited)."""
-    from recovery.config.loader import load_config, resolve_config_path
+    from recovery.config.loader import load_config
 
     config = load_config(args.config)
     target = config.target(args.target)  # unknown target -> exit 2 before paying for Prefect
@@ -170,17 +185,16 @@ def cmd_reset_breaker(args: argparse.Namespace) -> int:
     prefect_environment()
     from flows.breaker_flows import reset_circuit_breaker
 
-    flow_fn: Any = reset_circuit_breaker  # Flow's overloads do not type return_state=True
-    state: Any = asyncio.run(
-        flow_fn(
-            target=target.name,
-            requested_by=args.requested_by,
-            reason=args.reason,
-            config_path=str(resolve_config_path(args.config)),
-            return_state=True,
-        )
+    return _run_flow(
+        args,
+        config,
+        reset_circuit_breaker,
+        "reset-circuit-breaker",
+        None,
+        target=target.name,
+        requested_by=args.requested_by,
+        reason=args.reason,
     )
-    return _report(args, config, str(state.state_details.flow_run_id), state, "reset-circuit-breaker")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -99,22 +99,19 @@ class RecoveryRuntime:
         audit, state = services.audit, services.state
         run_id = run_id or str(uuid.uuid4())
         owner = request.lock_token or run_id
-        if request.lock_token is None and not state.acquire_lock(
-            target.name, owner, config.monitor.lock_ttl_seconds
-        ):
-            holder = state.lock_owner(target.name) or "unknown"
-            reason = f"recovery already in progress for {target.name} (run {holder})"
-            audit.refuse(
-                target=target.name,
-                workflow=spec.name,
-                run_type=request.run_type,
-                reason=reason,
-                requested_by=request.requested_by,
-                flow_run_id=flow_run_id,
-                run_id=run_id,
-                request_reason=request.reason,
-            )
-            raise RecoveryRefused(reason)
+
+        def refused(reason: str, escalate: bool = False) -> RecoveryRefused:
+            refuse(audit, request, spec.name, reason, run_id, flow_run_id)
+            return RecoveryRefused(reason, escalate=escalate)
+
+        if request.lock_token is None:
+            if not state.acquire_lock(target.name, owner, config.monitor.lock_ttl_seconds):
+                holder = state.lock_owner(target.name) or "unknown"
+                raise refused(f"recovery already in progress for {target.name} (run {holder})")
+        elif state.lock_owner(target.name) != owner:
+            # The monitor hands over the lock it took; a token nobody holds (expired, forged, a
+            # stale retry) must not let a run act unlocked beside another recovery.
+            raise refused(f"lock token for {target.name} is not held (expired or not ours); not started")
         # The target's strategy: allow/deny (time window, breaker alignment, repeating errors) and
         # the retry plan. Decided under the lock; an emergency bypasses the window and breaker only.
         try:
@@ -124,18 +121,7 @@ class RecoveryRuntime:
             raise
         if not admission.allowed:
             state.release_lock(target.name, owner)
-            decision = admission.decision
-            audit.refuse(
-                target=target.name,
-                workflow=spec.name,
-                run_type=request.run_type,
-                reason=decision.reason,
-                requested_by=request.requested_by,
-                flow_run_id=flow_run_id,
-                run_id=run_id,
-                request_reason=request.reason,
-            )
-            raise RecoveryRefused(decision.reason, escalate=decision.escalate)
+            raise refused(admission.decision.reason, admission.decision.escalate)
         rt = cls(config, target, spec, state, audit, run_id, owner, plan=admission.plan)
         rt.admission = admission
         rt.options = dict(request.options or {})
@@ -220,6 +206,27 @@ class RecoveryRuntime:
             open_breaker(breaker_for_target(self.config, self.target.name))
         except Exception:
             return
+
+
+def refuse(
+    audit: AuditStore,
+    request: RecoveryRequest,
+    workflow: str,
+    reason: str,
+    run_id: str | None,
+    flow_run_id: str | None = None,
+) -> None:
+    """Audit a refused request (state ``refused``, the reason as its error message)."""
+    audit.refuse(
+        target=request.target,
+        workflow=workflow,
+        run_type=request.run_type,
+        reason=reason,
+        requested_by=request.requested_by,
+        flow_run_id=flow_run_id,
+        run_id=run_id,
+        request_reason=request.reason,
+    )
 
 
 def record_dry_run(config: RecoveryConfig, request: RecoveryRequest) -> str:

@@ -14,7 +14,7 @@ import time
 from recovery.audit.store import AuditStore
 from recovery.backends.state import SharedState
 from recovery.config.loader import RecoveryConfig
-from recovery.engine.runtime import RecoveryRequest
+from recovery.engine.runtime import RecoveryRequest, refuse
 from recovery.engine.workflows import select_workflow, workflow_named
 from recovery.errors import ConfigError, RecoveryRefused
 
@@ -57,14 +57,5 @@ def admit(
         f"manual trigger rate limit for {request.target}: {limit.max_triggers} per "
         f"{limit.window_seconds:g}s reached; retry in {result.retry_after_seconds:.0f}s"
     )
-    audit.refuse(
-        target=request.target,
-        workflow=workflow,
-        run_type=request.run_type,
-        reason=reason,
-        requested_by=request.requested_by,
-        flow_run_id=run_id,
-        run_id=run_id,
-        request_reason=request.reason,
-    )
+    refuse(audit, request, workflow, reason, run_id, flow_run_id=run_id)
     raise RecoveryRefused(reason)
