@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from recovery.audit.store import AuditStore
+from recovery.backends.rate import RateStore, rate_store_for
 from recovery.backends.state import SharedState, open_state
 from recovery.config.loader import RecoveryConfig
 from recovery.config.targets import TargetConfig
 
 if TYPE_CHECKING:
-    from recovery.backends.rate import RateStore
     from recovery.client.breakers import FleetBreaker
+
+T = TypeVar("T")
 
 
 class Services:
@@ -31,7 +34,7 @@ class Services:
 
     def __init__(self, config: RecoveryConfig) -> None:
         self.config = config
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._state: SharedState | None = None
         self._audit: AuditStore | None = None
         self._rates: RateStore | None = None
@@ -45,29 +48,26 @@ class Services:
         """``None``: in-process state (single worker, the demo)."""
         return self.config.state_url.get_secret_value() if self.config.state_url else None
 
+    def _once(self, attr: str, build: Callable[[], T]) -> T:
+        # An RLock: building the rate store asks for the state client under the same lock.
+        with self._lock:
+            value: T | None = getattr(self, attr)
+            if value is None:
+                value = build()
+                setattr(self, attr, value)
+            return value
+
     @property
     def state(self) -> SharedState:
-        with self._lock:
-            if self._state is None:
-                self._state = open_state(self.state_url)
-            return self._state
+        return self._once("_state", lambda: open_state(self.state_url))
 
     @property
     def audit(self) -> AuditStore:
-        with self._lock:
-            if self._audit is None:
-                self._audit = AuditStore(self.audit_url)
-            return self._audit
+        return self._once("_audit", lambda: AuditStore(self.audit_url))
 
     @property
     def rates(self) -> RateStore:
-        from recovery.backends.rate import rate_store_for
-
-        state = self.state
-        with self._lock:
-            if self._rates is None:
-                self._rates = rate_store_for(state)
-            return self._rates
+        return self._once("_rates", lambda: rate_store_for(self.state))
 
     def breaker(self, target: str | TargetConfig) -> FleetBreaker:
         """The fleet-wide breaker of ``target`` (shared with every worker through ``state_url``)."""
