@@ -7,6 +7,8 @@ ARCHITECTURE.md's key table is this module in prose; change both together.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 PREFIX = "recovery"
 TARGET_PREFIX = f"{PREFIX}:target:"
 BREAKER_PREFIX = f"{PREFIX}:breaker"
@@ -19,44 +21,33 @@ def target_key(target: str, suffix: str) -> str:
     return f"{TARGET_PREFIX}{target}:{suffix}"
 
 
-def health_key(target: str) -> str:
-    """hash: failures, successes, healthy, reason, probed_at, first_failure_at."""
-    return target_key(target, "health")
+def _suffix_key(suffix: str) -> Callable[[str], str]:
+    """The key function of one per-target key: ``target -> target_key(target, suffix)``."""
+
+    def key(target: str) -> str:
+        return target_key(target, suffix)
+
+    key.__name__ = key.__qualname__ = f"{suffix}_key"
+    return key
 
 
-def lock_key(target: str) -> str:
-    """string, PX TTL: owner token of the running recovery."""
-    return target_key(target, "lock")
-
-
-def paused_key(target: str) -> str:
-    """string: why the application should hold traffic."""
-    return target_key(target, "paused")
-
-
-def pool_generation_key(target: str) -> str:
-    """integer: bumped by a pool reset; applications reconnect when it changes."""
-    return target_key(target, "pool_generation")
-
-
-def probe_history_key(target: str) -> str:
-    """list (max 21): last probe results, newest first ("1"/"0")."""
-    return target_key(target, "probes")
-
-
-def flapping_key(target: str) -> str:
-    """string: epoch seconds the target started flapping."""
-    return target_key(target, "flapping")
-
-
-def rate_key(target: str) -> str:
-    """hash, PX TTL: allowed req/s (AIMD), normal, reset_at, observed."""
-    return target_key(target, "rate")
-
-
-def recoveries_key(target: str) -> str:
-    """sorted set, PX TTL: start times of recent recoveries (time_window strategy)."""
-    return target_key(target, "recoveries")
+# A target's keys (recovery:target:{name}:{suffix}) and what each holds:
+# hash: failures, successes, healthy, reason, probed_at, first_failure_at.
+health_key = _suffix_key("health")
+# string, PX TTL: owner token of the running recovery.
+lock_key = _suffix_key("lock")
+# string: why the application should hold traffic.
+paused_key = _suffix_key("paused")
+# integer: bumped by a pool reset; applications reconnect when it changes.
+pool_generation_key = _suffix_key("pool_generation")
+# list (max 21): last probe results, newest first ("1"/"0").
+probe_history_key = _suffix_key("probes")
+# string: epoch seconds the target started flapping.
+flapping_key = _suffix_key("flapping")
+# hash, PX TTL: allowed req/s (AIMD), normal, reset_at, observed.
+rate_key = _suffix_key("rate")
+# sorted set, PX TTL: start times of recent recoveries (time_window strategy).
+recoveries_key = _suffix_key("recoveries")
 
 
 def window_key(name: str) -> str:

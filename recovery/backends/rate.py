@@ -42,6 +42,16 @@ class RateState:
         return dict(self.__dict__)
 
 
+@dataclass(frozen=True)
+class Lowering:
+    """The arguments of one ``RateStore.lower`` besides the target and its config."""
+
+    now: float
+    interval: float
+    reason: str
+    observed: float | None
+
+
 def as_float(value: Any) -> float | None:
     try:
         return float(value) if value not in (None, "") else None
@@ -87,7 +97,6 @@ class RateStore(ABC):
     def _merge(self, target: str, fields: dict[str, str], ttl_seconds: float) -> None:
         """Set ``fields`` of ``target``'s rate (others untouched) and restart its TTL."""
 
-    @abstractmethod
     def lower(
         self,
         target: str,
@@ -98,6 +107,11 @@ class RateStore(ABC):
         observed: float | None = None,
     ) -> tuple[float, float]:
         """Multiplicative decrease; returns (rate before, rate after)."""
+        return self._lower(target, config, Lowering(now, interval, reason, observed))
+
+    @abstractmethod
+    def _lower(self, target: str, config: RateLimitConfig, step: Lowering) -> tuple[float, float]:
+        """``lower`` on this backend (atomically)."""
 
     @abstractmethod
     def raise_rates(self, targets: Iterable[str], now: float) -> dict[str, float]:

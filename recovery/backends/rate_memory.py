@@ -10,7 +10,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from recovery.backends.rate import AIMD_FIELDS, RateState, RateStore, as_float, parse_rate
+from recovery.backends.rate import AIMD_FIELDS, Lowering, RateState, RateStore, as_float, parse_rate
 from recovery.config.targets import RateLimitConfig
 
 
@@ -29,15 +29,8 @@ class MemoryRateStore(RateStore):
         with self._mutex:  # no TTL in memory: the process's lifetime bounds it
             self._rates.setdefault(target, {}).update(fields)
 
-    def lower(
-        self,
-        target: str,
-        config: RateLimitConfig,
-        now: float,
-        interval: float,
-        reason: str,
-        observed: float | None = None,
-    ) -> tuple[float, float]:
+    def _lower(self, target: str, config: RateLimitConfig, step: Lowering) -> tuple[float, float]:
+        now, interval, reason, observed = step.now, step.interval, step.reason, step.observed
         with self._mutex:
             entry = self._rates.setdefault(target, {})
             current = as_float(entry.get("allowed")) or config.normal_rate_per_second

@@ -13,7 +13,7 @@ import redis
 
 from recovery.backends.keys import rate_key, target_of
 from recovery.backends.lua import Scripts
-from recovery.backends.rate import RateState, RateStore, parse_rate
+from recovery.backends.rate import Lowering, RateState, RateStore, parse_rate
 from recovery.backends.state import redis_client
 from recovery.backends.state_redis import RedisState
 from recovery.config.targets import RateLimitConfig
@@ -55,25 +55,17 @@ class RedisRateStore(RateStore):
 
         self._call(write)
 
-    def lower(
-        self,
-        target: str,
-        config: RateLimitConfig,
-        now: float,
-        interval: float,
-        reason: str,
-        observed: float | None = None,
-    ) -> tuple[float, float]:
+    def _lower(self, target: str, config: RateLimitConfig, step: Lowering) -> tuple[float, float]:
         args: list[str | int] = [
-            repr(now),
-            repr(observed) if observed is not None else "",
+            repr(step.now),
+            repr(step.observed) if step.observed is not None else "",
             repr(config.safety_factor),
             repr(config.min_rate_per_second),
             repr(config.normal_rate_per_second),
             repr(config.increase_per_cycle),
-            repr(interval),
+            repr(step.interval),
             max(1, int(config.ttl_seconds * 1000)),
-            reason,
+            step.reason,
         ]
         script = self.scripts("rate_lower")
         before, after = self._call(lambda: script(keys=[rate_key(target)], args=args))

@@ -63,6 +63,43 @@ class _Io:
 _Flow = Generator[_Io, Any, T]
 
 
+class _Run:
+    """One flow being driven: the I/O it waits for (None once it returned ``result``)."""
+
+    def __init__(self, flow: _Flow[Any]) -> None:
+        self._flow = flow
+        self.pending: _Io | None = None
+        self.result: Any = None
+        self._advance(lambda: next(flow))
+
+    def _advance(self, step: Callable[[], _Io]) -> None:
+        try:
+            self.pending = step()
+        except StopIteration as done:
+            self.pending, self.result = None, done.value
+
+    def resume(self, answer: Any, error: StateUnavailable | None) -> None:
+        """Send the store's answer into the flow, or throw the store's failure into it."""
+        flow = self._flow
+        self._advance((lambda: flow.throw(error)) if error is not None else (lambda: flow.send(answer)))
+
+
+def _outcome(op: Callable[..., Any], args: tuple[Any, ...]) -> tuple[Any, StateUnavailable | None]:
+    try:
+        return op(*args), None
+    except StateUnavailable as exc:
+        return None, exc
+
+
+async def _aoutcome(
+    op: Callable[..., Awaitable[Any]], args: tuple[Any, ...]
+) -> tuple[Any, StateUnavailable | None]:
+    try:
+        return await op(*args), None
+    except StateUnavailable as exc:
+        return None, exc
+
+
 class FleetBreaker(pybreaker.CircuitBreaker):
     """A pybreaker ``CircuitBreaker`` whose state transitions are atomic in a ``BreakerStore``."""
 
@@ -226,30 +263,16 @@ class FleetBreaker(pybreaker.CircuitBreaker):
     # --- the drivers: I/O only -------------------------------------------------------------------
 
     def _drive(self, flow: _Flow[T]) -> T:
-        try:
-            io = next(flow)
-            while True:
-                try:
-                    answer = getattr(self.store, io.op)(*io.args)
-                except StateUnavailable as exc:
-                    io = flow.throw(exc)
-                else:
-                    io = flow.send(answer)
-        except StopIteration as done:
-            return cast(T, done.value)
+        run = _Run(flow)
+        while (io := run.pending) is not None:
+            run.resume(*_outcome(getattr(self.store, io.op), io.args))
+        return cast(T, run.result)
 
     async def _adrive(self, flow: _Flow[T]) -> T:
-        try:
-            io = next(flow)
-            while True:
-                try:
-                    answer = await getattr(self.store, f"a{io.op}")(*io.args)
-                except StateUnavailable as exc:
-                    io = flow.throw(exc)
-                else:
-                    io = flow.send(answer)
-        except StopIteration as done:
-            return cast(T, done.value)
+        run = _Run(flow)
+        while (io := run.pending) is not None:
+            run.resume(*await _aoutcome(getattr(self.store, f"a{io.op}"), io.args))
+        return cast(T, run.result)
 
     # --- guarded calls ---------------------------------------------------------------------------
 

@@ -112,33 +112,33 @@ class TokenBucket:
     def try_acquire(self, tokens: float = 1.0) -> bool:
         return self._take(tokens) == 0.0
 
+    def _next_wait(self, tokens: float, timeout: float | None, waited: float) -> float | None:
+        """Take ``tokens`` (None) or the seconds to sleep before retrying; TimeoutError past timeout."""
+        wait = self._take(tokens)
+        if wait == 0.0:
+            return None
+        wait = min(wait, self.refresh_seconds)
+        if timeout is not None and waited + wait > timeout:
+            raise TimeoutError(f"no token for {self.target} within {timeout:g}s")
+        return wait
+
     def acquire(
         self, tokens: float = 1.0, timeout: float | None = None, sleep: Callable[[float], None] = time.sleep
     ) -> float:
         """Block until ``tokens`` are available; returns the seconds waited (TimeoutError past timeout)."""
         waited = 0.0
-        while True:
-            wait = self._take(tokens)
-            if wait == 0.0:
-                return waited
-            wait = min(wait, self.refresh_seconds)
-            if timeout is not None and waited + wait > timeout:
-                raise TimeoutError(f"no token for {self.target} within {timeout:g}s")
+        while (wait := self._next_wait(tokens, timeout, waited)) is not None:
             sleep(wait)
             waited += wait
+        return waited
 
     async def aacquire(self, tokens: float = 1.0, timeout: float | None = None) -> float:
         """``acquire`` for async code (sleeps with ``asyncio.sleep``)."""
         waited = 0.0
-        while True:
-            wait = self._take(tokens)
-            if wait == 0.0:
-                return waited
-            wait = min(wait, self.refresh_seconds)
-            if timeout is not None and waited + wait > timeout:
-                raise TimeoutError(f"no token for {self.target} within {timeout:g}s")
+        while (wait := self._next_wait(tokens, timeout, waited)) is not None:
             await asyncio.sleep(wait)
             waited += wait
+        return waited
 
 
 def token_bucket_for(

@@ -25,7 +25,12 @@ from pydantic import (
     model_validator,
 )
 
-from recovery.config.strategy import STRATEGY_KINDS, ExponentialStrategyConfig, StrategyConfig
+from recovery.config.strategy import (
+    STRATEGY_KINDS,
+    ExponentialStrategyConfig,
+    StrategyConfig,
+    check_not_above,
+)
 from recovery.errors import ConfigError
 from recovery.redact import register_secret, register_secrets
 
@@ -46,8 +51,9 @@ from recovery.config.targets import (  # noqa: E402
     SqlSource,
     TargetConfig,
     VerifyConfig,
-    _check_redis_url,
     _Model,
+    _optional_redis_secret,
+    _sqlalchemy_secret,
     url_secrets,
 )
 
@@ -92,8 +98,11 @@ class MonitorConfig(_Model):
 
     @model_validator(mode="after")
     def _flap_thresholds(self) -> MonitorConfig:
-        if self.flap_low_threshold > self.flap_high_threshold:
-            raise ValueError("flap_low_threshold must not be above flap_high_threshold")
+        check_not_above(
+            self.flap_low_threshold,
+            self.flap_high_threshold,
+            "flap_low_threshold must not be above flap_high_threshold",
+        )
         return self
 
 
@@ -118,24 +127,8 @@ class RecoveryConfig(_Model):
     )
     targets: list[TargetConfig] = Field(default_factory=list)
 
-    @field_validator("audit_url")
-    @classmethod
-    def _check_audit_url(cls, value: SecretStr) -> SecretStr:
-        from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError
-
-        try:
-            make_url(value.get_secret_value())
-        except ArgumentError:
-            raise ValueError("invalid SQLAlchemy URL") from None
-        return value
-
-    @field_validator("state_url")
-    @classmethod
-    def _check_state_url(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None:
-            _check_redis_url(value.get_secret_value())
-        return value
+    _check_audit_url = field_validator("audit_url")(_sqlalchemy_secret)
+    _check_state_url = field_validator("state_url")(_optional_redis_secret)
 
     @model_validator(mode="after")
     def _unique_names(self) -> RecoveryConfig:

@@ -26,16 +26,39 @@ class _StrategyModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def check_not_above(low: float, high: float, message: str) -> None:
+    """An order check of a model validator (here and in the other config models)."""
+    if low > high:
+        raise ValueError(message)
+
+
+# The fields several strategies share (each strategy picks its own default).
+def _max_delay(default: float) -> Any:
+    return Field(default, gt=0, description="Cap on any single delay.")
+
+
+def _attempts_per_step(default: int) -> Any:
+    return Field(default, ge=1, le=100, description="Attempts per step, first included.")
+
+
+def _jitter(default: Jitter) -> Any:
+    return Field(default, description="How delays are randomised.")
+
+
+def _seed() -> Any:
+    return Field(None, description="Seed for jitter (tests, reproducible runs).")
+
+
 class ExponentialStrategyConfig(_StrategyModel):
     """Exponential backoff: delay_n = min(cap, base * factor**n), then jitter."""
 
     kind: Literal["exponential"] = "exponential"
     base_seconds: float = Field(1.0, gt=0, description="Delay before the first retry.")
     factor: float = Field(2.0, ge=1, description="Multiplier applied per retry.")
-    max_delay_seconds: float = Field(60.0, gt=0, description="Cap on any single delay.")
-    max_attempts: int = Field(5, ge=1, le=100, description="Attempts per step, first included.")
-    jitter: Jitter = Field(Jitter.full, description="How delays are randomised.")
-    seed: int | None = Field(None, description="Seed for jitter (tests, reproducible runs).")
+    max_delay_seconds: float = _max_delay(60.0)
+    max_attempts: int = _attempts_per_step(5)
+    jitter: Jitter = _jitter(Jitter.full)
+    seed: int | None = _seed()
 
 
 class LinearStrategyConfig(_StrategyModel):
@@ -44,8 +67,8 @@ class LinearStrategyConfig(_StrategyModel):
     kind: Literal["linear"] = "linear"
     base_seconds: float = Field(1.0, ge=0, description="Delay before the first retry.")
     increment_seconds: float = Field(1.0, ge=0, description="Added to the delay per retry.")
-    max_delay_seconds: float = Field(60.0, gt=0, description="Cap on any single delay.")
-    max_attempts: int = Field(5, ge=1, le=100, description="Attempts per step, first included.")
+    max_delay_seconds: float = _max_delay(60.0)
+    max_attempts: int = _attempts_per_step(5)
 
 
 class AdaptiveStrategyConfig(_StrategyModel):
@@ -61,7 +84,7 @@ class AdaptiveStrategyConfig(_StrategyModel):
     kind: Literal["adaptive"] = "adaptive"
     base_seconds: float = Field(1.0, gt=0, description="First delay with a clean history.")
     factor: float = Field(2.0, ge=1, description="Multiplier applied per retry.")
-    max_delay_seconds: float = Field(60.0, gt=0, description="Cap on any single delay.")
+    max_delay_seconds: float = _max_delay(60.0)
     max_attempts: int = Field(6, ge=1, le=100, description="Attempts with a clean history.")
     min_attempts: int = Field(1, ge=1, le=100, description="Attempts never drop below this.")
     window_seconds: float = Field(3600.0, gt=0, description="How far back the history is read.")
@@ -70,13 +93,12 @@ class AdaptiveStrategyConfig(_StrategyModel):
     repeat_threshold: int = Field(
         3, ge=2, le=100, description="Same error this many times in a row -> refuse and escalate."
     )
-    jitter: Jitter = Field(Jitter.none, description="How delays are randomised.")
-    seed: int | None = Field(None, description="Seed for jitter (tests, reproducible runs).")
+    jitter: Jitter = _jitter(Jitter.none)
+    seed: int | None = _seed()
 
     @model_validator(mode="after")
     def _attempts_order(self) -> AdaptiveStrategyConfig:
-        if self.min_attempts > self.max_attempts:
-            raise ValueError("min_attempts must not exceed max_attempts")
+        check_not_above(self.min_attempts, self.max_attempts, "min_attempts must not exceed max_attempts")
         return self
 
 
@@ -88,8 +110,8 @@ class BreakerAlignedStrategyConfig(_StrategyModel):
     """
 
     kind: Literal["breaker_aligned"] = "breaker_aligned"
-    max_attempts: int = Field(3, ge=1, le=100, description="Attempts per step, first included.")
-    max_delay_seconds: float = Field(300.0, gt=0, description="Cap on any single delay.")
+    max_attempts: int = _attempts_per_step(3)
+    max_delay_seconds: float = _max_delay(300.0)
     reset_timeout_seconds: float | None = Field(
         None, gt=0, description="Delay between attempts; default: the target's breaker reset timeout."
     )

@@ -20,13 +20,26 @@ from pydantic import (
     model_validator,
 )
 
-from recovery.config.strategy import StrategyConfig
+from recovery.config.strategy import StrategyConfig, check_not_above
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _sqlalchemy_secret(value: SecretStr) -> SecretStr:
+    """Field validator (also of ``RecoveryConfig``): a SQLAlchemy URL."""
+    _check_sqlalchemy_url(value.get_secret_value())
+    return value
+
+
+def _optional_redis_secret(value: SecretStr | None) -> SecretStr | None:
+    """Field validator (also of ``RecoveryConfig``): absent or a Redis URL."""
+    if value is not None:
+        _check_redis_url(value.get_secret_value())
+    return value
 
 
 class RateLimitConfig(BaseModel):
@@ -74,8 +87,11 @@ class BreakerConfig(_Model):
 
     @model_validator(mode="after")
     def _ttl_covers_reset(self) -> BreakerConfig:
-        if self.state_ttl_seconds < self.reset_timeout_seconds:
-            raise ValueError("state_ttl_seconds must be at least reset_timeout_seconds")
+        check_not_above(
+            self.reset_timeout_seconds,
+            self.state_ttl_seconds,
+            "state_ttl_seconds must be at least reset_timeout_seconds",
+        )
         return self
 
 
@@ -119,12 +135,7 @@ class HttpTarget(_TargetBase):
                 raise ValueError(f"invalid HTTP status {code}")
         return value
 
-    @field_validator("error_cache_url")
-    @classmethod
-    def _check_cache_url(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None:
-            _check_redis_url(value.get_secret_value())
-        return value
+    _check_cache_url = field_validator("error_cache_url")(_optional_redis_secret)
 
 
 def _check_sqlalchemy_url(url: str) -> None:
@@ -177,11 +188,7 @@ class DatabaseTarget(_TargetBase):
     )
     canary_table: str = Field("recovery_canary", description="Table of the rolled-back write/read check.")
 
-    @field_validator("url")
-    @classmethod
-    def _check_url(cls, value: SecretStr) -> SecretStr:
-        _check_sqlalchemy_url(value.get_secret_value())
-        return value
+    _check_url = field_validator("url")(_sqlalchemy_secret)
 
     @field_validator("canary_table")
     @classmethod
@@ -210,11 +217,7 @@ class SqlSource(_Model):
     key_template: str = Field(..., min_length=1, description="Cache key from row columns, e.g. user:{id}.")
     value_column: str | None = Field(None, description="Column holding the value; default: row as JSON.")
 
-    @field_validator("url")
-    @classmethod
-    def _check_url(cls, value: SecretStr) -> SecretStr:
-        _check_sqlalchemy_url(value.get_secret_value())
-        return value
+    _check_url = field_validator("url")(_sqlalchemy_secret)
 
     @field_validator("key_template")
     @classmethod
