@@ -11,6 +11,7 @@ from typing import Any
 
 from recovery.audit.models import RecoveryRun
 from recovery.errors import RecoveryError
+from recovery.jsonable import to_json
 from recovery.redact import redact
 
 MAX_MESSAGE = 2000
@@ -29,11 +30,6 @@ def aware(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value
-
-
-def _iso(value: datetime | None) -> str | None:
-    value = aware(value)
-    return value.isoformat() if value is not None else None
 
 
 def error_text(error: BaseException | str | None) -> str | None:
@@ -64,17 +60,7 @@ class StepRecord:
     detail: dict[str, Any] | None
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "state": self.state,
-            "attempts": self.attempts,
-            "max_attempts": self.max_attempts,
-            "optional": self.optional,
-            "duration_seconds": self.duration_seconds,
-            "error_type": self.error_type,
-            "error_message": self.error_message,
-            "detail": self.detail,
-        }
+        return to_json(self, exclude=("started_at", "finished_at"))
 
 
 @dataclass(frozen=True)
@@ -99,26 +85,7 @@ class RunRecord:
     steps: tuple[StepRecord, ...]
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "target": self.target,
-            "workflow": self.workflow,
-            "type": self.type,
-            "state": self.state,
-            "dry_run": self.dry_run,
-            "requested_by": self.requested_by,
-            "reason": self.reason,
-            "detected_reason": self.detected_reason,
-            "first_failure_at": _iso(self.first_failure_at),
-            "detected_at": _iso(self.detected_at),
-            "started_at": _iso(self.started_at),
-            "finished_at": _iso(self.finished_at),
-            "duration_seconds": self.duration_seconds,
-            "error_type": self.error_type,
-            "error_message": self.error_message,
-            "flow_run_id": self.flow_run_id,
-            "steps": [s.as_json() for s in self.steps],
-        }
+        return to_json(self, naive_tz=UTC)
 
 
 def run_record(row: RecoveryRun) -> RunRecord:

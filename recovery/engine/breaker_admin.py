@@ -17,6 +17,7 @@ from recovery.audit.records import PlannedStep
 from recovery.audit.store import AuditStore
 from recovery.client.breakers import OPEN, breaker_for
 from recovery.config.loader import RecoveryConfig
+from recovery.jsonable import to_json
 
 RESET_WORKFLOW = "reset-circuit-breaker"
 RESET_STEP = "reset_circuit_breaker"
@@ -36,18 +37,8 @@ class BreakerStatus:
     on_state_unavailable: str
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            "target": self.target,
-            "state": self.state,
-            "fail_counter": self.fail_counter,
-            "fail_max": self.fail_max,
-            "opened_at": datetime.fromtimestamp(self.opened_at, UTC).isoformat() if self.opened_at else None,
-            "reset_timeout_seconds": self.reset_timeout_seconds,
-            "half_open_in_seconds": self.half_open_in_seconds,
-            "probe_holder": self.probe_holder,
-            "storage": self.storage,
-            "on_state_unavailable": self.on_state_unavailable,
-        }
+        opened_at = datetime.fromtimestamp(self.opened_at, UTC).isoformat() if self.opened_at else None
+        return to_json(self, opened_at=opened_at)
 
 
 def _state_url(config: RecoveryConfig) -> str | None:

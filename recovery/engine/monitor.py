@@ -21,6 +21,7 @@ from recovery.config.loader import RecoveryConfig
 from recovery.engine.workflows import select_workflow
 from recovery.enums import MonitorAction
 from recovery.errors import StateUnavailable
+from recovery.jsonable import to_json
 from recovery.kinds.base import ProbeResult
 from recovery.policy.flapping import FlapStatus, evaluate
 from recovery.services import services_for
@@ -42,17 +43,7 @@ class Decision:
     flap_started: bool = False  # this probe made the target flapping (escalate)
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            "target": self.target,
-            "healthy": self.healthy,
-            "reason": self.reason,
-            "failures": self.failures,
-            "successes": self.successes,
-            "action": self.action,
-            "workflow": self.workflow,
-            "flapping": self.flapping,
-            "flap_percent": self.flap_percent,
-        }
+        return to_json(self, exclude=("lock_token", "first_failure_at", "flap_started"))
 
 
 def _flap_status(

@@ -18,6 +18,7 @@ import httpx
 from recovery.backends.state import SharedState
 from recovery.client.breakers import FleetBreaker
 from recovery.config.loader import RecoveryConfig, TargetConfig
+from recovery.jsonable import to_json
 
 # A step's audit detail: a small JSON-able dict, or None when there was nothing to do (the
 # step is then recorded as skipped).
@@ -39,13 +40,8 @@ class ProbeResult:
     rate_limit_per_second: float | None = None  # X-RateLimit-Limit / rate_limit.limit_window_seconds
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            "target": self.target,
-            "kind": self.kind,
-            "healthy": self.healthy,
-            "reason": self.reason,
-            "latency_ms": round(self.latency_ms, 1),
-        }
+        extras = ("status", "rate_limited", "retry_after_seconds", "rate_limit_per_second")
+        return to_json(self, exclude=extras, latency_ms=round(self.latency_ms, 1))
 
 
 @dataclass

@@ -115,18 +115,19 @@ def set_flapping(target: str, flapping: bool) -> None:
     TARGET_FLAPPING.labels(target=target).set(1.0 if flapping else 0.0)
 
 
-class _ProbeOutcome(Protocol):
+class _Row(Protocol):
     @property
     def target(self) -> str: ...
+
+
+class _ProbeOutcome(_Row, Protocol):
     @property
     def healthy(self) -> bool: ...
     @property
     def flapping(self) -> bool: ...
 
 
-class _BoardRow(Protocol):
-    @property
-    def target(self) -> str: ...
+class _BoardRow(_Row, Protocol):
     @property
     def breaker_state(self) -> str: ...
 

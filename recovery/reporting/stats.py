@@ -43,6 +43,7 @@ from recovery.audit.records import AuditUnavailable, error_text
 from recovery.audit.sqlfuncs import seconds_between, unindexed
 from recovery.audit.store import AuditStore
 from recovery.errors import ConfigError
+from recovery.jsonable import Jsonable, to_json
 
 FINISHED = ("succeeded", "failed", "cancelled")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -76,19 +77,11 @@ def _aware(value: datetime | None) -> datetime | None:
 
 
 @dataclass(frozen=True)
-class LastFailure:
+class LastFailure(Jsonable):
     at: datetime
     run_id: str
     error_type: str | None
     error_message: str | None
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "at": self.at.isoformat(),
-            "run_id": self.run_id,
-            "error_type": self.error_type,
-            "error_message": self.error_message,
-        }
 
 
 @dataclass(frozen=True)
@@ -119,23 +112,13 @@ class GroupStats:
 
     def as_json(self) -> dict[str, Any]:
         """The ``recovery stats --json`` object: target, workflow and the issue's fields."""
-        return {
-            "target": self.target,
-            "workflow": self.workflow,
-            "runs": self.runs,
-            "succeeded": self.succeeded,
-            "failed": self.failed,
-            "cancelled": self.cancelled,
-            "refused": self.refused,
-            "success_rate": self.success_rate,
-            "duration_p50_seconds": self.duration_p50_seconds,
-            "duration_p95_seconds": self.duration_p95_seconds,
-            "duration_max_seconds": self.duration_max_seconds,
-            "mttd_seconds": self.mttd_seconds,
-            "mttr_seconds": self.mttr_seconds,
-            "error_types": dict(sorted(self.error_types.items())),
-            "last_failure": self.last_failure.as_json() if self.last_failure else None,
-        }
+        return to_json(
+            self,
+            exclude=("incidents", "unaudited"),
+            after="refused",
+            success_rate=self.success_rate,
+            error_types=dict(sorted(self.error_types.items())),
+        )
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import redis
 from sqlalchemy import func, select
@@ -34,6 +33,7 @@ from recovery.backends.state_redis import RedisState
 from recovery.client.breakers import breaker_state
 from recovery.config.loader import RecoveryConfig, TargetConfig
 from recovery.errors import StateUnavailable
+from recovery.jsonable import Jsonable
 from recovery.policy.flapping import percent_state_change
 from recovery.redact import redact, redact_url
 from recovery.services import services_for
@@ -44,7 +44,7 @@ NONE = "—"  # not "-": Prefect's UI renders table cells as markdown ("-" is a 
 
 
 @dataclass(frozen=True)
-class LastRecovery:
+class LastRecovery(Jsonable):
     run_id: str
     workflow: str
     type: str
@@ -54,21 +54,9 @@ class LastRecovery:
     flow_run_id: str | None
     error_type: str | None
 
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "workflow": self.workflow,
-            "type": self.type,
-            "state": self.state,
-            "started_at": self.started_at.isoformat(),
-            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
-            "flow_run_id": self.flow_run_id,
-            "error_type": self.error_type,
-        }
-
 
 @dataclass(frozen=True)
-class TargetStatus:
+class TargetStatus(Jsonable):
     target: str
     kind: str
     health: str  # "healthy" | "unhealthy" | "unknown" (never probed through this shared state)
@@ -83,24 +71,6 @@ class TargetStatus:
     flap_percent: float
     recovery_in_progress: bool
     last_recovery: LastRecovery | None
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "target": self.target,
-            "kind": self.kind,
-            "health": self.health,
-            "reason": self.reason,
-            "probed_at": self.probed_at.isoformat() if self.probed_at else None,
-            "consecutive_failures": self.consecutive_failures,
-            "breaker_state": self.breaker_state,
-            "allowed_rate_per_second": self.allowed_rate_per_second,
-            "rate_lowered": self.rate_lowered,
-            "paused": self.paused,
-            "flapping": self.flapping,
-            "flap_percent": self.flap_percent,
-            "recovery_in_progress": self.recovery_in_progress,
-            "last_recovery": self.last_recovery.as_json() if self.last_recovery else None,
-        }
 
 
 def _aware(value: datetime | None) -> datetime | None:
