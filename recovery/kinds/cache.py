@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 from recovery.backends.state import scan_delete
 from recovery.config.loader import CacheValidation, RedisTarget, TargetConfig
 from recovery.errors import PermanentError
-from recovery.kinds.base import Detail, Kind, ProbeContext, ProbeResult, StepContext, StepSpec, WorkflowSpec
+from recovery.kinds.base import Detail, Kind, ProbeContext, ProbeResult, StepContext, StepSpec
 from recovery.kinds.cache_client import (
     as_redis,
     classify_redis_error,
@@ -35,7 +35,7 @@ from recovery.kinds.cache_client import (
     sync_client,
 )
 from recovery.kinds.cache_rebuild import rebuild_cache
-from recovery.kinds.common import RESET_BREAKER, RESTORE, VERIFY
+from recovery.kinds.common import manual_workflow, recovery_workflow
 
 SAMPLE_KEYS = 10  # corrupted keys listed in the audit detail (counts are exact)
 
@@ -260,41 +260,34 @@ async def _clear_keys_step(ctx: StepContext) -> Detail:
     return await clear_cache(ctx.target, ctx.options.get("pattern"))
 
 
-CACHE_RECOVERY = WorkflowSpec(
-    name="cache-recovery",
-    kinds=("redis",),
-    description="Recover a Redis cache: delete corrupted entries, rebuild them, verify, resume.",
-    steps=(
-        StepSpec(
-            "check_cache_health",
-            "PING latency, memory vs maxmemory, evictions.",
-            _health_step,
-            retryable=False,
-        ),
-        StepSpec(
-            "clear_corrupted_entries",
-            "SCAN validate.key_pattern; delete invalid values (pipelined).",
-            _clear_corrupted_step,
-        ),
-        # Optional: a cold but correct cache can serve traffic; a source outage must not keep it paused.
-        StepSpec(
-            "rebuild_cache",
-            "Warm missing keys from the rebuild source (pipelined).",
-            _rebuild_step,
-            optional=True,
-        ),
-        RESET_BREAKER,
-        VERIFY,
-        RESTORE,
-    ),
+CHECK_CACHE_HEALTH = StepSpec(
+    "check_cache_health", "PING latency, memory vs maxmemory, evictions.", _health_step, retryable=False
 )
 
-CLEAR_CACHE = WorkflowSpec(
-    name="clear-cache",
-    kinds=("redis",),
-    manual=True,
-    description="Manual: delete every key matching a pattern (default: validate.key_pattern).",
-    steps=(StepSpec("clear_cache_keys", "SCAN + UNLINK the pattern in batches.", _clear_keys_step),),
+CACHE_RECOVERY = recovery_workflow(
+    "cache-recovery",
+    "redis",
+    "Recover a Redis cache: delete corrupted entries, rebuild them, verify, resume.",
+    StepSpec(
+        "clear_corrupted_entries",
+        "SCAN validate.key_pattern; delete invalid values (pipelined).",
+        _clear_corrupted_step,
+    ),
+    # Optional: a cold but correct cache can serve traffic; a source outage must not keep it paused.
+    StepSpec(
+        "rebuild_cache",
+        "Warm missing keys from the rebuild source (pipelined).",
+        _rebuild_step,
+        optional=True,
+    ),
+    diagnose=CHECK_CACHE_HEALTH,
+)
+
+CLEAR_CACHE = manual_workflow(
+    "clear-cache",
+    "redis",
+    "Manual: delete every key matching a pattern (default: validate.key_pattern).",
+    StepSpec("clear_cache_keys", "SCAN + UNLINK the pattern in batches.", _clear_keys_step),
 )
 
 KIND = Kind("redis", probe_redis, (CACHE_RECOVERY, CLEAR_CACHE))

@@ -7,10 +7,11 @@ so one implementation serves HTTP, database and cache targets alike.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from recovery.client.breakers import breaker_state, close_breaker
 from recovery.errors import ProbeFailed
-from recovery.kinds.base import Detail, StepContext, StepSpec
+from recovery.kinds.base import Detail, ProbeResult, StepContext, StepSpec, WorkflowSpec
 from recovery.testing import delay
 
 
@@ -57,3 +58,26 @@ RESET_BREAKER = StepSpec(
 )
 VERIFY = StepSpec("test_connectivity", "N consecutive good probes; retried with backoff.", test_connectivity)
 RESTORE = StepSpec("restore_operations", "Clear the target's paused flag.", restore_operations)
+
+
+def recovery_workflow(
+    name: str,
+    kind: str,
+    description: str,
+    *repairs: StepSpec,
+    diagnose: StepSpec = CHECK_HEALTH,
+    when: Callable[[ProbeResult], bool] | None = None,
+) -> WorkflowSpec:
+    """An automatic recovery: diagnose, the kind's ``repairs``, then reset breaker, verify, resume."""
+    return WorkflowSpec(
+        name=name,
+        kinds=(kind,),
+        description=description,
+        steps=(diagnose, *repairs, RESET_BREAKER, VERIFY, RESTORE),
+        when=when,
+    )
+
+
+def manual_workflow(name: str, kind: str, description: str, *steps: StepSpec) -> WorkflowSpec:
+    """A manual operation on one kind: run on request, never chosen by ``select_workflow``."""
+    return WorkflowSpec(name=name, kinds=(kind,), manual=True, description=description, steps=steps)

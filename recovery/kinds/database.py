@@ -19,8 +19,8 @@ from sqlalchemy import Connection, text
 from recovery.backends.state import SharedState
 from recovery.config.loader import DatabaseTarget, TargetConfig
 from recovery.errors import IntegrityCheckFailed, PermanentError, TemporaryError
-from recovery.kinds.base import Detail, Kind, ProbeContext, ProbeResult, StepContext, StepSpec, WorkflowSpec
-from recovery.kinds.common import CHECK_HEALTH, RESET_BREAKER, RESTORE, VERIFY
+from recovery.kinds.base import Detail, Kind, ProbeContext, ProbeResult, StepContext, StepSpec
+from recovery.kinds.common import CHECK_HEALTH, VERIFY, manual_workflow, recovery_workflow
 from recovery.kinds.sql import (
     classify_db_error,
     db_error,
@@ -264,35 +264,30 @@ RESET_POOL = StepSpec(
     "reset_connection_pool", "Dispose the recovery's engine; bump pool_generation for apps.", _reset_pool_step
 )
 
-DATABASE_RECOVERY = WorkflowSpec(
-    name="database-recovery",
-    kinds=("database",),
-    description="Recover a SQL database: clear stuck sessions, reset pools, check integrity, resume.",
-    steps=(
-        CHECK_HEALTH,
-        StepSpec(
-            "clear_stuck_sessions",
-            "PostgreSQL: terminate idle-in-transaction / lock-blocking sessions over the threshold.",
-            _clear_stuck_step,
-        ),
-        RESET_POOL,
-        StepSpec(
-            "verify_integrity",
-            "Probe query, rolled-back canary write/read, no stuck sessions (SQLite: PRAGMA check).",
-            _integrity_step,
-        ),
-        RESET_BREAKER,
-        VERIFY,
-        RESTORE,
+DATABASE_RECOVERY = recovery_workflow(
+    "database-recovery",
+    "database",
+    "Recover a SQL database: clear stuck sessions, reset pools, check integrity, resume.",
+    StepSpec(
+        "clear_stuck_sessions",
+        "PostgreSQL: terminate idle-in-transaction / lock-blocking sessions over the threshold.",
+        _clear_stuck_step,
+    ),
+    RESET_POOL,
+    StepSpec(
+        "verify_integrity",
+        "Probe query, rolled-back canary write/read, no stuck sessions (SQLite: PRAGMA check).",
+        _integrity_step,
     ),
 )
 
-RECONNECT_DATABASE = WorkflowSpec(
-    name="reconnect-database",
-    kinds=("database",),
-    manual=True,
-    description="Manual: drop pooled connections everywhere (pool_generation) and verify.",
-    steps=(CHECK_HEALTH, RESET_POOL, VERIFY),
+RECONNECT_DATABASE = manual_workflow(
+    "reconnect-database",
+    "database",
+    "Manual: drop pooled connections everywhere (pool_generation) and verify.",
+    CHECK_HEALTH,
+    RESET_POOL,
+    VERIFY,
 )
 
 KIND = Kind("database", probe_database, (DATABASE_RECOVERY, RECONNECT_DATABASE))

@@ -8,7 +8,6 @@ see ``recovery.engine.probing``). A 429 or ``X-RateLimit-Remaining: 0`` is repor
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import time
 
 import httpx
@@ -17,24 +16,16 @@ import redis
 from recovery.backends.state import redis_client, scan_delete
 from recovery.config.loader import HttpTarget
 from recovery.errors import PermanentError, StateUnavailable
-from recovery.kinds.base import Detail, Kind, ProbeContext, ProbeResult, StepContext, StepSpec, WorkflowSpec
-from recovery.kinds.common import CHECK_HEALTH, RESET_BREAKER, RESTORE, VERIFY
+from recovery.kinds.base import Detail, Kind, ProbeContext, ProbeResult, StepContext, StepSpec
+from recovery.kinds.common import recovery_workflow
 from recovery.kinds.ratelimit_headers import observed_limit, reset_after_seconds
+from recovery.kinds.ratelimit_headers import parse_retry_after as _parse_retry_after
 from recovery.redact import redact, redact_url
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date (RFC 9110)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - (now if now is not None else time.time()))
+    """``Retry-After`` as seconds from now: RFC 9110 delta-seconds (digits only) or an HTTP date."""
+    return _parse_retry_after(value, now, strict=True)
 
 
 def _classify_exception(exc: BaseException) -> str:
@@ -115,21 +106,15 @@ async def clear_error_cache(ctx: StepContext) -> Detail:
     return {"pattern": target.error_cache_pattern, "deleted": deleted}
 
 
-API_FAILURE = WorkflowSpec(
-    name="api-failure-recovery",
-    kinds=("http",),
-    description="Recover an HTTP dependency: clear cached errors, reset its breaker, verify, resume.",
-    steps=(
-        CHECK_HEALTH,
-        StepSpec(
-            "clear_error_cache",
-            "Delete cached error responses (SCAN + UNLINK).",
-            clear_error_cache,
-            optional=True,
-        ),
-        RESET_BREAKER,
-        VERIFY,
-        RESTORE,
+API_FAILURE = recovery_workflow(
+    "api-failure-recovery",
+    "http",
+    "Recover an HTTP dependency: clear cached errors, reset its breaker, verify, resume.",
+    StepSpec(
+        "clear_error_cache",
+        "Delete cached error responses (SCAN + UNLINK).",
+        clear_error_cache,
+        optional=True,
     ),
 )
 

@@ -23,8 +23,8 @@ from recovery.backends.state import SharedState
 from recovery.config.loader import HttpTarget, RecoveryConfig, TargetConfig
 from recovery.config.targets import RateLimitConfig
 from recovery.errors import EscalationRequired, PermanentError
-from recovery.kinds.base import Detail, ProbeResult, StepContext, StepSpec, WorkflowSpec
-from recovery.kinds.common import CHECK_HEALTH, RESET_BREAKER, RESTORE, VERIFY
+from recovery.kinds.base import Detail, ProbeResult, StepContext, StepSpec
+from recovery.kinds.common import recovery_workflow
 
 # Header parsing lives in ratelimit_headers (the http prober needs it too and the kind modules
 # stay independent of each other); re-exported here for callers that import it from this module.
@@ -167,26 +167,18 @@ def _is_rate_limited(probe: ProbeResult) -> bool:
     return probe.rate_limited  # 429 / X-RateLimit-Remaining: 0: back off, do not "repair" the API
 
 
-RATE_LIMIT = WorkflowSpec(
-    name="rate-limit-recovery",
-    kinds=("http",),
-    description="Back off a rate-limited HTTP dependency: lower the request rate, wait, resume.",
-    steps=(
-        CHECK_HEALTH,
-        StepSpec(
-            "adjust_request_rate",
-            "Allowed rate in shared state = observed limit x safety factor.",
-            _adjust_step,
-        ),
-        StepSpec(
-            "wait_for_rate_limit_reset",
-            "Sleep until Retry-After / X-RateLimit-Reset, at most max_wait_seconds (longer: escalate).",
-            _wait_step,
-            retryable=False,
-        ),
-        RESET_BREAKER,
-        VERIFY,
-        RESTORE,
+RATE_LIMIT = recovery_workflow(
+    "rate-limit-recovery",
+    "http",
+    "Back off a rate-limited HTTP dependency: lower the request rate, wait, resume.",
+    StepSpec(
+        "adjust_request_rate", "Allowed rate in shared state = observed limit x safety factor.", _adjust_step
+    ),
+    StepSpec(
+        "wait_for_rate_limit_reset",
+        "Sleep until Retry-After / X-RateLimit-Reset, at most max_wait_seconds (longer: escalate).",
+        _wait_step,
+        retryable=False,
     ),
     when=_is_rate_limited,
 )

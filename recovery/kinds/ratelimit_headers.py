@@ -16,14 +16,27 @@ EPOCH_THRESHOLD = 1_000_000_000  # X-RateLimit-Reset above this is an epoch time
 # --- headers ------------------------------------------------------------------------------------
 
 
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date (RFC 9110)."""
+def _delta_seconds(value: str, strict: bool) -> float | None:
+    """``value`` as a number of seconds, or None when it is not one (then it may be a date)."""
+    if strict:
+        return float(value) if value.isdigit() else None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def parse_retry_after(value: str | None, now: float | None = None, *, strict: bool = False) -> float | None:
+    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date (RFC 9110).
+
+    Lenient (default): any number is a delay, a negative one counts as 0. ``strict``: only
+    RFC 9110 delay-seconds (``1*DIGIT``); ``"-5"``, ``"0.5"`` or ``"inf"`` are not delays (None).
+    """
     if not value:
         return None
     value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
+    seconds = _delta_seconds(value, strict)
+    if seconds is None:
         try:
             when = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError, IndexError):

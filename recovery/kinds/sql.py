@@ -17,7 +17,7 @@ import functools
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -90,24 +90,28 @@ def target_engine(target: DatabaseTarget) -> Engine:
         return engine
 
 
+def _take_engines(keys: Iterable[tuple[str, str]] | None = None) -> list[Engine]:
+    """Remove the engines at ``keys`` (None: every one) from the cache, atomically."""
+    with _engines_lock:
+        wanted = list(_engines) if keys is None else [key for key in keys if key in _engines]
+        return [_engines.pop(key) for key in wanted]
+
+
+def _dispose(engines: list[Engine]) -> int:
+    # Outside the lock: closing connections can block, and target_engine must not wait for it.
+    for engine in engines:
+        engine.dispose()
+    return len(engines)
+
+
 def dispose_engine(target: DatabaseTarget) -> bool:
     """Close the pooled connections of ``target``'s engine and forget it; True if there was one."""
-    with _engines_lock:
-        engine = _engines.pop((target.name, target.url.get_secret_value()), None)
-    if engine is None:
-        return False
-    engine.dispose()
-    return True
+    return _dispose(_take_engines([(target.name, target.url.get_secret_value())])) > 0
 
 
 def dispose_all_engines() -> int:
     """Dispose every cached engine (process shutdown, tests); returns how many there were."""
-    with _engines_lock:
-        engines = list(_engines.values())
-        _engines.clear()
-    for engine in engines:
-        engine.dispose()
-    return len(engines)
+    return _dispose(_take_engines())
 
 
 # --- error classification --------------------------------------------------------------------

@@ -73,8 +73,24 @@ def _cap(delay: float, cap: float) -> float:
 # --- strategies --------------------------------------------------------------------------------
 
 
+class _FixedSchedule:
+    """A backoff whose delays depend only on its config: always allows, plans ``delays()``."""
+
+    kind: str
+    max_attempts: int
+
+    def delays(self) -> tuple[float, ...]:
+        raise NotImplementedError
+
+    def plan(self, inp: StrategyInput | None = None) -> RetryPlan:
+        return RetryPlan(self.max_attempts, self.delays())
+
+    def decide(self, inp: StrategyInput) -> StrategyDecision:
+        return StrategyDecision.allow(self.kind)
+
+
 @dataclass(frozen=True)
-class ExponentialBackoff:
+class ExponentialBackoff(_FixedSchedule):
     base_seconds: float
     factor: float
     max_delay_seconds: float
@@ -113,15 +129,9 @@ class ExponentialBackoff:
             out.append(delay)
         return tuple(out)
 
-    def plan(self, inp: StrategyInput | None = None) -> RetryPlan:
-        return RetryPlan(self.max_attempts, self.delays())
-
-    def decide(self, inp: StrategyInput) -> StrategyDecision:
-        return StrategyDecision.allow(self.kind)
-
 
 @dataclass(frozen=True)
-class LinearBackoff:
+class LinearBackoff(_FixedSchedule):
     base_seconds: float
     increment_seconds: float
     max_delay_seconds: float
@@ -133,12 +143,6 @@ class LinearBackoff:
             _cap(self.base_seconds + self.increment_seconds * retry, self.max_delay_seconds)
             for retry in range(self.max_attempts - 1)
         )
-
-    def plan(self, inp: StrategyInput | None = None) -> RetryPlan:
-        return RetryPlan(self.max_attempts, self.delays())
-
-    def decide(self, inp: StrategyInput) -> StrategyDecision:
-        return StrategyDecision.allow(self.kind)
 
 
 @dataclass(frozen=True)
@@ -318,12 +322,12 @@ def build_strategy(config: StrategyConfig, *, breaker_reset_seconds: float | Non
     """The strategy object for ``config``; ``breaker_reset_seconds`` is the target's breaker's."""
     if isinstance(config, ExponentialStrategyConfig):
         return ExponentialBackoff(
-            base_seconds=config.base_seconds,
-            factor=config.factor,
-            max_delay_seconds=config.max_delay_seconds,
-            max_attempts=config.max_attempts,
-            jitter=config.jitter,
-            seed=config.seed,
+            config.base_seconds,
+            config.factor,
+            config.max_delay_seconds,
+            config.max_attempts,
+            config.jitter,
+            config.seed,
         )
     if isinstance(config, LinearStrategyConfig):
         return LinearBackoff(
