@@ -98,11 +98,8 @@ class MonitorConfig(_Model):
 
     @model_validator(mode="after")
     def _flap_thresholds(self) -> MonitorConfig:
-        check_not_above(
-            self.flap_low_threshold,
-            self.flap_high_threshold,
-            "flap_low_threshold must not be above flap_high_threshold",
-        )
+        low, high = self.flap_low_threshold, self.flap_high_threshold
+        check_not_above(low, high, "flap_low_threshold must not be above flap_high_threshold")
         return self
 
 

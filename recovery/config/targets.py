@@ -29,6 +29,14 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _http_url(value: str) -> str:
+    """Field validator: an http(s) URL with a host."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("invalid URL")
+    return value
+
+
 def _sqlalchemy_secret(value: SecretStr) -> SecretStr:
     """Field validator (also of ``RecoveryConfig``): a SQLAlchemy URL."""
     _check_sqlalchemy_url(value.get_secret_value())
@@ -87,11 +95,8 @@ class BreakerConfig(_Model):
 
     @model_validator(mode="after")
     def _ttl_covers_reset(self) -> BreakerConfig:
-        check_not_above(
-            self.reset_timeout_seconds,
-            self.state_ttl_seconds,
-            "state_ttl_seconds must be at least reset_timeout_seconds",
-        )
+        reset, ttl = self.reset_timeout_seconds, self.state_ttl_seconds
+        check_not_above(reset, ttl, "state_ttl_seconds must be at least reset_timeout_seconds")
         return self
 
 
@@ -119,13 +124,7 @@ class HttpTarget(_TargetBase):
         default_factory=RateLimitConfig, description="rate-limit-recovery: reset waits, AIMD request rate."
     )
 
-    @field_validator("url")
-    @classmethod
-    def _check_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("invalid URL")
-        return value
+    _check_url = field_validator("url")(_http_url)
 
     @field_validator("expect_status")
     @classmethod
@@ -235,13 +234,7 @@ class HttpSource(_Model):
     url: str = Field(..., description="GET returns a JSON object of key -> value.")
     timeout_seconds: float = Field(30.0, gt=0, le=3600, description="Timeout of the GET.")
 
-    @field_validator("url")
-    @classmethod
-    def _check_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("invalid URL")
-        return value
+    _check_url = field_validator("url")(_http_url)
 
 
 class CacheRebuild(_Model):
