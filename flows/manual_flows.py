@@ -45,14 +45,8 @@ async def recover(
     install_log_redaction()
     logger = get_run_logger()
     config = load_config(config_path)
-    request = RecoveryRequest(
-        target=target,
-        workflow=workflow,
-        run_type=type,
-        requested_by=requested_by,
-        reason=reason,
-        dry_run=dry_run,
-    )
+    # Fields in order: target, workflow, run_type, requested_by, reason.
+    request = RecoveryRequest(target, workflow, type, requested_by, reason, dry_run=dry_run)
     workflow_name = validate_request(config, request)
     if dry_run:
         run_id = record_dry_run(config, request)

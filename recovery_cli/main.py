@@ -76,31 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_breaker_status,
         target="optional",
     )
-    p = command(
-        "reset-breaker",
-        "close TARGET's circuit breaker now (audited)",
-        cmd_reset_breaker,
-        target="required",
-        who=True,
-    )
-    p.add_argument("--reason", required=True, help="why (audited)")
-    p = command(
-        "clear-cache",
-        "delete a cache target's keys (audited manual operation)",
-        cmd_clear_cache,
-        target="required",
-        who=True,
-    )
+
+    def admin(name: str, help: str, func: Any, reason_required: bool = False) -> argparse.ArgumentParser:
+        """An audited operation on one TARGET: who asks (--requested-by) and why (--reason)."""
+        p = command(name, help, func, target="required", who=True)
+        p.add_argument("--reason", required=reason_required, help="why (audited)")
+        return p
+
+    admin("reset-breaker", "close TARGET's circuit breaker now (audited)", cmd_reset_breaker, True)
+    p = admin("clear-cache", "delete a cache target's keys (audited manual operation)", cmd_clear_cache)
     p.add_argument("--pattern", help="SCAN MATCH pattern (default: the target's validate.key_pattern)")
-    p.add_argument("--reason", help="why (audited)")
-    p = command(
-        "reconnect-database",
-        "reset a database target's connection pools (audited)",
-        cmd_reconnect_database,
-        target="required",
-        who=True,
+    admin(
+        "reconnect-database", "reset a database target's connection pools (audited)", cmd_reconnect_database
     )
-    p.add_argument("--reason", help="why (audited)")
     p = command(
         "serve", "serve every deployment from this process (schedules kept on exit)", cmd_serve, json=False
     )

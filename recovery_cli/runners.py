@@ -59,13 +59,9 @@ def cmd_recover(args: argparse.Namespace) -> int:
     from recovery.engine.workflows import describe_plan, workflow_named
 
     config = load_config(args.config)
+    # Fields in order: target, workflow, run_type, requested_by, reason.
     request = RecoveryRequest(
-        target=args.target,
-        workflow=args.workflow,
-        run_type=args.type,
-        requested_by=args.requested_by,
-        reason=args.reason,
-        dry_run=args.dry_run,
+        args.target, args.workflow, args.type, args.requested_by, args.reason, dry_run=args.dry_run
     )
     try:
         workflow = validate_request(config, request)  # bad input -> exit 2 before paying for Prefect
@@ -83,19 +79,8 @@ def cmd_recover(args: argparse.Namespace) -> int:
     from flows.manual_flows import recover
 
     request_id = str(uuid.uuid4())  # the audit row's id, so this command can read it back
-    return _run_flow(
-        args,
-        config,
-        recover,
-        "recovery",
-        request_id,
-        target=target.name,
-        requested_by=args.requested_by,
-        type=args.type,
-        workflow=args.workflow,
-        reason=args.reason,
-        request_id=request_id,
-    )
+    extra = {"type": args.type, "workflow": args.workflow, "request_id": request_id}
+    return _run_flow(args, config, recover, "recovery", request_id, **extra)
 
 
 def _run_flow(
@@ -106,13 +91,18 @@ def _run_flow(
     audit_id: str | None,
     **params: Any,
 ) -> int:
-    """Run ``flow_fn`` in this process, then print its audit row (``audit_id``, default: the
-    flow run's id, which is the audit id of workflow flows)."""
+    """Run ``flow_fn`` for ``args.target`` in this process, then print its audit row
+    (``audit_id``, default: the flow run's id, which is the audit id of workflow flows).
+    Every such flow takes the caller's target, name and reason; ``params`` adds the rest."""
     from recovery.config.loader import resolve_config_path
 
-    state: Any = asyncio.run(
-        flow_fn(config_path=str(resolve_config_path(args.config)), return_state=True, **params)
-    )
+    who = {
+        "target": config.target(args.target).name,
+        "requested_by": args.requested_by,
+        "reason": args.reason,
+    }
+    path = str(resolve_config_path(args.config))
+    state: Any = asyncio.run(flow_fn(config_path=path, return_state=True, **who, **params))
     return _report(args, config, audit_id or str(state.state_details.flow_run_id), state, what)
 
 
@@ -131,18 +121,8 @@ def _run_operation(args: argparse.Namespace, workflow: str, **params: Any) -> in
     prefect_environment()
     from flows.recovery_flows import RECOVERY_FLOWS
 
-    return _run_flow(
-        args,
-        config,
-        RECOVERY_FLOWS[workflow],  # flows differ in their extra parameters (pattern)
-        workflow,
-        None,
-        target=target.name,
-        run_type="manual",
-        requested_by=args.requested_by,
-        reason=args.reason,
-        **params,
-    )
+    flow_fn = RECOVERY_FLOWS[workflow]  # flows differ in their extra parameters (pattern)
+    return _run_flow(args, config, flow_fn, workflow, None, run_type="manual", **params)
 
 
 def _report(args: argparse.Namespace, config: RecoveryConfig, run_id: str, state: Any, what: str) -> int:
@@ -177,7 +157,7 @@ def cmd_reset_breaker(args: argparse.Namespace) -> int:
     from recovery.config.loader import load_config
 
     config = load_config(args.config)
-    target = config.target(args.target)  # unknown target -> exit 2 before paying for Prefect
+    config.target(args.target)  # unknown target -> exit 2 before paying for Prefect
     if not args.reason.strip():
         raise ConfigError("--reason", "must not be empty")
     if not (args.requested_by or "").strip():
@@ -185,16 +165,7 @@ def cmd_reset_breaker(args: argparse.Namespace) -> int:
     prefect_environment()
     from flows.breaker_flows import reset_circuit_breaker
 
-    return _run_flow(
-        args,
-        config,
-        reset_circuit_breaker,
-        "reset-circuit-breaker",
-        None,
-        target=target.name,
-        requested_by=args.requested_by,
-        reason=args.reason,
-    )
+    return _run_flow(args, config, reset_circuit_breaker, "reset-circuit-breaker", None)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
