@@ -98,6 +98,18 @@ def test_empty_target_is_refused(
     assert one_error_line(err).endswith("target: must not be empty")
 
 
+def test_empty_target_is_unknown_in_the_core_too(configs: dict[str, str]) -> None:
+    # The circuit-breaker-status flow passes its parameter straight through.
+    from recovery.config.loader import load_config
+    from recovery.engine.breaker_admin import breaker_statuses
+    from recovery.errors import ConfigError
+
+    config = load_config(configs["one"])
+    assert [s.target for s in breaker_statuses(config, None)] == ["api"]
+    with pytest.raises(ConfigError, match="unknown target ''"):
+        breaker_statuses(config, "")
+
+
 @pytest.mark.parametrize(
     "argv",
     [
