@@ -16,6 +16,38 @@ else (including ``PermanentError``) fails the step on its first attempt.
 
 from __future__ import annotations
 
+import re
+
+SHOWN_MAX = 80
+# C0/C1 controls, DEL and the Unicode line/paragraph separators: any of them would split an error
+# line or let input rewrite a terminal, so an echoed value shows them escaped.
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def has_control_chars(text: str) -> bool:
+    """Whether ``text`` holds a character ``clip`` would escape (arguments refuse them)."""
+    return _CONTROL_RE.search(text) is not None
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match[0])
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def clip(value: object, limit: int = SHOWN_MAX) -> str:
+    """``value`` as an error message may echo it: controls escaped, at most ``limit`` characters + "…".
+
+    Input is echoed back to say what was wrong with it; a 100 KB argument or a newline in a key
+    must not turn that one line into a page.
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return f"<{value.bit_length()}-bit integer>"  # str() of a huge int is slow (and may raise)
+    text = value if isinstance(value, str) else str(value)
+    if len(text) == limit + 1 and text.endswith("…") and not _CONTROL_RE.search(text):
+        return text  # clipped already: showing a message twice must not clip it twice
+    escaped = _CONTROL_RE.sub(_escape, text[: limit + 1])
+    return escaped if len(escaped) <= limit and len(text) <= limit else escaped[:limit] + "…"
+
 
 class RecoveryError(Exception):
     """Base of all errors raised by the recovery core."""

@@ -11,6 +11,7 @@ from recovery.config.loader import RecoveryConfig
 from recovery.errors import ConfigError
 from recovery.redact import redact
 from recovery_cli.common import (
+    DEFAULT_METRICS_HOST,
     EXIT_FAILED,
     EXIT_OK,
     prefect_environment,
@@ -171,12 +172,15 @@ def cmd_reset_breaker(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from recovery.config.loader import load_config, resolve_config_path
 
+    if args.metrics_host and not args.metrics_port:
+        raise ConfigError("--metrics-host", "needs --metrics-port")
     load_config(args.config)  # bad config -> exit 2 before Prefect starts
     prefect_environment()
     if args.metrics_port:
         from recovery.reporting.metrics import start_metrics_server
 
-        start_metrics_server(args.metrics_port)
+        # Loopback unless asked: metrics name every dependency and its health.
+        start_metrics_server(args.metrics_port, args.metrics_host or DEFAULT_METRICS_HOST)
     from deployments.serve import serve_all
 
     serve_all(str(resolve_config_path(args.config)), limit=args.limit)

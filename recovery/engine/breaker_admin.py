@@ -49,7 +49,8 @@ def breaker_statuses(
     config: RecoveryConfig, target: str | None = None, now: float | None = None
 ) -> list[BreakerStatus]:
     """Status of every target's breaker (or of ``target``'s; unknown target -> ``ConfigError``)."""
-    targets = [config.target(target)] if target else list(config.targets)
+    # "is not None": an empty name is an unknown target, never "all of them" (issue 11).
+    targets = [config.target(target)] if target is not None else list(config.targets)
     now = time.time() if now is None else now
     out: list[BreakerStatus] = []
     for t in targets:
