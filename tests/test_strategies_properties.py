@@ -24,7 +24,8 @@ from recovery.policy.strategies import (
 
 # --- properties ---------------------------------------------------------------------------------
 
-caps = st.floats(min_value=1e-3, max_value=1e5, allow_nan=False, allow_infinity=False)
+# Caps up to the config bound (1 day).
+caps = st.floats(min_value=1e-3, max_value=86400.0, allow_nan=False, allow_infinity=False)
 attempts = st.integers(min_value=1, max_value=60)
 seconds = st.floats(min_value=0, max_value=1e4, allow_nan=False, allow_infinity=False)
 jitters = st.sampled_from(["none", "full", "equal", "decorrelated"])
@@ -62,7 +63,7 @@ leaf_configs = st.one_of(
         BreakerAlignedStrategyConfig,
         max_attempts=attempts,
         max_delay_seconds=caps,
-        reset_timeout_seconds=st.none() | st.floats(min_value=1e-3, max_value=1e5),
+        reset_timeout_seconds=st.none() | st.floats(min_value=1e-3, max_value=86400.0),
     ),
     st.builds(TimeWindowStrategyConfig, max_recoveries=st.integers(1, 10), window_seconds=caps),
 )
