@@ -3,7 +3,9 @@
 Events (``prefect.events.emit_event``), each about the resource ``recovery.target.<name>`` so a
 Prefect automation can page someone (docs/automations.md):
 
-    recovery.failed    a recovery run ended failed (or its flow run crashed)
+    recovery.failed    a recovery run ended without success: failed, cancelled (by a person or
+                       the runtime, e.g. SIGTERM), crashed, or orphaned (its process died and
+                       reconcile finished its row); the target is still unrecovered
     recovery.refused   a recovery was refused and a person must look (budget exhausted, the
                        same error repeating: ``RecoveryRefused.escalate``); a refusal because
                        another run holds the lock is normal operation and emits nothing
@@ -71,16 +73,18 @@ def metrics_hook(details: RunDetails) -> None:
 
 
 def events_hook(details: RunDetails) -> None:
-    """``recovery.failed`` for a failed run; ``recovery.refused`` for a refusal a person must see."""
+    """``recovery.failed`` for a run that ended failed or cancelled; ``recovery.refused`` for a
+    refusal a person must see. Exactly once per run: the event id is the run's."""
     if details.phase is not Phase.FINISHED:
         return
     base = {"target": details.target, "workflow": details.workflow, "type": details.run_type}
-    if details.state is RunState.FAILED:
+    if details.state in (RunState.FAILED, RunState.CANCELLED):
         _emit(
             "recovery.failed",
             details.target,
             {
                 **base,
+                "state": details.state,
                 "run_id": details.run_id,
                 "error_type": details.error_type or "Error",
                 "error": details.error_text,

@@ -93,6 +93,8 @@ def cmd_breaker_status(args: argparse.Namespace) -> int:
                 line += f"  half-open in {s.half_open_in_seconds:.1f}s"
             if s.probe_holder:
                 line += f"  probe held by {s.probe_holder}"
+            if s.unverified_by:
+                line += f"  unverified by run {s.unverified_by}: re-opens in {s.reopens_in_seconds or 0:.1f}s"
             print(f"{line}  [{s.storage}]")
     return EXIT_OK if all(s.state == "closed" for s in statuses) else EXIT_FAILED
 
