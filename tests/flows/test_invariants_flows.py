@@ -102,6 +102,12 @@ def wait_until_verifying(audit_url: str, target: str, proc: subprocess.Popen[str
     pytest.fail("the recovery never reached test_connectivity's retries")
 
 
+def wait_past_grace(run: RunRecord) -> None:
+    """Reconcile leaves rows younger than its grace period alone (a row being written now)."""
+    while datetime.now(UTC) < run.started_at + timedelta(seconds=DEFAULT_GRACE_SECONDS + 0.5):
+        time.sleep(0.1)
+
+
 async def failed_events(target: str, run_id: str, since: float, settle: float = 4.0) -> list[Any]:
     """``recovery.failed`` events of ``run_id``; waits for the first, then ``settle`` seconds more
     so that a duplicate, if any were sent, has arrived too."""
@@ -165,6 +171,7 @@ async def test_kill_9_mid_verification_breaker_reopens_row_is_reconciled_pause_c
     wait = time.monotonic() + LOCK_TTL + 2
     while state.lock_owner(target) is not None and time.monotonic() < wait:
         time.sleep(0.05)
+    wait_past_grace(run)
     done = subprocess.run(
         [sys.executable, "-c", NO_PREFECT, "--config", path, "reconcile", "--json"],
         capture_output=True, text=True, timeout=120, cwd=REPO, env=cli_env,
@@ -214,8 +221,7 @@ async def test_monitor_reconciles_a_killed_run_as_crashed_and_reports_it_once(
         assert time.monotonic() < deadline
         await asyncio.sleep(0.05)
     fault_server.app.set_mode("ok")
-    while datetime.now(UTC) < run.started_at + timedelta(seconds=DEFAULT_GRACE_SECONDS + 0.5):
-        await asyncio.sleep(0.1)  # reconcile leaves rows inside its grace period alone
+    wait_past_grace(run)
 
     await monitor(config_path=path)  # reconciles first, then probes a healthy target
     row = AuditStore(sqlite_url).run(run.id)
