@@ -9,8 +9,10 @@ from prefect import flow, get_run_logger
 
 from flows import signals
 from flows.common import is_refused
+from flows.reconcile import reconcile_runs
 from flows.recovery_flows import RECOVERY_FLOWS
 from recovery.config.loader import load_config
+from recovery.engine.monitor import release_recovery_lock
 from recovery.enums import MonitorAction
 from recovery.redact import install_log_redaction, redact
 from recovery.reporting.status import TargetStatus
@@ -24,6 +26,8 @@ async def monitor(config_path: str | None = None) -> dict[str, Any]:
     install_log_redaction()
     logger = get_run_logger()
     config = load_config(config_path)
+    for dead in await reconcile_runs(config):  # rows of recoveries whose process died (I1, I2)
+        logger.warning("%s of %s (run %s): %s", dead.workflow, dead.target, dead.run_id, dead.message)
     results = await probe_all(config)
     decisions = await apply_thresholds(config, results)
     for d in decisions:
@@ -47,10 +51,17 @@ async def monitor(config_path: str | None = None) -> dict[str, Any]:
                 return_state=True,
             )
             for d in to_recover
-        )
+        ),
+        return_exceptions=True,  # a subflow that could not even start must not hide the others
     )
     recoveries = []
     for d, state in zip(to_recover, states, strict=True):
+        if release_recovery_lock(config, d):  # I4: never began (or died) holding the monitor's lock
+            logger.warning("%s: released the lock its recovery never took over", d.target)
+        if isinstance(state, BaseException):
+            why = f"not started: {redact(str(state))}"
+            recoveries.append({"target": d.target, "workflow": d.workflow, "state": "failed", "message": why})
+            continue
         ok = state.is_completed()
         recoveries.append(
             {

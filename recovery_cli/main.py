@@ -34,6 +34,7 @@ from recovery_cli.readonly import (
     cmd_breaker_status,
     cmd_check,
     cmd_history,
+    cmd_reconcile,
     cmd_stats,
     cmd_status,
     cmd_validate,
@@ -99,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
         "circuit breaker state of every target or TARGET (no Prefect; 1 if not closed)",
         cmd_breaker_status,
         target="optional",
+    )
+
+    p = command("reconcile", "finish audit rows of recoveries whose process died (no Prefect)", cmd_reconcile)
+    p.add_argument(
+        "--grace-seconds", type=float, default=5.0, help="leave rows younger than this alone (default 5)"
     )
 
     def admin(name: str, help: str, func: Any, reason_required: bool = False) -> argparse.ArgumentParser:

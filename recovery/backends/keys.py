@@ -56,7 +56,8 @@ def window_key(name: str) -> str:
 
 
 def breaker_key(target: str) -> str:
-    """hash, PX TTL: state, fail_counter, success_counter, opened_at, changed_at."""
+    """hash, PX TTL: state, fail_counter, success_counter, opened_at, changed_at; while a
+    recovery's close is unverified, close_lease_owner and close_lease_until (past it: open)."""
     return f"{BREAKER_PREFIX}:{target}"
 
 

@@ -33,6 +33,8 @@ class BreakerStatus:
     reset_timeout_seconds: float
     half_open_in_seconds: float | None  # open: seconds until a probe may run
     probe_holder: str | None
+    unverified_by: str | None  # closed by this recovery run, which has not verified the target yet
+    reopens_in_seconds: float | None  # ...and re-opens after this unless the run verifies it
     storage: str
     on_state_unavailable: str
 
@@ -70,6 +72,8 @@ def breaker_statuses(
                 reset_timeout_seconds=t.breaker.reset_timeout_seconds,
                 half_open_in_seconds=half_open_in,
                 probe_holder=snap.probe_holder,
+                unverified_by=snap.close_lease_owner,
+                reopens_in_seconds=round(snap.close_lease_seconds, 3) if snap.close_lease_seconds else None,
                 storage=breaker.store.description,
                 on_state_unavailable=t.breaker.on_state_unavailable,
             )

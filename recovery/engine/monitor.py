@@ -41,6 +41,7 @@ class Decision:
     flapping: bool = False  # recovery/flapping.py: automatic recovery is held off while set
     flap_percent: float = 0.0
     flap_started: bool = False  # this probe made the target flapping (escalate)
+    resumed: bool = False  # healthy again with no recovery running: the monitor cleared "paused"
 
     def as_json(self) -> dict[str, Any]:
         return to_json(self, exclude=("lock_token", "first_failure_at", "flap_started"))
@@ -99,7 +100,12 @@ def decide(
             flap_started=flap.started if flap else False,
         )
         if result.healthy:
-            decisions.append(base)
+            # A paused flag whose recovery died (or never resumed) must not outlive the outage:
+            # success_threshold good probes in a row and no lock held clear it (invariant I3).
+            resumed = counters.successes >= config.monitor.success_threshold and state.resume_if_idle(
+                result.target
+            )
+            decisions.append(replace(base, resumed=resumed))
             continue
         if counters.failures < config.monitor.failure_threshold:
             decisions.append(replace(base, action=MonitorAction.BELOW_THRESHOLD))
@@ -125,3 +131,19 @@ def decide(
     # AIMD: each healthy cycle raises a lowered request rate by one step (one round trip for all).
     rates.raise_rates(healthy, now)
     return decisions
+
+
+def release_recovery_lock(config: RecoveryConfig, decision: Decision) -> bool:
+    """The recovery subflow started for ``decision`` has ended (invariant I4): drop the lock the
+    monitor took for it if it is still held under the decision's token; True if it was.
+
+    A run that began released it in ``finish()``; this catches a subflow that never started or
+    whose ``begin()`` failed, which would otherwise block the target for the lock's whole TTL
+    (and keep its row unreconciled). The token is this decision's alone, so no other run's lock
+    can be released; once the subflow ended nothing else uses it. Never raises."""
+    if decision.lock_token is None:
+        return False
+    try:
+        return services_for(config).state.release_lock(decision.target, decision.lock_token)
+    except StateUnavailable:  # the cycle goes on; the lock's TTL is the backstop
+        return False

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from recovery.client.breakers import breaker_state, close_breaker
+from recovery.client.breakers import breaker_state
 from recovery.errors import ProbeFailed
 from recovery.kinds.base import Detail, ProbeResult, StepContext, StepSpec, WorkflowSpec
 from recovery.testing import delay
@@ -22,9 +22,11 @@ async def check_service_health(ctx: StepContext) -> Detail:
 
 
 async def reset_circuit_breaker(ctx: StepContext) -> Detail:
+    """Close the breaker *unverified*: a lease of the lock's TTL that the run extends with its
+    lock and confirms when it succeeds. If the run dies first, the breaker re-opens by itself."""
     breaker = ctx.breaker()
     before = breaker_state(breaker)
-    close_breaker(breaker)
+    breaker.close_unverified(ctx.run_id, ctx.config.monitor.lock_ttl_seconds)
     return {"before": before, "after": breaker_state(breaker)}
 
 
