@@ -173,9 +173,15 @@ def register_url(url: str | None) -> None:
 
 def _as_token(value: str) -> str:
     """A regex matching ``value`` only where it is not glued to a longer word: "/health" is
-    masked in "GET /health?x" and in "host:8080/health", "require" is not masked in "required"."""
-    before = f"(?<![{_WORD}])" if re.match(f"[{_WORD}]", value[0]) else ""
-    after = f"(?![{_WORD}])" if re.match(f"[{_WORD}]", value[-1]) else ""
+    masked in "GET /health?x" and in "host:8080/health", "require" is not masked in "required".
+
+    A path is also not masked inside a longer path ("/var/lib/recovery/x" keeps "/recovery")
+    nor right after a "/" ("postgresql://recovery:pw@" is no path "/recovery").
+    """
+    path = value.startswith("/")
+    before = "(?<!/)" if path else f"(?<![{_WORD}])" if re.match(f"[{_WORD}]", value[0]) else ""
+    glued = _WORD + ("/" if path else "")
+    after = f"(?![{glued}])" if re.match(f"[{_WORD}]", value[-1]) or path else ""
     return f"{before}{re.escape(value)}{after}"
 
 

@@ -23,7 +23,7 @@ def unique(prefix: str) -> str:
     [
         # URLs the config never named (a driver's own message): the whole userinfo goes.
         ("postgresql://u:S3cret@h:5432/db", "postgresql://***@h:5432/db"),
-        ("postgresql+psycopg://recovery:pw@db/audit", "postgresql+psycopg://***@db/audit"),
+        ("postgresql+psycopg://recovery:pw@audit.unlisted/a", "postgresql+psycopg://***@audit.unlisted/a"),
         ("redis://:hunter22@cache:6379/0", "redis://***@cache:6379/0"),
         ("rediss://default:abc@cache:6380", "rediss://***@cache:6380"),
         (
@@ -126,6 +126,12 @@ def test_url_parts_are_masked_as_whole_tokens_only() -> None:
         }
     )
     assert redact(f"mode {value}: {value}d") == f"mode ***: {value}d"
+    name = unique("orders")  # a path "/<name>": not inside a longer path, not right after "//"
+    parse_config(
+        {"targets": [{"name": "db", "kind": "database", "url": f"postgresql://{unique('h')}.test/{name}"}]}
+    )
+    assert redact(f"db /{name}; file /var/lib/{name}/x.db") == f"db ***; file /var/lib/{name}/x.db"
+    assert redact(f"dsn postgresql://{name}:pw@elsewhere/x") == "dsn postgresql://***@elsewhere/x"
 
 
 def test_password_containing_at_sign_is_fully_masked() -> None:
@@ -178,12 +184,12 @@ def test_filter_redacts_traceback(redacting_logger: tuple[logging.Logger, io.Str
     logger, stream = redacting_logger
     canary = unique("TbCanary")
     try:
-        raise ConnectionError(f"could not connect to postgresql://svc:{canary}@db.internal/audit")
+        raise ConnectionError(f"could not connect to postgresql://svc:{canary}@audit.unlisted.internal/audit")
     except ConnectionError:
         logger.exception("audit write failed for %s", "redis://:AlsoSecret@r/0")
     out = stream.getvalue()
     assert "Traceback (most recent call last)" in out
-    assert "ConnectionError: could not connect to postgresql://***@db.internal/audit" in out
+    assert "ConnectionError: could not connect to postgresql://***@audit.unlisted.internal/audit" in out
     assert canary not in out
     assert "AlsoSecret" not in out
     assert out.startswith("ERROR audit write failed for redis://***@r/0\n")
