@@ -17,6 +17,9 @@ else (including ``PermanentError``) fails the step on its first attempt.
 from __future__ import annotations
 
 import re
+from typing import Any
+
+from recovery.redact import redact
 
 SHOWN_MAX = 80
 # C0/C1 controls, DEL and the Unicode line/paragraph separators: any of them would split an error
@@ -50,7 +53,14 @@ def clip(value: object, limit: int = SHOWN_MAX) -> str:
 
 
 class RecoveryError(Exception):
-    """Base of all errors raised by the recovery core."""
+    """Base of all errors raised by the recovery core.
+
+    String arguments are redacted here, once: the message travels on to places no later
+    redaction reaches (Prefect's state messages and its ``repr`` in task-failure logs).
+    """
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigError(RecoveryError):
@@ -62,7 +72,7 @@ class ConfigError(RecoveryError):
 
     def __init__(self, field: str, message: str) -> None:
         self.field = field
-        self.message = message
+        self.message = redact(message)
         super().__init__(f"{field}: {message}" if field else message)
 
 
@@ -98,6 +108,6 @@ class RecoveryRefused(RecoveryError):
     """
 
     def __init__(self, reason: str, escalate: bool = False) -> None:
-        self.reason = reason
+        self.reason = redact(reason)
         self.escalate = escalate
         super().__init__(reason)

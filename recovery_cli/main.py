@@ -116,8 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     admin("reset-breaker", "close TARGET's circuit breaker now (audited)", cmd_reset_breaker, True)
     p = admin("clear-cache", "delete a cache target's keys (audited manual operation)", cmd_clear_cache)
     p.add_argument(
-        "--pattern", type=text, help="SCAN MATCH pattern (default: the target's validate.key_pattern)"
+        "--pattern",
+        type=text,
+        help="SCAN MATCH pattern inside the target's key space (default: validate.key_pattern)",
     )
+    p.add_argument("--dry-run", action="store_true", help="count the matching keys only (audited)")
     admin(
         "reconnect-database", "reset a database target's connection pools (audited)", cmd_reconnect_database
     )

@@ -16,7 +16,6 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from pydantic import (
     Field,
@@ -36,7 +35,7 @@ from recovery.config.strategy import (
     check_not_above,
 )
 from recovery.errors import ConfigError, clip
-from recovery.redact import register_secret, register_secrets
+from recovery.redact import register_secrets, register_url
 
 DEFAULT_CONFIG_PATH = "recovery.yaml"
 CONFIG_ENV_VAR = "RECOVERY_CONFIG"
@@ -58,6 +57,7 @@ from recovery.config.targets import (  # noqa: E402
     _audit_secret,
     _Model,
     _optional_redis_secret,
+    check_state_keyspace,
     url_secrets,
 )
 
@@ -227,22 +227,19 @@ def parse_config(data: Any, source: str = "config") -> RecoveryConfig:
             raise ctx_error from None
         raise ConfigError(format_loc(first["loc"]) or clip(source), _message(first)) from None
     _register_config_secrets(config)
+    state_url = config.state_url.get_secret_value() if config.state_url else None
+    check_state_keyspace(state_url, config.targets)  # destructive patterns stay off the state keys
     return config
 
 
 def _register_config_secrets(config: RecoveryConfig) -> None:
-    urls = [config.audit_url, config.state_url]
+    """Every config URL beyond scheme://host:port and every header value is a secret."""
+    urls = [url.get_secret_value() for url in (config.audit_url, config.state_url) if url is not None]
     for target in config.targets:
-        if not isinstance(target, HttpTarget):
-            register_secrets(target.secret_values())
-            continue
-        urls.append(target.error_cache_url)
-        for value in target.headers.values():
-            register_secret(value.get_secret_value())
-        register_secret(urlsplit(target.url).password)
+        urls += target.urls()
+        register_secrets(target.secret_values())
     for url in urls:
-        if url is not None:
-            register_secret(urlsplit(url.get_secret_value()).password)
+        register_url(url)
 
 
 def resolve_config_path(arg: str | None) -> Path:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Sequence
 from typing import Annotated, Literal
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import (
     BaseModel,
@@ -20,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from recovery.config.keyspace import pattern_problem, same_redis_database
 from recovery.config.limits import (
     MAX_CACHE_TTL,
     MAX_COUNT,
@@ -38,7 +40,8 @@ from recovery.config.urls import (
     check_redis_url,
     check_sql_url,
 )
-from recovery.errors import clip
+from recovery.errors import ConfigError, clip
+from recovery.redact import url_secret_parts
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 # RFC 9110 field-name token; a value may hold tab but no other control character (a CR/LF in a
@@ -56,6 +59,25 @@ def _http_url(value: str) -> str:
     """Field validator: an http(s) URL (``recovery.config.urls.check_http_url``)."""
     check_http_url(value)
     return value
+
+
+def _confined_pattern(value: str | None) -> str | None:
+    """Field validator: a pattern deleted from must name a key space (recovery.config.keyspace)."""
+    problem = None if value is None else pattern_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+def split_userinfo(url: str) -> tuple[str, tuple[str, str] | None]:
+    """``https://u:p@h/x`` -> (``https://h/x``, (u, p)): HTTP clients send Basic auth from the
+    pair; aiohttp refuses a URL with credentials next to an Authorization header."""
+    parts = urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at:
+        return url, None
+    user, _, password = userinfo.partition(":")
+    return urlunsplit(parts._replace(netloc=hostport)), (unquote(user), unquote(password))
 
 
 def _sqlalchemy_secret(value: SecretStr) -> SecretStr:
@@ -176,7 +198,9 @@ class HttpTarget(_TargetBase):
         default_factory=dict, max_length=MAX_LIST, description="Sent with probes."
     )
     error_cache_pattern: str | None = Field(
-        None, description="Redis key pattern cleared on recovery, e.g. errors:payments-api:*."
+        None,
+        description="Redis key pattern cleared on recovery, e.g. errors:payments-api:*; it must "
+        "name a key space (not '*', not recovery:*).",
     )
     error_cache_url: SecretStr | None = Field(
         None, description="Redis holding the error cache; default: state_url."
@@ -186,6 +210,7 @@ class HttpTarget(_TargetBase):
     )
 
     _check_url = field_validator("url")(_http_url)
+    _check_error_pattern = field_validator("error_cache_pattern")(_confined_pattern)
 
     @field_validator("expect_status")
     @classmethod
@@ -207,21 +232,26 @@ class HttpTarget(_TargetBase):
 
     _check_cache_url = field_validator("error_cache_url")(_optional_redis_secret)
 
+    def endpoint(self) -> tuple[str, tuple[str, str] | None]:
+        """The URL to request and its Basic credentials (from the URL's userinfo)."""
+        return split_userinfo(self.url)
+
+    def urls(self) -> list[str]:
+        cache = self.error_cache_url.get_secret_value() if self.error_cache_url else None
+        return [self.url, *([cache] if cache else [])]
+
+    def secret_values(self) -> list[str]:
+        """Header values (an Authorization header is the classic leak) and their Basic pair."""
+        values = [v.get_secret_value() for v in self.headers.values()]
+        return values + [v.split(" ", 1)[1] for v in values if " " in v]
+
 
 def url_secrets(url: str | None) -> list[str]:
-    """The secret parts of a URL: its password (as written and decoded) and password-like params."""
+    """The secret parts of a URL: userinfo, password, path, every query value, fragment."""
     if not url:
         return []
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return []
-    found = [password, unquote(password)] if password else []
-    for key, value in parse_qsl(parts.query, keep_blank_values=False):
-        if any(s in key.lower() for s in ("password", "passwd", "pwd", "token", "secret", "key")):
-            found.append(value)
-    return found
+    anywhere, tokens = url_secret_parts(url)
+    return anywhere + tokens
 
 
 _IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
@@ -244,7 +274,9 @@ class DatabaseTarget(_TargetBase):
         description="Idle-in-transaction or lock-blocking sessions older than this are stuck.",
     )
     application_name: str | None = Field(
-        None, min_length=1, description="Only sessions of this application_name may be terminated."
+        None,
+        min_length=1,
+        description="Only sessions of this application_name are terminated; unset: none are.",
     )
     integrity_check: Literal["quick", "full"] = Field(
         "quick", description="SQLite: PRAGMA quick_check (quick) or integrity_check (full)."
@@ -260,8 +292,11 @@ class DatabaseTarget(_TargetBase):
             raise ValueError("must be a plain SQL identifier ([A-Za-z_][A-Za-z0-9_]*)")
         return value
 
+    def urls(self) -> list[str]:
+        return [self.url.get_secret_value()]
+
     def secret_values(self) -> list[str]:
-        return url_secrets(self.url.get_secret_value())
+        return []
 
 
 class CacheValidation(_Model):
@@ -301,6 +336,10 @@ class HttpSource(_Model):
     timeout_seconds: float = Field(30.0, gt=0, le=3600, description="Timeout of the GET.")
 
     _check_url = field_validator("url")(_http_url)
+
+    def endpoint(self) -> tuple[str, tuple[str, str] | None]:
+        """The URL to GET and its Basic credentials (from the URL's userinfo)."""
+        return split_userinfo(self.url)
 
 
 class CacheRebuild(_Model):
@@ -347,6 +386,10 @@ class RedisTarget(_TargetBase):
     )
     rebuild: CacheRebuild | None = Field(None, description="Source the cache is warmed from.")
     batch_size: int = Field(500, ge=1, le=100_000, description="SCAN COUNT and pipeline batch size.")
+    clearable_patterns: list[str] = Field(
+        default_factory=list,
+        description="Key spaces clear-cache may delete besides validate.key_pattern's, e.g. tmp:*.",
+    )
 
     @field_validator("url")
     @classmethod
@@ -354,14 +397,45 @@ class RedisTarget(_TargetBase):
         check_redis_url(value.get_secret_value())
         return value
 
-    def secret_values(self) -> list[str]:
-        found = url_secrets(self.url.get_secret_value())
+    @field_validator("clearable_patterns")
+    @classmethod
+    def _check_clearable(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            _confined_pattern(pattern)
+        return value
+
+    def key_spaces(self) -> list[str]:
+        """Patterns naming the key spaces clear-cache may delete from (by their literal prefix)."""
+        own = [self.validation.key_pattern] if self.validation is not None else []
+        return own + list(self.clearable_patterns)
+
+    def urls(self) -> list[str]:
+        found = [self.url.get_secret_value()]
         if self.rebuild is not None and self.rebuild.sql is not None:
-            found += url_secrets(self.rebuild.sql.url.get_secret_value())
+            found.append(self.rebuild.sql.url.get_secret_value())
         if self.rebuild is not None and self.rebuild.http is not None:
-            found += url_secrets(self.rebuild.http.url)
+            found.append(self.rebuild.http.url)
         return found
+
+    def secret_values(self) -> list[str]:
+        return []
 
 
 TargetConfig = Annotated[HttpTarget | DatabaseTarget | RedisTarget, Field(discriminator="kind")]
 TARGET_KINDS = ("http", "database", "redis")
+
+
+def check_state_keyspace(state_url: str | None, targets: Sequence[TargetConfig]) -> None:
+    """A cache in the state's own Redis database must not validate (and so delete from) a
+    pattern that reaches the state keys: ``clear_corrupted_entries`` would take a lock value
+    for a corrupted entry."""
+    for i, target in enumerate(targets):
+        if not isinstance(target, RedisTarget) or target.validation is None:
+            continue
+        if not same_redis_database(target.url.get_secret_value(), state_url):
+            continue
+        problem = pattern_problem(target.validation.key_pattern)
+        if problem is not None:
+            raise ConfigError(
+                f"targets[{i}].validate.key_pattern", f"{problem}, and this cache is the state_url database"
+            )

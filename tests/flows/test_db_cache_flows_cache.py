@@ -129,7 +129,7 @@ def test_unreachable_redis_is_retried_with_backoff_then_fails_clearly(
     run = json.loads(result.stdout)
     assert run["state"] == "failed" and run["error_type"] == "TemporaryError"
     expected = (
-        f"redis target users-cache (redis://:***@127.0.0.1:{port}/0) unreachable while clearing "
+        f"redis target users-cache (redis://***@127.0.0.1:{port}/***) unreachable while clearing "
         "corrupted entries: connection refused"
     )
     assert run["error_message"] == expected

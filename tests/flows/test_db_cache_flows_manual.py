@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import redis
 from dbcache_flow_helpers import CANARY, CLI_TIMEOUT, CliRunner, with_password, write_config
@@ -30,7 +31,13 @@ def test_clear_cache_and_reconnect_database_from_the_cli(
         audit_url=sqlite_url,
         state_url=redis_url,
         targets=[
-            {"name": "users-cache", "kind": "redis", "url": redis_url, "validate": {"key_pattern": "user:*"}},
+            {
+                "name": "users-cache",
+                "kind": "redis",
+                "url": redis_url,
+                "validate": {"key_pattern": "user:*"},
+                "clearable_patterns": ["tmp:*"],
+            },
             {"name": "bare-cache", "kind": "redis", "url": redis_url},
             {"name": "orders-db", "kind": "database", "url": with_password(pg_url)},
         ],
@@ -81,6 +88,10 @@ def test_clear_cache_and_reconnect_database_from_the_cli(
             ["clear-cache", "bare-cache"],
             "--pattern: required: target 'bare-cache' has no validate.key_pattern",
         ),
+        # Confined: never every key, never the state keys, never outside the key space.
+        (["clear-cache", "users-cache", "--pattern", "*"], "--pattern: refused, nothing deleted: '*' can"),
+        (["clear-cache", "users-cache", "--pattern", "recovery:*"], "--pattern: refused, nothing deleted"),
+        (["clear-cache", "users-cache", "--pattern", "sess:*"], "--pattern: refused, nothing deleted"),
     ]:
         bad = run_cli("--config", str(config), *args)
         assert bad.returncode == 2, (args, bad.stdout, bad.stderr)
@@ -96,6 +107,41 @@ def test_clear_cache_and_reconnect_database_from_the_cli(
         assert json.loads(refused.stdout)["state"] == "refused"
     finally:
         state.release_lock("orders-db", "someone-else")
+
+
+async def test_clear_cache_flow_refuses_before_deleting(
+    redis_url: str, sqlite_url: str, tmp_path: Path
+) -> None:
+    """The clear-cache flow (what the deployment runs) refuses a pattern reaching every key or
+    the state keys in its step, before any deletion; the refusal is audited."""
+    from flows.recovery_flows import clear_cache
+
+    config = write_config(
+        tmp_path / "recovery.yaml",
+        audit_url=sqlite_url,
+        state_url=redis_url,
+        targets=[
+            {"name": "users-cache", "kind": "redis", "url": redis_url, "validate": {"key_pattern": "user:*"}}
+        ],
+    )
+    client = redis.Redis.from_url(redis_url)
+    client.set("user:1", "{}")
+    RedisState(redis_url).set_paused("other-target", "recovering")  # shared state in the same database
+    for pattern in ("*", "recovery:*", "[a-z]*"):
+        keys = sorted(client.scan_iter(count=1000))
+        state: Any = await clear_cache(
+            target="users-cache",
+            pattern=pattern,
+            config_path=str(config),
+            requested_by="t",
+            return_state=True,
+        )
+        assert state.is_failed()
+        assert sorted(client.scan_iter(count=1000)) == keys  # nothing deleted
+        run = AuditStore(sqlite_url).run(str(state.state_details.flow_run_id))
+        assert run is not None and run.state == "failed" and run.error_type == "ConfigError"
+        assert "refused, nothing deleted" in (run.error_message or "")
+    client.close()
 
 
 # --- secrets -----------------------------------------------------------------------------------------
