@@ -16,6 +16,7 @@ from flows import signals
 from recovery.config.loader import RecoveryConfig, load_config
 from recovery.engine.lifecycle import Phase, RunDetails, add_hook, emit
 from recovery.engine.runtime import RecoveryRequest, RecoveryRuntime
+from recovery.engine.triggers import attempt_id
 from recovery.enums import RunState
 from recovery.enums import RunType as RunType_
 from recovery.errors import RecoveryRefused
@@ -53,8 +54,7 @@ async def board_hook(details: RunDetails) -> None:
     the board after its own recoveries, so automatic runs are skipped here)."""
     if details.phase is not Phase.FINISHED or details.run_type is RunType_.AUTOMATIC:
         return
-    params = current_flow_run.parameters or {}
-    await publish_status(load_config(params.get("config_path")))
+    await publish_status(load_config())
 
 
 def install_hooks() -> None:
@@ -87,7 +87,7 @@ async def execute_workflow(
     flow_run_id = str(current_flow_run.id)
     request = replace(request, workflow=workflow)
     run_type = RunType_(request.run_type)
-    audit_id = run_id or flow_run_id
+    audit_id = run_id or attempt_id(flow_run_id, current_flow_run.run_count)  # UI Retry: a new row
     started = time.monotonic()
 
     def outcome(state: RunState, **extra: Any) -> RunDetails:
@@ -138,8 +138,9 @@ def _finalize(flow_run: FlowRun, final: RunState) -> None:
     """Mark an audit row that is still ``in_progress`` and release its lock (hooks below)."""
     params = flow_run.parameters or {}
     try:
-        services = services_for(load_config(params.get("config_path")))
-        record = services.audit.run(params.get("request_id") or str(flow_run.id))
+        services = services_for(load_config())
+        audit_id = attempt_id(str(flow_run.id), flow_run.run_count, params.get("request_id"))
+        record = services.audit.run(audit_id)
         if record is None or record.state != RunState.IN_PROGRESS:
             return
         services.audit.finish_run(record.id, final, f"flow run {final}", error_type=f"Flow{final.title()}")

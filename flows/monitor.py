@@ -19,11 +19,13 @@ from tasks.status import publish_status
 
 
 @flow(name="monitor", log_prints=False)
-async def monitor(config_path: str | None = None) -> dict[str, Any]:
+async def monitor() -> dict[str, Any]:
     """One monitor cycle. Recoveries of different targets run concurrently."""
     install_log_redaction()
     logger = get_run_logger()
-    config = load_config(config_path)
+    # The worker's config (RECOVERY_CONFIG); a target with an unset ${VAR} fails the cycle
+    # rather than going unmonitored in silence.
+    config = load_config().require_resolved()
     results = await probe_all(config)
     decisions = await apply_thresholds(config, results)
     for d in decisions:
@@ -38,7 +40,6 @@ async def monitor(config_path: str | None = None) -> dict[str, Any]:
         *(
             flows[d.workflow or ""](
                 target=d.target,
-                config_path=config_path,
                 run_type="automatic",
                 requested_by="monitor",
                 lock_token=d.lock_token,

@@ -4,6 +4,11 @@ Targets are a discriminated union on ``kind`` so each kind carries only its own 
 unknown kind is a one-line error. ``${VAR}`` in any string value is replaced from the
 environment, which keeps passwords out of the file; every secret found while loading is
 registered with ``redact`` so it cannot leak through logs or error messages.
+
+A target whose ``${VAR}`` is unset is *unresolved*: set aside, and an error only for a command
+that touches it (``config.target(name)``, ``require_resolved()``), so ``history`` or ``stats``
+need no secret of a target they never connect to. Top-level values (``audit_url``,
+``state_url``...) must always resolve.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import (
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -123,6 +129,8 @@ class RecoveryConfig(_Model):
         default_factory=lambda: ExponentialStrategyConfig(), description="Default retry strategy."
     )
     targets: list[TargetConfig] = Field(default_factory=list)
+    # Targets set aside because a ${VAR} of theirs is unset: name -> the error naming it.
+    _unresolved: dict[str, ConfigError] = PrivateAttr(default_factory=dict)
 
     _check_audit_url = field_validator("audit_url")(_sqlalchemy_secret)
     _check_state_url = field_validator("state_url")(_optional_redis_secret)
@@ -140,11 +148,25 @@ class RecoveryConfig(_Model):
         for target in self.targets:
             if target.name == name:
                 return target
+        if name in self._unresolved:
+            error = self._unresolved[name]
+            raise ConfigError(error.field, error.message)  # a fresh one: raising grows __traceback__
         known = ", ".join(t.name for t in self.targets) or "none"
         raise ConfigError("target", f"unknown target '{name}' (known: {known})")
 
     def strategy_for(self, target: TargetConfig) -> StrategyConfig:
         return target.strategy or self.strategy
+
+    @property
+    def unresolved(self) -> dict[str, ConfigError]:
+        """Targets left out of ``targets`` because a ``${VAR}`` of theirs is unset."""
+        return dict(self._unresolved)
+
+    def require_resolved(self) -> RecoveryConfig:
+        """Self, or the first unresolved target's error: for commands that touch every target."""
+        for error in self._unresolved.values():
+            raise ConfigError(error.field, error.message)
+        return self
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -216,7 +238,7 @@ def parse_config(data: Any, source: str = "config") -> RecoveryConfig:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(source, "expected a mapping at the top level")
-    data = _expand_env(data, "")
+    data, unresolved = _expand_lazily(data)
     try:
         config = RecoveryConfig.model_validate(data)
     except ConfigError:
@@ -227,8 +249,31 @@ def parse_config(data: Any, source: str = "config") -> RecoveryConfig:
         if isinstance(ctx_error, ConfigError):
             raise ctx_error from None
         raise ConfigError(format_loc(first["loc"]) or source, _message(first)) from None
+    for name in unresolved.keys() & {t.name for t in config.targets}:
+        raise ConfigError("targets", f"duplicate target name '{name}'")
+    config._unresolved = unresolved
     _register_config_secrets(config)
     return config
+
+
+def _expand_lazily(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, ConfigError]]:
+    """Expand ``${VAR}`` everywhere; a target with an unset variable (and a literal name) is
+    set aside as unresolved instead of failing the whole file."""
+    targets = data.get("targets")
+    out = _expand_env({k: v for k, v in data.items() if k != "targets"}, "")
+    if not isinstance(targets, list):
+        return {**out, **({"targets": targets} if "targets" in data else {})}, {}
+    kept: list[Any] = []
+    unresolved: dict[str, ConfigError] = {}
+    for i, raw in enumerate(targets):
+        try:
+            kept.append(_expand_env(raw, f"targets[{i}]"))
+        except ConfigError as exc:
+            name = raw.get("name") if isinstance(raw, dict) else None
+            if not isinstance(name, str) or "${" in name or name in unresolved:
+                raise
+            unresolved[name] = ConfigError(exc.field, f"target '{name}' is unresolved: {exc.message}")
+    return {**out, "targets": kept}, unresolved
 
 
 def _register_config_secrets(config: RecoveryConfig) -> None:
