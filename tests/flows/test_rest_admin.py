@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,15 @@ Served = tuple[Api, dict[str, Any]]
 
 
 @pytest.fixture
-def served(tmp_path: Path, fault_server: FaultServer, redis_url: str, sqlite_url: str) -> Iterator[Served]:
+def served(
+    tmp_path: Path,
+    fault_server: FaultServer,
+    redis_url: str,
+    sqlite_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Served]:
+    # The server's scheduler creates a schedule's runs within seconds, not its default minute.
+    monkeypatch.setenv("PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS", "2")
     server, base = _start_server(tmp_path / "prefect-home", auth=False)
     config = tmp_path / "recovery.yaml"
     config.write_text(
@@ -154,3 +164,21 @@ def test_ui_retry_of_a_failed_recover_run_is_a_second_audited_attempt(served: Se
         (f"{uuid.UUID(run_id).hex}.2", "succeeded"),
     ]
     assert {(r.requested_by, r.type) for r in attempts} == {("ops-bot", "manual")}
+
+
+def test_a_run_a_schedule_created_is_audited_as_scheduled(served: Served) -> None:
+    """``scheduled`` is no caller's choice: the run type of a run the scheduler created."""
+    api, ctx = served
+    recover = api.deployment_id("recover", "recover")
+    params = {"target": "payments-api", "requested_by": "nightly", "type": "emergency", "reason": "drill"}
+    start = datetime.now(UTC) + timedelta(seconds=5)
+    schedule = {"interval": 3600, "anchor_date": start.isoformat()}
+    api.call("POST", f"/deployments/{recover}/schedules", json=[{"schedule": schedule, "parameters": params}])
+    deadline = time.monotonic() + 120
+    while not (due := [r for r in runs_of(api, recover) if r["auto_scheduled"]]):
+        assert time.monotonic() < deadline, "the scheduler created no run"
+        time.sleep(1)
+    first = min(due, key=lambda r: r["expected_start_time"])
+    assert api.wait(first["id"])["state"]["type"] == "COMPLETED"
+    [record] = [r for r in AuditStore(ctx["audit"]).history() if r.flow_run_id == first["id"]]
+    assert (record.type, record.requested_by, record.state) == ("scheduled", "nightly", "succeeded")
