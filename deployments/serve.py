@@ -3,24 +3,30 @@
 The same table is what ``prefect.yaml`` declares (a test keeps the two in step). Notes:
 - ``serve()`` pauses its deployments' schedules on shutdown by default; a restart of this
   process must not silently switch auto-recovery off, so it runs with ``pause_on_shutdown=False``.
-- ``config_path`` is frozen (read-only in the UI/API): a caller of the REST API chooses the
-  target and the reason, never which config file (and so which credentials) the flow loads.
-- ``target`` is an enum of the configured target names, so the UI renders a choice and the API
-  rejects an unknown target before a flow run is created.
+- No parameter names a config file: ``serve_all`` puts the config's path in ``RECOVERY_CONFIG``
+  of this process, which every flow run it starts inherits and loads. A caller chooses the
+  target and the reason, never the config (and so the credentials); a PATCH of a deployment
+  cannot change that, there is no parameter to unfreeze.
+- Each deployment's parameter schema is ``deployments.schemas.caller_schema``: the configured
+  targets (per kind for operations) and workflows as choices, unknown parameters rejected, an
+  emergency needs a reason; the API checks it before a flow run is created.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, cast
 
 from prefect import Flow, serve
 from prefect.deployments.runner import RunnerDeployment
-from prefect.utilities.annotations import freeze
+from prefect.utilities.callables import ParameterSchema
+from pydantic import ConfigDict
 
-from recovery.config.loader import RecoveryConfig, load_config, resolve_config_path
+from deployments.schemas import caller_schema, operation_kinds
+from recovery.config.loader import CONFIG_ENV_VAR, RecoveryConfig, load_config, resolve_config_path
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,7 @@ class DeploymentSpec:
     schedule: str | None = None  # "monitor" -> config interval; "hourly"
     concurrency_limit: int | None = None
     tags: tuple[str, ...] = field(default=("recovery",))
+    workflow: str | None = None  # an operation: its targets are those of this workflow's kinds
 
 
 DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
@@ -45,7 +52,7 @@ DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
     DeploymentSpec(
         "recover",
         "flows.manual_flows:recover",
-        "Recover a target now: manual, scheduled or emergency trigger (the seed's /trigger).",
+        "Recover a target now: manual or emergency trigger (the seed's /trigger).",
     ),
     DeploymentSpec(
         "recovery-status",
@@ -66,11 +73,13 @@ DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
         "clear-cache",
         "flows.recovery_flows:clear_cache",
         "Clear a cache target's keys, audited (/cache/clear).",
+        workflow="clear-cache",
     ),
     DeploymentSpec(
         "reconnect-database",
         "flows.recovery_flows:reconnect_database",
         "Reset a database target's connection pools, audited (/database/reconnect).",
+        workflow="reconnect-database",
     ),
     DeploymentSpec(
         "recovery-history",
@@ -91,11 +100,21 @@ def load_flow(entrypoint: str) -> Flow[..., Any]:
     return cast(Flow[..., Any], getattr(importlib.import_module(module), attr))
 
 
-def _deployment(spec: DeploymentSpec, config: RecoveryConfig, path: str) -> RunnerDeployment:
+class _Schema(ParameterSchema):
+    """Prefect's ParameterSchema keeps five keys; this one also keeps ``allOf`` and
+    ``additionalProperties``, which the server stores and validates against."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+def deployment_schema(spec: DeploymentSpec, config: RecoveryConfig) -> dict[str, Any]:
+    """The parameter schema ``spec``'s deployment is served with (no server needed)."""
+    flow_schema = load_flow(spec.entrypoint).parameters.model_dump_for_openapi()
+    return caller_schema(flow_schema, config, operation_kinds(spec.workflow))
+
+
+def _deployment(spec: DeploymentSpec, config: RecoveryConfig) -> RunnerDeployment:
     flow = load_flow(spec.entrypoint)
-    params: dict[str, Any] = {}
-    if "config_path" in flow.parameters.properties:
-        params["config_path"] = freeze(path)
     interval: timedelta | None = None
     if spec.schedule == "monitor":
         interval = timedelta(seconds=config.monitor.interval_seconds)
@@ -108,27 +127,23 @@ def _deployment(spec: DeploymentSpec, config: RecoveryConfig, path: str) -> Runn
             name=spec.name,
             description=spec.description,
             interval=interval,
-            parameters=params,
             concurrency_limit=spec.concurrency_limit,
             tags=list(spec.tags),
         ),
     )
-    props = deployment._parameter_openapi_schema.properties
-    names = [t.name for t in config.targets]
-    if "target" in props and names:
-        schema = props["target"]
-        # An optional target is anyOf[string, null]: only the string branch gets the choices.
-        branches = [b for b in schema.get("anyOf", []) if b.get("type") == "string"]
-        for branch in branches or [schema]:
-            branch["enum"] = names
+    # No public argument takes a schema; RunnerDeployment sends this attribute as the deployment's
+    # parameter_openapi_schema (model_dump(exclude_unset=True): every key given here is sent).
+    deployment._parameter_openapi_schema = _Schema.model_validate(deployment_schema(spec, config))
     return deployment
 
 
-def build_deployments(config_path: str | None = None) -> list[RunnerDeployment]:
-    path = str(resolve_config_path(config_path).resolve())
-    config = load_config(path)
-    return [_deployment(spec, config, path) for spec in DEPLOYMENTS]
+def build_deployments(config: RecoveryConfig) -> list[RunnerDeployment]:
+    return [_deployment(spec, config) for spec in DEPLOYMENTS]
 
 
 def serve_all(config_path: str | None = None, limit: int | None = None) -> None:
-    serve(*build_deployments(config_path), pause_on_shutdown=False, limit=limit)
+    path = str(resolve_config_path(config_path).resolve())
+    # The one config every flow run of this process loads: runs inherit this environment.
+    os.environ[CONFIG_ENV_VAR] = path
+    config = load_config(path).require_resolved()  # serving runs the monitor: every target
+    serve(*build_deployments(config), pause_on_shutdown=False, limit=limit)

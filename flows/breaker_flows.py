@@ -6,26 +6,30 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run as current_flow_run
-from pydantic import Field
 
+from flows.admin import RequestedBy, TargetName, Text, gate
 from recovery.config.loader import load_config
-from recovery.engine.breaker_admin import breaker_statuses, reset_breaker
+from recovery.engine.breaker_admin import RESET_WORKFLOW, breaker_statuses, reset_breaker
+from recovery.engine.runtime import RecoveryRequest
+from recovery.engine.triggers import validate_request
 from recovery.redact import install_log_redaction
 
 
 @flow(name="circuit-breaker-status", log_prints=False)
-async def circuit_breaker_status(
-    target: Annotated[str | None, Field(description="One target; default: all.")] = None,
-    config_path: str | None = None,
-) -> list[dict[str, Any]]:
-    """State, failure count, opened_at and time to half-open of each target's breaker."""
+async def circuit_breaker_status(target: TargetName | None = None) -> list[dict[str, Any]]:
+    """State, failure count, opened_at and time to half-open of each target's breaker.
+
+    Args:
+        target: One target; default: all.
+    """
     install_log_redaction()
     logger = get_run_logger()
-    statuses = breaker_statuses(load_config(config_path), target)
+    statuses = breaker_statuses(load_config(), target)
     for s in statuses:
         extra = f", half-open in {s.half_open_in_seconds:g}s" if s.half_open_in_seconds is not None else ""
         logger.info("%s: %s (failures %d/%d%s)", s.target, s.state, s.fail_counter, s.fail_max, extra)
@@ -34,22 +38,30 @@ async def circuit_breaker_status(
 
 @flow(name="reset-circuit-breaker", log_prints=False)
 async def reset_circuit_breaker(
-    target: Annotated[str, Field(min_length=1, max_length=63, description="Target whose breaker to close.")],
-    requested_by: Annotated[str, Field(min_length=1, max_length=128, description="Who asks (audited).")],
-    reason: Annotated[str, Field(min_length=1, max_length=2000, description="Why (audited).")],
-    config_path: str | None = None,
-) -> dict[str, Any]:
-    """Close ``target``'s circuit breaker now; audited as a ``reset-circuit-breaker`` run."""
+    target: TargetName, requested_by: RequestedBy, reason: Text
+) -> dict[str, Any] | State[Any]:
+    """Close a target's circuit breaker now; audited as a ``reset-circuit-breaker`` run.
+
+    Args:
+        target: Target whose breaker to close.
+        requested_by: Who asks (audited): a name, a ticket bot. Required.
+        reason: Why (audited). Required.
+    """
     install_log_redaction()
     logger = get_run_logger()
-    flow_run_id = str(current_flow_run.id)
+    config = load_config()
+    request = RecoveryRequest(target, None, "manual", requested_by, reason)
+    validate_request(config, request)  # unknown target, blank requested_by: fails before any action
+    run_id, refused = await gate(config, request, RESET_WORKFLOW)
+    if refused is not None:
+        return refused
     result = reset_breaker(
-        load_config(config_path),
+        config,
         target,
         requested_by=requested_by,
         reason=reason,
-        run_id=flow_run_id,
-        flow_run_id=flow_run_id,
+        run_id=run_id,
+        flow_run_id=str(current_flow_run.id),
     )
     logger.info("breaker of %s: %s -> %s (by %s)", target, result["before"], result["after"], requested_by)
     return result

@@ -17,6 +17,7 @@ from recovery.config.loader import RecoveryConfig, load_config
 from recovery.engine.lifecycle import Phase, RunDetails, add_hook, emit
 from recovery.engine.reconcile import Crashed
 from recovery.engine.runtime import RecoveryRequest, RecoveryRuntime
+from recovery.engine.triggers import attempt_id
 from recovery.enums import RunState
 from recovery.enums import RunType as RunType_
 from recovery.errors import RecoveryRefused
@@ -54,8 +55,7 @@ async def board_hook(details: RunDetails) -> None:
     the board after its own recoveries, so automatic runs are skipped here)."""
     if details.phase is not Phase.FINISHED or details.run_type is RunType_.AUTOMATIC:
         return
-    params = current_flow_run.parameters or {}
-    await publish_status(load_config(params.get("config_path")))
+    await publish_status(load_config())
 
 
 def install_hooks() -> None:
@@ -88,7 +88,7 @@ async def execute_workflow(
     flow_run_id = str(current_flow_run.id)
     request = replace(request, workflow=workflow)
     run_type = RunType_(request.run_type)
-    audit_id = run_id or flow_run_id
+    audit_id = run_id or attempt_id(flow_run_id, current_flow_run.run_count)  # UI Retry: a new row
     started = time.monotonic()
 
     def outcome(state: RunState, **extra: Any) -> RunDetails:
@@ -137,15 +137,17 @@ async def execute_workflow(
 
 
 def _audit_id(flow_run: FlowRun) -> str:
-    """The audit row's id of a recovery flow run (``execute_workflow``'s ``audit_id``)."""
-    return str((flow_run.parameters or {}).get("request_id") or flow_run.id)
+    """The audit row's id of a recovery flow run (``execute_workflow``'s ``audit_id``; a
+    re-run attempt of the same flow run has its own row, linked by ``flow_run_id``)."""
+    params = flow_run.parameters or {}
+    return attempt_id(str(flow_run.id), flow_run.run_count, params.get("request_id"))
 
 
 def _finalize(flow_run: FlowRun, final: RunState, error_type: str) -> None:
     """Mark an audit row that is still ``in_progress`` and release its lock (hooks below)."""
     params = flow_run.parameters or {}
     try:
-        services = services_for(load_config(params.get("config_path")))
+        services = services_for(load_config())
         record = services.audit.run(_audit_id(flow_run))
         if record is None or record.state != RunState.IN_PROGRESS:
             return

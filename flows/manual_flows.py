@@ -7,48 +7,59 @@ subflow): one flow run per trigger, whose tasks are the workflow's steps.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import State
-from prefect.runtime import flow_run as current_flow_run
-from pydantic import Field
 
-from flows.common import execute_workflow, install_hooks, on_cancelled, on_crashed, refused_state
+from flows.admin import (
+    CallerType,
+    RequestedBy,
+    RequestId,
+    TargetName,
+    Text,
+    WorkflowName,
+    run_operation,
+    trigger_type,
+)
+from flows.common import on_cancelled, on_crashed
 from recovery.config.loader import load_config
-from recovery.engine.lifecycle import Phase, RunDetails, emit
 from recovery.engine.runtime import RecoveryRequest, record_dry_run
-from recovery.engine.triggers import admit, validate_request
+from recovery.engine.triggers import validate_request
 from recovery.engine.workflows import describe_plan, workflow_named
-from recovery.enums import RunState, RunType
-from recovery.errors import RecoveryRefused
 from recovery.redact import install_log_redaction
-from recovery.services import services_for
-
-TriggerType = Literal["manual", "emergency", "scheduled"]
 
 
 @flow(name="recover", on_cancellation=[on_cancelled], on_crashed=[on_crashed])
 async def recover(
-    target: Annotated[str, Field(min_length=1, max_length=63, description="Target to recover.")],
-    requested_by: Annotated[str, Field(min_length=1, max_length=128, description="Who asks (audited).")],
-    type: TriggerType = "manual",
-    workflow: Annotated[str | None, Field(description="Override the target kind's workflow.")] = None,
-    reason: Annotated[str | None, Field(max_length=2000, description="Why (required for emergency).")] = None,
-    dry_run: Annotated[bool, Field(description="Record and return the plan; touch nothing.")] = False,
-    request_id: Annotated[
-        str | None, Field(description="Audit id to use (lets callers find the row).")
-    ] = None,
-    config_path: str | None = None,
+    target: TargetName,
+    requested_by: RequestedBy,
+    type: CallerType = "manual",
+    reason: Text | None = None,
+    workflow: WorkflowName | None = None,
+    dry_run: bool = False,
+    request_id: RequestId | None = None,
 ) -> dict[str, Any] | State[Any]:
-    """Recover ``target`` now (manual, scheduled or emergency trigger), audited."""
+    """Recover a target now (manual or emergency trigger), audited.
+
+    Args:
+        target: Target to recover.
+        requested_by: Who asks (audited): a name, a ticket bot. Required.
+        type: manual, or emergency (needs a reason; bypasses time-window budgets and breaker
+            alignment, never the one-recovery-per-target lock).
+        reason: Why (audited). Required for an emergency.
+        workflow: Workflow to run instead of the one chosen for the target's kind.
+        dry_run: Record and return the plan; touch nothing.
+        request_id: Your id for this request (letters, digits, - and _, at most 36); the audit
+            row gets it, so you can find it. Reusing one another run used is refused.
+    """
     install_log_redaction()
     logger = get_run_logger()
-    config = load_config(config_path)
+    config = load_config()
     # Fields in order: target, workflow, run_type, requested_by, reason.
-    request = RecoveryRequest(target, workflow, type, requested_by, reason, dry_run=dry_run)
-    workflow_name = validate_request(config, request)
+    request = RecoveryRequest(target, workflow, trigger_type(type), requested_by, reason, dry_run=dry_run)
     if dry_run:
+        workflow_name = validate_request(config, request)
         run_id = record_dry_run(config, request)
         plan = describe_plan(
             config, config.target(target), workflow_named(workflow_name, config.target(target))
@@ -61,22 +72,4 @@ async def recover(
             "state": "dry_run",
             "plan": plan,
         }
-    run_id = request_id or str(current_flow_run.id)
-    services = services_for(config)
-    try:
-        admit(config, services.state, services.audit, request, workflow_name, run_id)
-    except RecoveryRefused as exc:
-        install_hooks()
-        await emit(
-            RunDetails(
-                Phase.FINISHED,
-                target,
-                workflow_name,
-                RunType(type),
-                run_id,
-                RunState.REFUSED,
-                reason=exc.reason,
-            )
-        )
-        return refused_state(exc.reason)
-    return await execute_workflow(workflow_name, request, config, run_id=run_id)
+    return await run_operation(config, request, request_id)

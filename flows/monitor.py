@@ -21,11 +21,13 @@ from tasks.status import publish_status
 
 
 @flow(name="monitor", log_prints=False)
-async def monitor(config_path: str | None = None) -> dict[str, Any]:
+async def monitor() -> dict[str, Any]:
     """One monitor cycle. Recoveries of different targets run concurrently."""
     install_log_redaction()
     logger = get_run_logger()
-    config = load_config(config_path)
+    # The worker's config (RECOVERY_CONFIG); a target with an unset ${VAR} fails the cycle
+    # rather than going unmonitored in silence.
+    config = load_config().require_resolved()
     for dead in await reconcile_runs(config):  # rows of recoveries whose process died (I1, I2)
         logger.warning("%s of %s (run %s): %s", dead.workflow, dead.target, dead.run_id, dead.message)
     results = await probe_all(config)
@@ -42,7 +44,6 @@ async def monitor(config_path: str | None = None) -> dict[str, Any]:
         *(
             flows[d.workflow or ""](
                 target=d.target,
-                config_path=config_path,
                 run_type="automatic",
                 requested_by="monitor",
                 lock_token=d.lock_token,

@@ -16,7 +16,7 @@ from prefect.settings import PREFECT_UI_URL
 from pydantic import Field
 
 from flows import signals
-from flows.recovery_flows import RECOVERY_FLOWS
+from flows.recovery_flows import OPERATION_FLOWS, RECOVERY_FLOWS
 from recovery.config.loader import load_config
 from recovery.redact import install_log_redaction
 from recovery.reporting.stats import parse_window
@@ -24,18 +24,21 @@ from tasks.stats import compute_stats, publish_history, publish_stats
 from tasks.status import publish_status
 
 # Flows whose runs are recoveries: one per workflow, plus ``recover`` (manual triggers).
-RECOVERY_FLOW_NAMES = [*RECOVERY_FLOWS, "recover"]
+RECOVERY_FLOW_NAMES = [*RECOVERY_FLOWS, *OPERATION_FLOWS, "recover"]
+# A window: a number and a unit (recovery.reporting.stats.parse_window checks the range).
+Window = Annotated[str, Field(max_length=16, pattern=r"^[0-9]{1,6}(\.[0-9]{1,3})?[smhdw]$")]
 
 
 @flow(name="recovery-stats", log_prints=False)
-async def recovery_stats(
-    since: Annotated[str, Field(description="Window, e.g. 1h, 24h, 7d.")] = "24h",
-    config_path: str | None = None,
-) -> list[dict[str, Any]]:
-    """Stats of the recovery runs started in the last ``since`` (table + markdown artifacts)."""
+async def recovery_stats(since: Window = "24h") -> list[dict[str, Any]]:
+    """Stats of the recovery runs started in the last ``since`` (table + markdown artifacts).
+
+    Args:
+        since: Window, e.g. 30m, 24h, 7d.
+    """
     install_log_redaction()
     until = datetime.now(UTC)
-    report = await compute_stats(config_path, until - parse_window(since), until, RECOVERY_FLOW_NAMES)
+    report = await compute_stats(load_config(), until - parse_window(since), until, RECOVERY_FLOW_NAMES)
     await publish_stats(report)
     unaudited = sum(g.unaudited for g in report.groups)
     get_run_logger().info(
@@ -55,20 +58,21 @@ def ui_url() -> str | None:
 
 
 @flow(name="recovery-history", log_prints=False)
-async def recovery_history(
-    limit: Annotated[int, Field(ge=1, le=1000, description="How many runs.")] = 20,
-    config_path: str | None = None,
-) -> int:
-    """The last ``limit`` recovery runs as a table artifact, linking to their flow runs."""
+async def recovery_history(limit: Annotated[int, Field(ge=1, le=1000)] = 20) -> int:
+    """The last ``limit`` recovery runs as a table artifact, linking to their flow runs.
+
+    Args:
+        limit: How many runs, newest first (1-1000).
+    """
     install_log_redaction()
-    return await publish_history(config_path, limit, ui_url())
+    return await publish_history(load_config(), limit, ui_url())
 
 
 @flow(name="recovery-status", log_prints=False)
-async def recovery_status(config_path: str | None = None) -> list[dict[str, Any]]:
+async def recovery_status() -> list[dict[str, Any]]:
     """Publish the status board now (the monitor does it every cycle)."""
     install_log_redaction()
-    rows = await publish_status(load_config(config_path))
+    rows = await publish_status(load_config())
     signals.monitor_cycle([], rows)
     return [r.as_json() for r in rows]
 

@@ -1,4 +1,11 @@
-"""Recovery flows, one per workflow; each is a thin wrapper over ``execute_workflow``."""
+"""Recovery flows, one per workflow; each is a thin wrapper over ``execute_workflow``.
+
+``RECOVERY_FLOWS``: the automatic-recovery flows the monitor starts as subflows, in its own
+process. They take internal parameters (run type, the monitor's lock token, what it detected)
+and are deliberately not deployments: no caller can pass a lock token or call a run automatic.
+``OPERATION_FLOWS``: ``clear-cache`` and ``reconnect-database``, admin deployments whose
+parameters are the caller-facing types of ``flows.admin`` only.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +14,10 @@ from typing import Any
 from prefect import Flow, flow
 from prefect.client.schemas.objects import State
 
+from flows.admin import RequestedBy, TargetName, Text, run_operation
 from flows.common import RunType, execute_workflow, on_cancelled, on_crashed
 from recovery.config.loader import load_config
 from recovery.engine.runtime import RecoveryRequest
-
-
-async def _run(
-    workflow: str, config_path: str | None = None, pattern: str | None = None, **fields: Any
-) -> dict[str, Any] | State[Any]:
-    """The body every recovery flow shares: its parameters (``locals()``) -> one request.
-
-    The flows' parameters are RecoveryRequest's fields by name, plus the config path and
-    clear-cache's ``pattern`` (a workflow option); passing ``locals()`` keeps them from drifting.
-    """
-    request = RecoveryRequest(**fields, options={"pattern": pattern} if pattern else None)
-    return await execute_workflow(workflow, request, load_config(config_path))
 
 
 def _workflow_flow(workflow: str, doc: str) -> Flow[..., Any]:
@@ -32,7 +28,6 @@ def _workflow_flow(workflow: str, doc: str) -> Flow[..., Any]:
 
     async def run(
         target: str,
-        config_path: str | None = None,
         run_type: RunType = "manual",
         requested_by: str | None = None,
         reason: str | None = None,
@@ -40,9 +35,10 @@ def _workflow_flow(workflow: str, doc: str) -> Flow[..., Any]:
         detected_reason: str | None = None,
         first_failure_at: float | None = None,
     ) -> dict[str, Any] | State[Any]:
-        # locals() also lists the closure's ``workflow``: the parameters are everything else.
+        # The parameters are RecoveryRequest's fields by name; locals() keeps them from drifting
+        # (it also lists the closure's ``workflow``).
         fields = {k: v for k, v in locals().items() if k != "workflow"}
-        return await _run(workflow, **fields)
+        return await execute_workflow(workflow, RecoveryRequest(**fields), load_config())
 
     run.__name__ = run.__qualname__ = workflow.replace("-", "_")
     run.__doc__ = doc
@@ -69,40 +65,47 @@ rate_limit_recovery = _workflow_flow(
 
 @flow(name="clear-cache", on_cancellation=[on_cancelled], on_crashed=[on_crashed], log_prints=False)
 async def clear_cache(
-    target: str,
-    pattern: str | None = None,
-    config_path: str | None = None,
-    run_type: RunType = "manual",
-    requested_by: str | None = None,
-    reason: str | None = None,
-    lock_token: str | None = None,
-    detected_reason: str | None = None,
-    first_failure_at: float | None = None,
+    target: TargetName,
+    requested_by: RequestedBy,
+    reason: Text | None = None,
+    pattern: Text | None = None,
 ) -> dict[str, Any] | State[Any]:
-    """Manual: delete the keys of a cache target matching ``pattern`` (default: its key_pattern)."""
-    return await _run("clear-cache", **locals())
+    """Delete the keys of a cache target that match a pattern (audited manual operation).
+
+    Args:
+        target: Cache (redis) target whose keys to delete.
+        requested_by: Who asks (audited): a name, a ticket bot. Required.
+        reason: Why (audited).
+        pattern: Redis SCAN MATCH pattern, e.g. user:*; default: the target's validate.key_pattern.
+    """
+    options = {"pattern": pattern} if pattern else None
+    request = RecoveryRequest(target, "clear-cache", "manual", requested_by, reason, options=options)
+    return await run_operation(load_config(), request)
 
 
 @flow(name="reconnect-database", on_cancellation=[on_cancelled], on_crashed=[on_crashed], log_prints=False)
 async def reconnect_database(
-    target: str,
-    config_path: str | None = None,
-    run_type: RunType = "manual",
-    requested_by: str | None = None,
-    reason: str | None = None,
-    lock_token: str | None = None,
-    detected_reason: str | None = None,
-    first_failure_at: float | None = None,
+    target: TargetName, requested_by: RequestedBy, reason: Text | None = None
 ) -> dict[str, Any] | State[Any]:
-    """Manual: reset the database's connection pools (pool_generation) and verify."""
-    return await _run("reconnect-database", **locals())
+    """Reset a database target's connection pools (pool_generation) and verify (audited).
+
+    Args:
+        target: Database target whose connection pools to reset.
+        requested_by: Who asks (audited): a name, a ticket bot. Required.
+        reason: Why (audited).
+    """
+    request = RecoveryRequest(target, "reconnect-database", "manual", requested_by, reason)
+    return await run_operation(load_config(), request)
 
 
+# The monitor's subflows, by workflow name (select_workflow never picks a manual-only workflow).
 RECOVERY_FLOWS: dict[str, Flow[..., Any]] = {
     "rate-limit-recovery": rate_limit_recovery,
     "api-failure-recovery": api_failure_recovery,
     "database-recovery": database_recovery,
     "cache-recovery": cache_recovery,
+}
+OPERATION_FLOWS: dict[str, Flow[..., Any]] = {
     "clear-cache": clear_cache,
     "reconnect-database": reconnect_database,
 }

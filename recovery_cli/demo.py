@@ -9,6 +9,7 @@ subflow, whose verification retries with backoff until the service is back.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
 import threading
@@ -45,6 +46,7 @@ def run_demo(keep: bool = False) -> int:
         config_path = workdir / "recovery.yaml"
         db = workdir / "audit.db"
         config_path.write_text(CONFIG.format(db=db, url=server.url))
+        os.environ["RECOVERY_CONFIG"] = str(config_path)  # the flows load the config it names
         return asyncio.run(_demo(server, str(config_path), str(db)))
     finally:
         server.stop()
@@ -64,7 +66,7 @@ async def _demo(server: DemoService, config_path: str, db: str) -> int:
 
     event(f"local service up at {server.url}/health; config {config_path}")
     event("starting Prefect's ephemeral API for the first flow run (~15 s on this machine)...")
-    report = await monitor(config_path=config_path)
+    report = await monitor()
     event(f"monitor cycle 1: demo-api {report['targets'][0]['reason']}")
 
     server.fail(503)
@@ -74,7 +76,7 @@ async def _demo(server: DemoService, config_path: str, db: str) -> int:
     recovered = False
     for cycle in range(2, MAX_CYCLES + 1):
         await asyncio.sleep(1.0)
-        report = await monitor(config_path=config_path)
+        report = await monitor()
         target = report["targets"][0]
         state = "healthy" if target["healthy"] else f"unhealthy ({target['reason']})"
         event(

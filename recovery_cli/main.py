@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("recover", "run a recovery flow for TARGET now", cmd_recover, target="required", who=True)
     p.add_argument("--workflow", type=non_blank, help="override the workflow chosen for the target's kind")
     p.add_argument("--reason", type=text, help="why (audited; required for --type emergency)")
-    p.add_argument("--type", choices=("manual", "emergency", "scheduled"), default="manual")
+    # "scheduled" is what a deployment schedule's runs are audited as, never a caller's choice.
+    p.add_argument("--type", choices=("manual", "emergency"), default="manual")
     p.add_argument("--dry-run", action="store_true", help="record and print the plan only")
     p = command("history", "recent recoveries from the audit store (no Prefect)", cmd_history)
     p.add_argument("--target", type=target_name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from typing import Any
 
 from recovery_cli.common import (
@@ -16,7 +17,7 @@ from recovery_cli.common import (
 def cmd_validate(args: argparse.Namespace) -> int:
     from recovery.config.loader import load_config, resolve_config_path
 
-    config = load_config(args.config)
+    config = load_config(args.config).require_resolved()  # validate: every ${VAR} must be set
     kinds: dict[str, int] = {}
     for target in config.targets:
         kinds[target.kind] = kinds.get(target.kind, 0) + 1
@@ -32,7 +33,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from recovery.config.loader import load_config
     from recovery.engine.probing import probe_targets
 
-    config = load_config(args.config)
+    config = load_config(args.config).require_resolved()  # check probes every target
     results = asyncio.run(probe_targets(config.targets, config.monitor.probe_concurrency))
     if args.json:
         print_json([r.as_json() for r in results])
@@ -42,6 +43,12 @@ def cmd_check(args: argparse.Namespace) -> int:
             mark = "healthy  " if r.healthy else "UNHEALTHY"
             print(f"{r.target:<{width}}  {r.kind:<8} {mark}  {r.latency_ms:8.1f} ms  {r.reason}")
     return EXIT_OK if all(r.healthy for r in results) else EXIT_FAILED
+
+
+def warn_unresolved(config: Any) -> None:
+    """Targets left out for an unset ``${VAR}``: named on stderr, so a board is never silently short."""
+    for error in config.unresolved.values():
+        print(f"recovery: warning: {error}", file=sys.stderr)
 
 
 def format_run(run: Any) -> list[str]:
@@ -80,7 +87,9 @@ def cmd_breaker_status(args: argparse.Namespace) -> int:
     from recovery.config.loader import load_config
     from recovery.engine.breaker_admin import breaker_statuses
 
-    statuses = breaker_statuses(load_config(args.config), args.target)
+    config = load_config(args.config)
+    warn_unresolved(config)
+    statuses = breaker_statuses(config, args.target)
     if args.json:
         print_json([s.as_json() for s in statuses])
     elif not statuses:
@@ -124,7 +133,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     from recovery.config.loader import load_config
     from recovery.reporting.status import collect_status, format_status
 
-    rows = collect_status(load_config(args.config))
+    config = load_config(args.config)
+    warn_unresolved(config)
+    rows = collect_status(config)
     if args.json:
         print_json([r.as_json() for r in rows])
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 from typing import Any
 
 from recovery.config.loader import RecoveryConfig
@@ -20,17 +21,25 @@ from recovery_cli.common import (
 from recovery_cli.readonly import format_run
 
 
-def cmd_monitor(args: argparse.Namespace) -> int:
-    from recovery.config.loader import load_config, resolve_config_path
+def use_config(arg: str | None) -> None:
+    """Flows load the config named by ``RECOVERY_CONFIG`` (never a parameter): point it at
+    ``--config`` for the flows this process runs."""
+    from recovery.config.loader import CONFIG_ENV_VAR, resolve_config_path
 
-    config = load_config(args.config)  # fail fast (exit 2) before paying for Prefect
-    config_path = str(resolve_config_path(args.config))
+    os.environ[CONFIG_ENV_VAR] = str(resolve_config_path(arg).resolve())
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from recovery.config.loader import load_config
+
+    config = load_config(args.config).require_resolved()  # fail fast (exit 2) before paying for Prefect
+    use_config(args.config)
     prefect_environment()
     from flows.monitor import monitor
 
     async def cycles() -> int:
         while True:
-            report = await monitor(config_path=config_path)
+            report = await monitor()
             if args.json:
                 print_json(report)
             else:
@@ -95,15 +104,18 @@ def _run_flow(
     """Run ``flow_fn`` for ``args.target`` in this process, then print its audit row
     (``audit_id``, default: the flow run's id, which is the audit id of workflow flows).
     Every such flow takes the caller's target, name and reason; ``params`` adds the rest."""
-    from recovery.config.loader import resolve_config_path
+    from recovery.engine.triggers import check_text
 
     who = {
         "target": config.target(args.target).name,
         "requested_by": args.requested_by,
         "reason": args.reason,
     }
-    path = str(resolve_config_path(args.config))
-    state: Any = asyncio.run(flow_fn(config_path=path, return_state=True, **who, **params))
+    for name, value in who.items():
+        if name != "target" and value is not None:  # what the flow's schema would refuse, as exit 2
+            check_text(f"--{name.replace('_', '-')}", value)
+    use_config(args.config)
+    state: Any = asyncio.run(flow_fn(return_state=True, **who, **params))
     return _report(args, config, audit_id or str(state.state_details.flow_run_id), state, what)
 
 
@@ -116,10 +128,10 @@ def _run_operation(args: argparse.Namespace, workflow: str, **params: Any) -> in
     target = config.target(args.target)
     workflow_named(workflow, target)  # wrong kind of target -> exit 2 before paying for Prefect
     prefect_environment()
-    from flows.recovery_flows import RECOVERY_FLOWS
+    from flows.recovery_flows import OPERATION_FLOWS
 
-    flow_fn = RECOVERY_FLOWS[workflow]  # flows differ in their extra parameters (pattern)
-    return _run_flow(args, config, flow_fn, workflow, None, run_type="manual", **params)
+    flow_fn = OPERATION_FLOWS[workflow]  # flows differ in their extra parameters (pattern)
+    return _run_flow(args, config, flow_fn, workflow, None, **params)
 
 
 def _report(args: argparse.Namespace, config: RecoveryConfig, run_id: str, state: Any, what: str) -> int:
@@ -207,7 +219,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.metrics_host and not args.metrics_port:
         raise ConfigError("--metrics-host", "needs --metrics-port")
-    load_config(args.config)  # bad config -> exit 2 before Prefect starts
+    load_config(args.config).require_resolved()  # bad config -> exit 2 before Prefect starts
     prefect_environment()
     if args.metrics_port:
         from recovery.reporting.metrics import start_metrics_server

@@ -2,16 +2,15 @@
 
 ``compute_stats`` adds to the audit's numbers the recovery flow runs that Prefect saw end
 Failed/Crashed/Cancelled but that never wrote an audit row (a crash before ``begin()``, an
-audit database that was down): those count as failed (cancelled). Only runs that would have
-written to *this* audit store count: a run's ``config_path`` parameter must load a config with
-the same ``audit_url``, and its target must be configured.
+audit database that was down): those count as failed (cancelled). Every run of these flows
+loads the worker's config (no run chooses its own), so a run counts when its target is one of
+this config's targets; nothing here opens a path found in another run's parameters.
 """
 
 from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from prefect import task
@@ -31,9 +30,8 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
 
 from recovery.audit.store import AuditStore
-from recovery.config.loader import RecoveryConfig, load_config
+from recovery.config.loader import RecoveryConfig
 from recovery.engine.workflows import select_workflow
-from recovery.errors import RecoveryError
 from recovery.redact import redact
 from recovery.reporting import stats as core
 from recovery.reporting import unaudited as merge
@@ -74,23 +72,6 @@ async def _ended_badly(names: list[str], since: datetime, until: datetime) -> di
             offset += PAGE
 
 
-class _SameAudit:
-    """Does a flow run's ``config_path`` point at a config with our audit store? (cached)"""
-
-    def __init__(self, config: RecoveryConfig) -> None:
-        self.audit_url = config.audit_url.get_secret_value()
-        self.cache: dict[str | None, bool] = {}
-
-    def __call__(self, config_path: Any) -> bool:
-        key = str(Path(config_path).resolve()) if config_path else None
-        if key not in self.cache:
-            try:
-                self.cache[key] = load_config(key).audit_url.get_secret_value() == self.audit_url
-            except RecoveryError:
-                self.cache[key] = False
-        return self.cache[key]
-
-
 def _workflow(config: RecoveryConfig, flow_name: str, params: dict[str, Any]) -> str:
     if flow_name != "recover":
         return flow_name
@@ -104,14 +85,11 @@ async def prefect_only_runs(
     ended = await _ended_badly(flow_names, since, until)
     runs = [(name, run) for name, items in ended.items() for run in items]
     audited = await asyncio.to_thread(merge.audited_flow_run_ids, store, [str(r.id) for _, r in runs])
-    same_audit = _SameAudit(config)
     known = {t.name for t in config.targets}
     out: list[merge.UnauditedRun] = []
     for name, run in runs:
         params = run.parameters or {}
         if str(run.id) in audited or params.get("target") not in known:
-            continue
-        if not same_audit(params.get("config_path")):
             continue
         state_type = run.state.type if run.state else StateType.CRASHED
         at = run.end_time or run.start_time or run.expected_start_time or until
@@ -131,10 +109,9 @@ async def prefect_only_runs(
 
 @task(name="compute-stats", cache_policy=NO_CACHE)
 async def compute_stats(
-    config_path: str | None, since: datetime, until: datetime, flow_names: list[str]
+    config: RecoveryConfig, since: datetime, until: datetime, flow_names: list[str]
 ) -> core.StatsReport:
     """Audit stats (SQL) for the window, plus the runs only Prefect's history knows about."""
-    config = load_config(config_path)
     store = services_for(config).audit
     report = await asyncio.to_thread(core.compute_stats, store, since, until)
     unaudited = await prefect_only_runs(config, store, flow_names, since, until)
@@ -156,9 +133,8 @@ async def publish_stats(report: core.StatsReport) -> None:
 
 
 @task(name="publish-history", cache_policy=NO_CACHE)
-async def publish_history(config_path: str | None, limit: int, ui_url: str | None) -> int:
+async def publish_history(config: RecoveryConfig, limit: int, ui_url: str | None) -> int:
     """The last ``limit`` runs as the ``recovery-history`` table artifact (links to flow runs)."""
-    config = load_config(config_path)
     store = services_for(config).audit
     runs = await asyncio.to_thread(store.history, None, limit)
     table = history_table(runs, ui_url)

@@ -250,8 +250,14 @@ def test_env_expansion(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 def test_env_missing_variable_names_field(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RT_DEFINITELY_UNSET", raising=False)
-    error = _error({"targets": [_target(), _target(name="b", url="http://${RT_DEFINITELY_UNSET}/x")]})
-    assert str(error) == "targets[1].url: environment variable RT_DEFINITELY_UNSET is not set"
+    config = parse_config({"targets": [_target(), _target(name="b", url="http://${RT_DEFINITELY_UNSET}/x")]})
+    with pytest.raises(ConfigError) as info:
+        config.target("b")  # unresolved: an error once something touches it (tests/test_config_unresolved.py)
+    assert str(info.value) == (
+        "targets[1].url: target 'b' is unresolved: environment variable RT_DEFINITELY_UNSET is not set"
+    )
+    error = _error({"audit_url": "sqlite:///${RT_DEFINITELY_UNSET}.db"})  # top level: always resolved
+    assert str(error) == "audit_url: environment variable RT_DEFINITELY_UNSET is not set"
 
 
 def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:

@@ -78,9 +78,10 @@ async def run_flows(config_path: str) -> None:
     from flows.monitor import monitor
     from flows.observability_flows import recovery_history, recovery_stats
 
-    await monitor(config_path=config_path)
-    await recovery_stats(since="24h", config_path=config_path)
-    await recovery_history(limit=20, config_path=config_path)
+    os.environ["RECOVERY_CONFIG"] = config_path  # flows load the config it names
+    await monitor()
+    await recovery_stats(since="24h")
+    await recovery_history(limit=20)
 
 
 def latest_ids(api: str) -> dict[str, str]:

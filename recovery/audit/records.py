@@ -1,13 +1,17 @@
 """What the audit store reads back: frozen run and step records, and their text rules.
 
-``error_text`` is the one way an error enters the audit: redacted, then truncated.
+``error_text`` is the one way an error enters the audit: redacted, then truncated; a database
+error is reduced to its class and the driver's first line (never the statement or its values).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from recovery.audit.models import RecoveryRun
 from recovery.errors import RecoveryError
@@ -32,10 +36,26 @@ def aware(value: datetime | None) -> datetime | None:
     return value
 
 
+# SQLAlchemy appends the statement, its bound values and a docs link to str(exc); the values
+# are whatever the caller sent (a NUL byte, a password typed into a reason), so they never
+# leave this module. Also applied to any text, in case a wrapper copied str(exc) into its own.
+_SQL_SECTIONS = re.compile(r"\s*(\[SQL: |\[parameters: |\(Background on this error at: ).*", re.DOTALL)
+
+
+def db_error_text(error: SQLAlchemyError) -> str:
+    """``IntegrityError: UNIQUE constraint failed: recovery_runs.id``: the class and the DBAPI
+    error's first line; the driver's further lines (DETAIL: Key (id)=(...)) carry values too."""
+    orig = getattr(error, "orig", None)
+    text = _SQL_SECTIONS.sub("", str(orig if orig is not None else error)).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
 def error_text(error: BaseException | str | None) -> str | None:
     if error is None:
         return None
-    return redact(str(error))[:MAX_MESSAGE]
+    text = db_error_text(error) if isinstance(error, SQLAlchemyError) else str(error)
+    return redact(_SQL_SECTIONS.sub("", text))[:MAX_MESSAGE]
 
 
 @dataclass(frozen=True)

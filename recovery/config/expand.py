@@ -22,9 +22,35 @@ _REF_RE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]
 _SYNTAX = "expected ${NAME} or ${NAME:-default}"
 
 
+class UnsetVariable(ConfigError):
+    """A ``${VAR}`` with no value and no default (a target's may be set aside as unresolved)."""
+
+
 def expand_env(data: Any, root: str) -> Any:
     """A copy of ``data`` with every reference in its string values replaced."""
     return _Expansion(root).value(data, "", 0)
+
+
+def expand_lazily(data: dict[str, Any], root: str) -> tuple[dict[str, Any], dict[str, ConfigError]]:
+    """Expand ``${VAR}`` everywhere within one budget; a target with an unset variable (and a
+    literal name) is set aside as unresolved instead of failing the whole file, so a command
+    that never touches it needs none of its secrets. Malformed references still fail."""
+    expansion = _Expansion(root)
+    targets = data.get("targets")
+    out = expansion.value({k: v for k, v in data.items() if k != "targets"}, "", 0)
+    if not isinstance(targets, list):
+        return {**out, **({"targets": targets} if "targets" in data else {})}, {}
+    kept: list[Any] = []
+    unresolved: dict[str, ConfigError] = {}
+    for i, raw in enumerate(targets):
+        try:
+            kept.append(expansion.value(raw, f"targets[{i}]", 1))
+        except UnsetVariable as exc:
+            name = raw.get("name") if isinstance(raw, dict) else None
+            if not isinstance(name, str) or "${" in name or name in unresolved:
+                raise
+            unresolved[name] = ConfigError(exc.field, f"target '{clip(name)}' is unresolved: {exc.message}")
+    return {**out, "targets": kept}, unresolved
 
 
 class _Expansion:
@@ -63,7 +89,7 @@ class _Expansion:
                 raise ConfigError(path, f"malformed '${{' at character {start + 1} ({_SYNTAX})")
             replacement = os.environ.get(ref["name"], ref["default"])
             if replacement is None:
-                raise ConfigError(path, f"environment variable {clip(ref['name'])} is not set")
+                raise UnsetVariable(path, f"environment variable {clip(ref['name'])} is not set")
             self.left -= len(replacement)
             if self.left < 0:
                 raise ConfigError(path, f"${{...}} expansions exceed {MAX_EXPANDED_CHARS} characters in all")

@@ -7,6 +7,11 @@ registered with ``redact`` so it cannot leak through logs or error messages.
 
 The file is read by ``recovery.config.source`` and expanded by ``recovery.config.expand``, both
 within the limits of ``recovery.config.limits`` (docs/security.md).
+
+A target whose ``${VAR}`` is unset is *unresolved*: set aside, and an error only for a command
+that touches it (``config.target(name)``, ``require_resolved()``), so ``history`` or ``stats``
+need no secret of a target they never connect to. Top-level values (``audit_url``,
+``state_url``...) must always resolve.
 """
 
 from __future__ import annotations
@@ -19,13 +24,14 @@ from typing import Any
 
 from pydantic import (
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-from recovery.config.expand import ENV_NAME_RE, expand_env
+from recovery.config.expand import ENV_NAME_RE, expand_lazily
 from recovery.config.limits import MAX_COUNT, MAX_INTERVAL, MAX_TARGETS, MAX_TIMEOUT, MAX_WINDOW
 from recovery.config.source import parse_yaml, read_config_text
 from recovery.config.strategy import (
@@ -139,6 +145,8 @@ class RecoveryConfig(_Model):
     )
     # fail_fast: one bad target is enough to report; the others need no error objects.
     targets: list[TargetConfig] = Field(default_factory=list, max_length=MAX_TARGETS, fail_fast=True)
+    # Targets set aside because a ${VAR} of theirs is unset: name -> the error naming it.
+    _unresolved: dict[str, ConfigError] = PrivateAttr(default_factory=dict)
 
     _check_audit_url = field_validator("audit_url")(_audit_secret)
     _check_state_url = field_validator("state_url")(_optional_redis_secret)
@@ -156,11 +164,25 @@ class RecoveryConfig(_Model):
         for target in self.targets:
             if target.name == name:
                 return target
+        if name in self._unresolved:
+            error = self._unresolved[name]
+            raise ConfigError(error.field, error.message)  # a fresh one: raising grows __traceback__
         known = clip(", ".join(t.name for t in self.targets[:20]) or "none", 200)
         raise ConfigError("target", f"unknown target '{clip(name)}' (known: {known})")
 
     def strategy_for(self, target: TargetConfig) -> StrategyConfig:
         return target.strategy or self.strategy
+
+    @property
+    def unresolved(self) -> dict[str, ConfigError]:
+        """Targets left out of ``targets`` because a ``${VAR}`` of theirs is unset."""
+        return dict(self._unresolved)
+
+    def require_resolved(self) -> RecoveryConfig:
+        """Self, or the first unresolved target's error: for commands that touch every target."""
+        for error in self._unresolved.values():
+            raise ConfigError(error.field, error.message)
+        return self
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -215,7 +237,7 @@ def parse_config(data: Any, source: str = "config") -> RecoveryConfig:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(clip(source), "expected a mapping at the top level")
-    data = expand_env(data, clip(source))
+    data, unresolved = expand_lazily(data, clip(source))
     try:
         config = RecoveryConfig.model_validate(data)
     except ConfigError:
@@ -226,6 +248,9 @@ def parse_config(data: Any, source: str = "config") -> RecoveryConfig:
         if isinstance(ctx_error, ConfigError):
             raise ctx_error from None
         raise ConfigError(format_loc(first["loc"]) or clip(source), _message(first)) from None
+    for name in unresolved.keys() & {t.name for t in config.targets}:
+        raise ConfigError("targets", f"duplicate target name '{clip(name)}'")
+    config._unresolved = unresolved
     _register_config_secrets(config)
     state_url = config.state_url.get_secret_value() if config.state_url else None
     check_state_keyspace(state_url, config.targets)  # destructive patterns stay off the state keys

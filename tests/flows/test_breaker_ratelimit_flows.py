@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 from faultserver import FaultServer
 
@@ -52,21 +53,22 @@ def write_config(
 
 
 async def test_breaker_status_and_audited_reset_flows(
-    prefect_api: str, redis_url: str, sqlite_url: str, tmp_path: Path
+    prefect_api: str, redis_url: str, sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = write_config(
         tmp_path / "r.yaml", audit_url=sqlite_url, state_url=redis_url, url="http://127.0.0.1:9/"
     )
+    monkeypatch.setenv("RECOVERY_CONFIG", path)  # the flows load the worker's config
     config = load_config(path)
     breaker_for_target(config, "payments-api").open()
 
-    everything = await circuit_breaker_status(config_path=path)
+    everything = await circuit_breaker_status()
     assert {s["target"]: s["state"] for s in everything} == {"payments-api": "open", "search": "closed"}
-    [one] = await circuit_breaker_status(target="payments-api", config_path=path)
+    [one] = await circuit_breaker_status(target="payments-api")
     assert one["state"] == "open" and one["half_open_in_seconds"] > 0
 
     result = await reset_circuit_breaker(
-        target="payments-api", requested_by="alice", reason="provider confirmed the fix", config_path=path
+        target="payments-api", requested_by="alice", reason="provider confirmed the fix"
     )
     assert (result["before"], result["after"]) == ("open", "closed")
     run = AuditStore(sqlite_url).run(result["run_id"])
@@ -171,7 +173,12 @@ def test_cli_recover_refused_by_time_window_exits_1(
 
 
 async def test_monitor_runs_rate_limit_recovery_then_raises_the_rate(
-    prefect_api: str, fault_server: FaultServer, redis_url: str, sqlite_url: str, tmp_path: Path
+    prefect_api: str,
+    fault_server: FaultServer,
+    redis_url: str,
+    sqlite_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     extra = (
         ", rate_limit: {normal_rate_per_second: 4, safety_factor: 0.5, increase_per_cycle: 1,"
@@ -185,6 +192,7 @@ async def test_monitor_runs_rate_limit_recovery_then_raises_the_rate(
         extra=extra,
         search_url=f"{fault_server.url}/status/200",
     )
+    monkeypatch.setenv("RECOVERY_CONFIG", path)  # the flows load the worker's config
     audit = AuditStore(sqlite_url)
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     fault_server.app.set_mode("ratelimit:4")
@@ -206,7 +214,7 @@ async def test_monitor_runs_rate_limit_recovery_then_raises_the_rate(
     lifter = threading.Thread(target=lift_limit_at_reset, daemon=True)
     lifter.start()
     try:
-        report = await monitor(config_path=path)
+        report = await monitor()
     finally:
         stop.set()
     [recovery] = report["recoveries"]
@@ -237,7 +245,7 @@ async def test_monitor_runs_rate_limit_recovery_then_raises_the_rate(
     assert RedisState(redis_url).paused("payments-api") is None
 
     # Later healthy cycles raise the rate additively back to normal (AIMD).
-    await monitor(config_path=path)
+    await monitor()
     assert float(client.hget(rate_key("payments-api"), "allowed") or 0) == 3.0
-    await monitor(config_path=path)
+    await monitor()
     assert client.hget(rate_key("payments-api"), "allowed") is None  # back at the normal 4/s

@@ -102,7 +102,13 @@ async def events(name: str, target: str, since: float, want: int = 1, timeout: f
 
 
 async def test_monitor_publishes_status_board_for_every_target(
-    prefect_api: str, fault_server: FaultServer, redis_url: str, sqlite_url: str, tmp_path: Path, run_cli: Any
+    prefect_api: str,
+    fault_server: FaultServer,
+    redis_url: str,
+    sqlite_url: str,
+    tmp_path: Path,
+    run_cli: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     register_secret(SECRET)
     names = ["payments-api", "search-api", "ledger-api"]
@@ -116,7 +122,8 @@ async def test_monitor_publishes_status_board_for_every_target(
             http_target(names[2], f"{fault_server.url}/health"),
         ],
     )
-    state: Any = await monitor(config_path=path, return_state=True)
+    monkeypatch.setenv("RECOVERY_CONFIG", path)  # the flows load the worker's config
+    state: Any = await monitor(return_state=True)
     assert state.is_completed(), state.message
     art = await artifact("recovery-status", state.state_details.flow_run_id)
     rows = {r["target"]: r for r in table(art)}
@@ -151,19 +158,20 @@ async def test_monitor_publishes_status_board_for_every_target(
     assert board["payments-api"]["allowed_rate_per_second"] == 10.0
 
     # The recovery-status flow publishes the same board on demand.
-    rows_now = await recovery_status(config_path=path)
+    rows_now = await recovery_status()
     assert [r["target"] for r in rows_now] == names
 
 
 async def test_failed_recovery_escalates_and_stats_count_crashed_runs(
-    prefect_api: str, redis_url: str, sqlite_url: str, tmp_path: Path
+    prefect_api: str, redis_url: str, sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     name = f"api-{uuid.uuid4().hex[:6]}"
     path = write_config(
         tmp_path / "recovery.yaml", sqlite_url, redis_url, [http_target(name, "http://127.0.0.1:9/health")], 1
     )
+    monkeypatch.setenv("RECOVERY_CONFIG", path)  # the flows load the worker's config
     started = time.time()
-    report = await monitor(config_path=path)
+    report = await monitor()
     assert [r["state"] for r in report["recoveries"]] == ["failed"]
     [run] = AuditStore(sqlite_url).history(name)
     assert run.state == "failed"
@@ -172,12 +180,12 @@ async def test_failed_recovery_escalates_and_stats_count_crashed_runs(
     async with get_client() as client:
         crashed = await client.create_flow_run(
             api_failure_recovery,
-            parameters={"target": name, "config_path": path},
+            parameters={"target": name},
             state=Crashed(message="OOM"),
         )
     assert AuditStore(sqlite_url).run(str(crashed.id)) is None
 
-    stats = await recovery_stats(since="1h", config_path=path)
+    stats = await recovery_stats(since="1h")
     [group] = [g for g in stats if g["target"] == name]
     assert (group["runs"], group["failed"], group["succeeded"]) == (2, 2, 0)
     assert group["error_types"] == {"ProbeFailed": 1, "FlowCrashed": 1}
@@ -195,24 +203,25 @@ async def test_failed_recovery_escalates_and_stats_count_crashed_runs(
 
     # History: the failed run, linking to its flow run in the Prefect UI.
     with temporary_settings({PREFECT_UI_URL: "http://prefect.example:4200"}):
-        assert await recovery_history(limit=5, config_path=path) == 1
+        assert await recovery_history(limit=5) == 1
     [row] = table(await artifact("recovery-history"))
     assert row["target"] == name and row["state"] == "failed"
     assert row["flow run"] == f"http://prefect.example:4200/runs/flow-run/{run.flow_run_id}"
 
 
 async def test_flapping_target_is_not_recovered_but_escalated(
-    prefect_api: str, redis_url: str, sqlite_url: str, tmp_path: Path
+    prefect_api: str, redis_url: str, sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     name = f"api-{uuid.uuid4().hex[:6]}"
     path = write_config(
         tmp_path / "recovery.yaml", sqlite_url, redis_url, [http_target(name, "http://127.0.0.1:9/health")], 1
     )
+    monkeypatch.setenv("RECOVERY_CONFIG", path)  # the flows load the worker's config
     state = RedisState(redis_url)
     for i in range(20):  # what earlier cycles saw: up, down, up, down...
         state.push_probe_history(name, i % 2 == 0)
     started = time.time()
-    report = await monitor(config_path=path)
+    report = await monitor()
     [decision] = report["targets"]
     assert decision["action"] == "flapping" and decision["flapping"] is True
     assert report["recoveries"] == []
@@ -244,7 +253,7 @@ def documented_automations() -> list[dict[str, Any]]:
 
 
 async def test_documented_automations_page_on_a_failed_recovery(
-    prefect_api: str, redis_url: str, sqlite_url: str, tmp_path: Path
+    prefect_api: str, redis_url: str, sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
     threading.Thread(target=hook.serve_forever, daemon=True).start()
@@ -269,7 +278,8 @@ async def test_documented_automations_page_on_a_failed_recovery(
         path = write_config(
             tmp_path / "recovery.yaml", sqlite_url, redis_url, [http_target(name, "http://127.0.0.1:9/h")], 1
         )
-        report = await monitor(config_path=path)
+        monkeypatch.setenv("RECOVERY_CONFIG", path)  # the flows load the worker's config
+        report = await monitor()
         assert [r["state"] for r in report["recoveries"]] == ["failed"]
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and not any(name in m.get("subject", "") for m in _Hook.received):

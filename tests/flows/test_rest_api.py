@@ -281,7 +281,12 @@ def test_prefect_deploy_all_accepts_prefect_yaml(tmp_path: Path, sqlite_url: str
             "recovery-stats",
         }
         by_name = {d["name"]: d for d in deployments}
-        assert by_name["recover"]["parameters"]["config_path"] == str(config)
+        # No deployment names a config file: runs load their worker's RECOVERY_CONFIG.
+        for d in deployments:
+            assert "config_path" not in d["parameters"], d["name"]
+            assert "config_path" not in d["parameter_openapi_schema"]["properties"], d["name"]
+            for name, prop in d["parameter_openapi_schema"]["properties"].items():
+                assert prop.get("description"), f"{d['name']}.{name}: no help text in the form"
         # Prefect 3 reports a deployment's concurrency limit as a global concurrency limit.
         monitor_limit = by_name["monitor"].get("global_concurrency_limit") or {}
         assert monitor_limit.get("limit") == 1, by_name["monitor"]
