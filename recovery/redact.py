@@ -179,7 +179,9 @@ def _as_token(value: str) -> str:
     nor right after a "/" ("postgresql://recovery:pw@" is no path "/recovery").
     """
     path = value.startswith("/")
-    before = "(?<!/)" if path else f"(?<![{_WORD}])" if re.match(f"[{_WORD}]", value[0]) else ""
+    # A path token never starts inside a longer path or file name ("/tmp/x8/recovery.yaml" keeps
+    # "/recovery"); URLs on a config host:port are cut whole by ``_cut_config_urls`` instead.
+    before = f"(?<![{_WORD}/.])" if path else f"(?<![{_WORD}])" if re.match(f"[{_WORD}]", value[0]) else ""
     glued = _WORD + ("/" if path else "")
     after = f"(?![{glued}])" if re.match(f"[{_WORD}]", value[-1]) or path else ""
     return f"{before}{re.escape(value)}{after}"
