@@ -27,7 +27,6 @@ from typing import Any
 import pytest
 import redis
 import sqlalchemy
-import yaml
 from faultserver import FaultServer, free_port
 from prefect.client.orchestration import get_client
 from prefect.events.filters import EventFilter, EventOccurredFilter
@@ -192,7 +191,8 @@ def build_config(
         "targets": targets,
     }
     path = tmp_path / "recovery.yaml"
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    # JSON is YAML without anchors (the loader refuses them; safe_dump writes &id001 for shared values).
+    path.write_text(json.dumps(document, indent=2))
     return path
 
 
