@@ -17,6 +17,7 @@ from recovery.errors import ConfigError, RecoveryError
 from recovery.redact import redact
 from recovery_cli.common import EXIT_FAILED, EXIT_USAGE, Parser, port_number, positive_int
 from recovery_cli.readonly import (
+    cmd_audit_replay,
     cmd_breaker_status,
     cmd_check,
     cmd_history,
@@ -76,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_breaker_status,
         target="optional",
     )
+    audit = sub.add_parser("audit", help="the audit spool (records kept while the audit store was down)")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True, parser_class=Parser)
+    p = audit_sub.add_parser("replay", help="replay spooled audit records into the store now (no Prefect)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_audit_replay)
 
     def admin(name: str, help: str, func: Any, reason_required: bool = False) -> argparse.ArgumentParser:
         """An audited operation on one TARGET: who asks (--requested-by) and why (--reason)."""

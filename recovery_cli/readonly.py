@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from typing import Any
 
 from recovery_cli.common import (
@@ -128,3 +129,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print("\n".join(format_status(rows)))
     return EXIT_FAILED if any(r.health == "unhealthy" for r in rows) else EXIT_OK
+
+
+def cmd_audit_replay(args: argparse.Namespace) -> int:
+    """Replay the audit spool into the audit store (no Prefect); exit 1 while records remain."""
+    from recovery.config.loader import load_config
+    from recovery.services import services_for
+
+    audit = services_for(load_config(args.config)).audit  # building it already replays
+    if audit.last_error is None:
+        audit.replay()  # records another process spooled since
+    result = audit.summary()
+    if args.json:
+        print_json(result.as_json())
+    elif result.error:
+        print(f"audit store {result.store} unavailable: {result.error}")
+        print(f"{result.pending} records stay in the spool {result.spool}")
+    else:
+        print(f"{result.replayed} records replayed into {result.store}; {result.pending} pending")
+    if result.rejected:
+        where = audit.spool.rejected_path
+        print(f"{result.rejected} records rejected by the store: see {where}", file=sys.stderr)
+    return EXIT_OK if result.pending == 0 and not result.error and not result.rejected else EXIT_FAILED

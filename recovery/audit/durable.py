@@ -1,0 +1,257 @@
+"""DurableAudit: the ``AuditStore`` interface, never losing a write while the store is down.
+
+``Services.audit`` returns one, so the runtime, flows and commands use it unchanged.
+
+Writes. A write goes to the store unless the store just failed (then it waits ``retry_seconds``
+before trying again) or the spool still holds records. When the store cannot be reached or does
+not answer within ``audit_timeout_seconds`` (``AuditUnavailable``), the write is appended to the
+local spool (``recovery.audit.spool``) and the recovery goes on. Ordering: while the spool is not
+empty every write of every process sharing it is spooled too, and the next write that finds the
+store answering replays the spool first, in order; so a live write never overtakes a spooled one.
+If the spool cannot take the write either, ``NoDurableRecord`` (a ``RecoveryRefused``) is raised:
+``begin()`` refuses the run before any action, ``run_step()`` fails before the step acts.
+``AuditRejected`` (the store answered "no": unknown run, duplicate id) is raised, never spooled.
+
+Replay. ``replay()`` applies pending records in order, in batches of one transaction each,
+moving the spool's cursor after each batch; a record applied twice is harmless
+(``recovery.audit.ops``). One process replays at a time (a lock); a record the store rejects
+is moved to ``rejected.jsonl`` instead of blocking the ones after it. Every command and flow
+replays on first use of the store (construction), before each read, and before each live write.
+
+Reads (``run``, ``history``, and the engine ``status``/``stats`` query) go to the store after a
+replay attempt. When the store is down they raise ``AuditUnavailable`` (at once during the retry
+pause), like before: a history that silently lacked the spooled runs would mislead.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from recovery.audit.db import DEFAULT_TIMEOUT_SECONDS
+from recovery.audit.ops import AuditOp, apply_op
+from recovery.audit.records import AuditRejected, AuditUnavailable, NoDurableRecord, RunRecord, error_text
+from recovery.audit.spool import AuditSpool, store_key
+from recovery.audit.store import AuditStore
+from recovery.jsonable import Jsonable
+
+logger = logging.getLogger("recovery.audit")
+
+REPLAY_BATCH = 200
+
+
+@dataclass(frozen=True)
+class ReplayResult(Jsonable):
+    spool: str
+    store: str
+    replayed: int  # records applied by this call
+    rejected: int  # records the store refused (moved to rejected.jsonl)
+    pending: int  # records still waiting
+    busy: bool  # another process was replaying
+    error: str | None  # why replay stopped early (the store is down)
+
+
+def _one_line(text: str | None) -> str:
+    return (text or "").strip().splitlines()[0] if (text or "").strip() else "unknown error"
+
+
+class DurableAudit(AuditStore):
+    """An ``AuditStore`` that spools writes locally while the store cannot be reached."""
+
+    def __init__(
+        self,
+        url: str,
+        spool_dir: str | Path,
+        timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+        retry_seconds: float | None = None,
+    ) -> None:
+        super().__init__(url, timeout_seconds, lazy=True)
+        self.spool = AuditSpool(spool_dir, store_key(self.description))
+        # After a failure, writes go straight to the spool for this long: a frozen store then
+        # costs a recovery one timeout per pause, not one per write.
+        self.retry_seconds = retry_seconds if retry_seconds is not None else max(1.0, timeout_seconds)
+        self._retry_at = 0.0
+        self.last_error: str | None = None
+        self.replayed = self.rejected = 0  # by this object, since it was built
+        self.catch_up()
+
+    # --- availability -------------------------------------------------------------------------
+
+    def _due(self) -> bool:
+        return time.monotonic() >= self._retry_at
+
+    def _down(self, exc: BaseException) -> None:
+        if self.last_error is None:
+            logger.warning(
+                "audit store unavailable, spooling audit records to %s: %s",
+                self.spool.directory,
+                _one_line(str(exc)),
+            )
+        self.last_error = _one_line(error_text(exc))
+        self._retry_at = time.monotonic() + self.retry_seconds
+
+    def _up(self) -> None:
+        if self.last_error is not None:
+            logger.warning("audit store %s answers again", self.description)
+        self.last_error = None
+        self._retry_at = 0.0
+
+    def _has_pending(self) -> bool:
+        try:
+            return self.spool.has_pending()
+        except OSError:
+            return False  # an unreadable spool must not stop live audit writes
+
+    # --- writes ---------------------------------------------------------------------------------
+
+    def _write(self, op: AuditOp) -> None:
+        if self._due():
+            try:
+                if self._has_pending():
+                    self.replay()
+                if not self._has_pending():  # else: store down again, or another process replays
+                    super()._write(op)
+                    self._up()
+                    return
+            except AuditRejected:
+                raise
+            except AuditUnavailable as exc:
+                self._down(exc)
+        self._spool(op)
+
+    def _spool(self, op: AuditOp) -> None:
+        try:
+            self.spool.append(op)
+        except OSError as exc:
+            raise NoDurableRecord(
+                f"no durable record possible: audit store {self.description} unavailable "
+                f"and spool {self.spool.directory} not writable: {_one_line(error_text(exc))}"
+            ) from None
+
+    # --- replay ---------------------------------------------------------------------------------
+
+    def catch_up(self) -> None:
+        """Connect (migrating if needed) and replay, unless in the retry pause; never raises."""
+        if not self._due():
+            return
+        try:
+            self._ensure_schema()
+        except AuditUnavailable as exc:
+            self._down(exc)
+            return
+        if self._has_pending():
+            self.replay()
+
+    def pending(self) -> int:
+        """Records in the spool not yet replayed."""
+        return self.spool.pending_count()
+
+    def _apply(self, ops: Sequence[AuditOp]) -> None:
+        with self._session() as session:
+            for op in ops:
+                apply_op(session, op, replay=True)
+
+    def _apply_batch(
+        self, batch: list[tuple[AuditOp | None, bytes]], gone: set[str]
+    ) -> list[tuple[bytes, str]]:
+        """Apply one batch; the records the store refuses, with why. Raises ``AuditUnavailable``."""
+        ok = [op for op, _ in batch if op is not None and op.run_id not in gone]
+        if len(ok) == len(batch):
+            try:
+                self._apply(ok)  # the common case: one transaction for the whole batch
+                return []
+            except AuditRejected:
+                pass  # one bad record: redo the batch record by record to find it
+        rejects: list[tuple[bytes, str]] = []
+        for op, raw in batch:
+            if op is None:
+                rejects.append((raw, "unreadable record"))
+            elif op.run_id in gone:
+                rejects.append((raw, f"run {op.run_id} was rejected"))
+            else:
+                try:
+                    self._apply([op])
+                    continue
+                except AuditRejected as exc:
+                    rejects.append((raw, str(exc)))
+                if op.op in ("start_run", "refuse"):
+                    gone.add(op.run_id)
+        return rejects
+
+    def replay(self) -> ReplayResult:
+        """Apply the spool's pending records in order; stop (no raise) when the store fails."""
+        replayed = rejected = 0
+        busy = False
+        error: str | None = None
+        if not self._has_pending():
+            return ReplayResult(str(self.spool.directory), self.description, 0, 0, 0, False, None)
+        try:
+            with self.spool.replay_lock() as held:
+                busy = not held
+                if held:
+                    self._ensure_schema()
+                    gone = self.spool.rejected_runs()
+                    while True:
+                        end, batch = self.spool.batch(REPLAY_BATCH)
+                        if not batch:
+                            if self.spool.compact():
+                                break
+                            continue  # records arrived between reading and compacting
+                        rejects = self._apply_batch(batch, gone)
+                        for raw, reason in rejects:
+                            self.spool.reject(raw, reason)
+                        self.spool.set_offset(end, sync=True)
+                        replayed += len(batch) - len(rejects)
+                        rejected += len(rejects)
+            if not busy:
+                self._up()
+        except AuditUnavailable as exc:
+            self._down(exc)
+            error = self.last_error
+        except OSError as exc:
+            error = f"spool {self.spool.directory}: {_one_line(error_text(exc))}"
+        if replayed or rejected:
+            logger.info("audit spool: %d records replayed, %d rejected", replayed, rejected)
+        self.replayed += replayed
+        self.rejected += rejected
+        try:
+            pending = self.pending()
+        except OSError:
+            pending = -1
+        return ReplayResult(
+            str(self.spool.directory), self.description, replayed, rejected, pending, busy, error
+        )
+
+    def summary(self) -> ReplayResult:
+        """What this object replayed since it was built, what is pending, the store's last error."""
+        try:
+            pending = self.pending()
+        except OSError:
+            pending = -1
+        return ReplayResult(
+            str(self.spool.directory),
+            self.description,
+            self.replayed,
+            self.rejected,
+            pending,
+            False,
+            self.last_error,
+        )
+
+    # --- reads ----------------------------------------------------------------------------------
+
+    def _before_read(self) -> None:
+        self.catch_up()
+        if not self._due():  # it just failed: say so at once rather than wait for it again
+            raise AuditUnavailable(f"audit store {self.description}: {self.last_error}")
+
+    def run(self, run_id: str) -> RunRecord | None:
+        self._before_read()
+        return super().run(run_id)
+
+    def history(self, target: str | None = None, limit: int = 20) -> list[RunRecord]:
+        self._before_read()
+        return super().history(target, limit)
