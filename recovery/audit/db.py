@@ -1,28 +1,23 @@
 """The audit database's engines (one per URL, per process), their time bounds, and Alembic.
 
 Every audit round trip is bounded by ``audit_timeout_seconds``: PostgreSQL gets a connect
-timeout and a server-side ``statement_timeout``, SQLite a busy timeout of the same length. A
-server that accepts and then never answers (a frozen host, a stalled network) is invisible to
-both, so ``deadline`` also arms a client-side watchdog that severs the engine's sockets when
-the bound passes: the blocked call fails at once instead of hanging the recovery.
+timeout and a server-side ``statement_timeout``, SQLite a busy timeout of the same length, and
+network engines are tracked by ``recovery.audit.deadline`` (the client-side bound on a server
+that accepts and then never answers).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import socket
 import threading
-import time
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
+
+from recovery.audit.deadline import track
 
 HEAD_REVISION = "0002"
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -32,8 +27,6 @@ DEFAULT_TIMEOUT_SECONDS = 5.0
 _engines: dict[str, Engine] = {}
 _engine_timeouts: dict[str, float] = {}
 _engines_lock = threading.Lock()
-# The DBAPI connections each engine opened (weak: a closed connection drops out by itself).
-_connections: weakref.WeakKeyDictionary[Engine, weakref.WeakSet[Any]] = weakref.WeakKeyDictionary()
 
 
 def _sqlite_pragmas(busy_ms: int) -> Any:
@@ -77,67 +70,10 @@ def get_engine(url: str, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> Engine:
                 busy_ms = min(30_000, max(1, int(timeout * 1000)))
                 event.listen(engine, "connect", _sqlite_pragmas(busy_ms))
             else:
-                opened: weakref.WeakSet[Any] = weakref.WeakSet()
-                _connections[engine] = opened
-                event.listen(engine, "connect", lambda dbapi_conn, _rec: opened.add(dbapi_conn))
-                event.listen(engine, "do_connect", _within_deadline)
+                track(engine)  # the client-side bound of recovery.audit.deadline
             _engines[url] = engine
             _engine_timeouts[url] = timeout
         return engine
-
-
-@dataclass
-class Deadline:
-    seconds: float
-    ends_at: float = 0.0
-    expired: bool = False
-
-
-_current = threading.local()  # the calling thread's Deadline, while inside ``deadline()``
-
-
-def _within_deadline(dialect: Any, _rec: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
-    """A (re)connect inside a deadline gets only the time left, and none once it expired: pre-ping
-    reconnects after the watchdog severed a stalled connection, which must not wait a second bound."""
-    bound: Deadline | None = getattr(_current, "deadline", None)
-    if bound is None:
-        return
-    left = bound.ends_at - time.monotonic()
-    if bound.expired or left <= 0:
-        raise dialect.loaded_dbapi.OperationalError(f"no answer within {bound.seconds:g}s")
-    cparams["connect_timeout"] = min(int(cparams.get("connect_timeout", 2)), max(2, math.ceil(left)))
-
-
-def _sever(engine: Engine, deadline: Deadline) -> None:
-    """The bound passed: shut every socket of ``engine`` down so blocked calls fail now.
-
-    All of them, not only the caller's: a server that did not answer one query within the bound
-    is not trusted with the others, and the pool reconnects (pre-ping) when it answers again.
-    """
-    deadline.expired = True
-    for conn in list(_connections.get(engine, ())):
-        with contextlib.suppress(Exception):  # closed meanwhile, or no socket: nothing to sever
-            sock = socket.socket(fileno=os.dup(conn.fileno()))
-            with sock:
-                sock.shutdown(socket.SHUT_RDWR)
-
-
-@contextmanager
-def deadline(engine: Engine, seconds: float) -> Iterator[Deadline]:
-    """Bound everything done on ``engine`` inside the block by ``seconds`` (client side)."""
-    bound = Deadline(seconds, time.monotonic() + seconds)
-    if engine not in _connections:  # SQLite: the busy timeout bounds it, there is no socket
-        yield bound
-        return
-    timer = threading.Timer(seconds, _sever, (engine, bound))
-    timer.daemon = True
-    outer, _current.deadline = getattr(_current, "deadline", None), bound
-    timer.start()
-    try:
-        yield bound
-    finally:
-        timer.cancel()
-        _current.deadline = outer
 
 
 def _at_head(engine: Engine) -> bool:

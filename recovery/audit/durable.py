@@ -6,8 +6,9 @@ Writes. A write goes to the store unless the store just failed (then it waits ``
 before trying again) or the spool still holds records. When the store cannot be reached or does
 not answer within ``audit_timeout_seconds`` (``AuditUnavailable``), the write is appended to the
 local spool (``recovery.audit.spool``) and the recovery goes on. Ordering: while the spool is not
-empty every write of every process sharing it is spooled too, and the next write that finds the
-store answering replays the spool first, in order; so a live write never overtakes a spooled one.
+empty every write of every process sharing it is spooled too (behind the older records), and a
+background thread replays the spool; writes go live again only once it is empty, so a live
+write never overtakes a spooled one, and a recovery never waits for a replay.
 If the spool cannot take the write either, ``NoDurableRecord`` (a ``RecoveryRefused``) is raised:
 ``begin()`` refuses the run before any action, ``run_step()`` fails before the step acts.
 ``AuditRejected`` (the store answered "no": unknown run, duplicate id) is raised, never spooled.
@@ -16,7 +17,9 @@ Replay. ``replay()`` applies pending records in order, in batches of one transac
 moving the spool's cursor after each batch; a record applied twice is harmless
 (``recovery.audit.ops``). One process replays at a time (a lock); a record the store rejects
 is moved to ``rejected.jsonl`` instead of blocking the ones after it. Every command and flow
-replays on first use of the store (construction), before each read, and before each live write.
+replays: in the background from the first use of the store (construction) and when a write
+finds records pending; in the foreground before each read (``catch_up``) and in
+``recovery audit replay``.
 
 Reads (``run``, ``history``, and the engine ``status``/``stats`` query) go to the store after a
 replay attempt. When the store is down they raise ``AuditUnavailable`` (at once during the retry
@@ -26,13 +29,14 @@ pause), like before: a history that silently lacked the spooled runs would misle
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from recovery.audit.db import DEFAULT_TIMEOUT_SECONDS
-from recovery.audit.ops import AuditOp, apply_op
+from recovery.audit.fold import apply_ops
+from recovery.audit.ops import START_OPS, AuditOp
 from recovery.audit.records import AuditRejected, AuditUnavailable, NoDurableRecord, RunRecord, error_text
 from recovery.audit.spool import AuditSpool, store_key
 from recovery.audit.store import AuditStore
@@ -41,6 +45,9 @@ from recovery.jsonable import Jsonable
 logger = logging.getLogger("recovery.audit")
 
 REPLAY_BATCH = 200
+# A backlog this small (~150 records) is replayed in well under a second: a write then waits
+# for it (at most the audit bound) and goes live, so spooling ends even under steady load.
+TAIL_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -76,7 +83,9 @@ class DurableAudit(AuditStore):
         self._retry_at = 0.0
         self.last_error: str | None = None
         self.replayed = self.rejected = 0  # by this object, since it was built
-        self.catch_up()
+        self._replayer: threading.Thread | None = None
+        self._replayer_lock = threading.Lock()
+        self._in_background()  # connect, migrate, replay what earlier processes spooled
 
     # --- availability -------------------------------------------------------------------------
 
@@ -100,26 +109,26 @@ class DurableAudit(AuditStore):
         self._retry_at = 0.0
 
     def _has_pending(self) -> bool:
-        try:
-            return self.spool.has_pending()
-        except OSError:
-            return False  # an unreadable spool must not stop live audit writes
+        return self._pending_bytes() > 0  # an unreadable spool must not stop live audit writes
 
     # --- writes ---------------------------------------------------------------------------------
 
     def _write(self, op: AuditOp) -> None:
         if self._due():
-            try:
-                if self._has_pending():
-                    self.replay()
-                if not self._has_pending():  # else: store down again, or another process replays
+            if self._has_pending():
+                # Behind older records: this one queues after them, and a thread replays them
+                # (the recovery never waits for a long spool, nor long for a frozen store).
+                self._in_background()
+                self._wait_for_tail()
+            if not self._has_pending() and self._due():
+                try:
                     super()._write(op)
                     self._up()
                     return
-            except AuditRejected:
-                raise
-            except AuditUnavailable as exc:
-                self._down(exc)
+                except AuditRejected:
+                    raise
+                except AuditUnavailable as exc:
+                    self._down(exc)
         self._spool(op)
 
     def _spool(self, op: AuditOp) -> None:
@@ -133,8 +142,33 @@ class DurableAudit(AuditStore):
 
     # --- replay ---------------------------------------------------------------------------------
 
+    def _pending_bytes(self) -> int:
+        try:
+            return self.spool.pending_bytes()
+        except OSError:
+            return 0
+
+    def _wait_for_tail(self) -> None:
+        replayer = self._replayer
+        if replayer is not None and self._pending_bytes() <= TAIL_BYTES:
+            replayer.join(self.timeout_seconds)
+
+    def _in_background(self) -> None:
+        with self._replayer_lock:
+            if self._replayer is not None and self._replayer.is_alive():
+                return
+            self._replayer = threading.Thread(target=self._catch_up_now, name="audit-replay", daemon=True)
+            self._replayer.start()
+
     def catch_up(self) -> None:
-        """Connect (migrating if needed) and replay, unless in the retry pause; never raises."""
+        """Replay now, after any replay running in the background (reads call this first:
+        they see the spooled runs); skipped in the retry pause; never raises."""
+        replayer = self._replayer
+        if replayer is not None:
+            replayer.join()
+        self._catch_up_now()
+
+    def _catch_up_now(self) -> None:
         if not self._due():
             return
         try:
@@ -149,36 +183,31 @@ class DurableAudit(AuditStore):
         """Records in the spool not yet replayed."""
         return self.spool.pending_count()
 
-    def _apply(self, ops: Sequence[AuditOp]) -> None:
-        with self._session() as session:
-            for op in ops:
-                apply_op(session, op, replay=True)
-
     def _apply_batch(
         self, batch: list[tuple[AuditOp | None, bytes]], gone: set[str]
     ) -> list[tuple[bytes, str]]:
-        """Apply one batch; the records the store refuses, with why. Raises ``AuditUnavailable``."""
-        ok = [op for op, _ in batch if op is not None and op.run_id not in gone]
-        if len(ok) == len(batch):
+        """Apply one batch in one transaction; the records the store refuses, with why.
+
+        Raises ``AuditUnavailable``. If the database itself refuses the batch (a value too long
+        for its column...), the records are applied one per transaction to find the culprit.
+        """
+        readable = [(op, raw) for op, raw in batch if op is not None]
+        rejects = [(raw, "unreadable record") for op, raw in batch if op is None]
+        try:
+            with self._session() as session:
+                refused = apply_ops(session, [op for op, _ in readable], replay=True, gone=gone)
+            return rejects + [(readable[i][1], why) for i, why in refused]
+        except AuditRejected:
+            pass
+        for op, raw in readable:
             try:
-                self._apply(ok)  # the common case: one transaction for the whole batch
-                return []
-            except AuditRejected:
-                pass  # one bad record: redo the batch record by record to find it
-        rejects: list[tuple[bytes, str]] = []
-        for op, raw in batch:
-            if op is None:
-                rejects.append((raw, "unreadable record"))
-            elif op.run_id in gone:
-                rejects.append((raw, f"run {op.run_id} was rejected"))
-            else:
-                try:
-                    self._apply([op])
-                    continue
-                except AuditRejected as exc:
-                    rejects.append((raw, str(exc)))
-                if op.op in ("start_run", "refuse"):
+                with self._session() as session:
+                    refused = apply_ops(session, [op], replay=True, gone=gone)
+            except AuditRejected as exc:
+                refused = [(0, str(exc))]
+                if op.op in START_OPS:
                     gone.add(op.run_id)
+            rejects += [(raw, why) for _, why in refused]
         return rejects
 
     def replay(self) -> ReplayResult:

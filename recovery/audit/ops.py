@@ -2,17 +2,9 @@
 
 An op holds everything its write needs, timestamps included: they are captured when the op is
 built, so a record replayed from the spool an hour later still says when the recovery acted.
-``apply_op`` is the only code turning an op into rows, for the live write and the replay alike,
-so a replayed record gives exactly the row the live write would have given.
-
-Replay may apply a record more than once (a crash between its commit and the spool's cursor; a
-live commit whose answer was lost, then spooled). Every op is therefore idempotent, and the
-step ops are monotonic, so a late or repeated one never undoes a newer write:
-
-* ``start_run``/``refuse`` insert the run once: on replay an existing row with the same target,
-  workflow and start time is this record, already applied (anything else is rejected);
-* ``step_attempt`` and ``step_finished`` only touch a step still ``pending``/``running``;
-* ``finish_run`` and ``set_flow_run_id`` set absolute values (same record, same result).
+Every string that may carry a secret is redacted here, before the op is written anywhere (the
+store, the spool). ``recovery.audit.fold`` is the only code turning ops into rows, for the live
+write and the replay alike, so a replayed record gives exactly the row the live write would have.
 """
 
 from __future__ import annotations
@@ -24,15 +16,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
-
-from recovery.audit.models import RUN_STATES, RecoveryRun, RecoveryStep
-from recovery.audit.records import AuditRejected, PlannedStep, aware, error_text
+from recovery.audit.models import RUN_STATES
+from recovery.audit.records import PlannedStep, aware, error_text
 from recovery.redact import redact
 
 FORMAT_VERSION = 1
-OPEN_STEP_STATES = ("pending", "running")
+OPS = ("start_run", "refuse", "step_attempt", "step_finished", "finish_run", "set_flow_run_id")
+START_OPS = ("start_run", "refuse")
 
 
 @dataclass(frozen=True)
@@ -72,7 +62,7 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def _when(value: Any) -> datetime | None:
+def when(value: Any) -> datetime | None:
     return aware(datetime.fromisoformat(value)) if value else None
 
 
@@ -173,130 +163,3 @@ def finish_run_op(
 
 def set_flow_run_id_op(run_id: str, flow_run_id: str, now: datetime) -> AuditOp:
     return AuditOp("set_flow_run_id", run_id, now, {"flow_run_id": flow_run_id})
-
-
-# --- applying ---------------------------------------------------------------------------------
-
-
-def _start_run(session: Session, op: AuditOp, replay: bool) -> None:
-    d = op.data
-    if replay:
-        existing = session.get(RecoveryRun, op.run_id)
-        if existing is not None:
-            started = aware(existing.started_at)
-            same = (existing.target, existing.workflow) == (d["target"], d["workflow"])
-            if same and started is not None and abs((started - op.at).total_seconds()) < 0.001:
-                return  # this very record, applied before (live, or by an interrupted replay)
-            raise AuditRejected(f"audit run id {op.run_id} is already used by another run")
-    finished = d["state"] != "in_progress"
-    row = RecoveryRun(
-        id=op.run_id,
-        target=d["target"],
-        workflow=d["workflow"],
-        type=d["type"],
-        state=d["state"],
-        dry_run=d["dry_run"],
-        requested_by=d["requested_by"],
-        reason=d["reason"],
-        detected_reason=d["detected_reason"],
-        first_failure_at=_when(d["first_failure_at"]),
-        detected_at=_when(d["detected_at"]),
-        started_at=op.at,
-        finished_at=op.at if finished else None,
-        duration_seconds=0.0 if finished else None,
-        error_type=d["error_type"],
-        error_message=d["error_message"],
-        flow_run_id=d["flow_run_id"],
-    )
-    row.steps = [
-        RecoveryStep(
-            position=i,
-            name=name,
-            optional=optional,
-            state="skipped" if finished else "pending",
-            attempts=0,
-            max_attempts=max_attempts,
-        )
-        for i, (name, optional, max_attempts) in enumerate(d["steps"])
-    ]
-    session.add(row)
-
-
-def _step(session: Session, run_id: str, name: str) -> RecoveryStep:
-    step = session.scalars(
-        select(RecoveryStep).where(RecoveryStep.run_id == run_id, RecoveryStep.name == name)
-    ).first()
-    if step is None:
-        raise AuditRejected(f"audit step {name!r} of run {run_id} not found")
-    return step
-
-
-def _step_attempt(session: Session, op: AuditOp) -> None:
-    step = _step(session, op.run_id, op.data["step"])
-    if step.state not in OPEN_STEP_STATES:
-        return  # a late or repeated attempt never re-opens a finished step
-    step.state = "running"
-    step.attempts = max(step.attempts, op.data["attempt"])
-    if step.started_at is None:
-        step.started_at = op.at
-
-
-def _step_finished(session: Session, op: AuditOp) -> None:
-    step = _step(session, op.run_id, op.data["step"])
-    if step.state not in OPEN_STEP_STATES:
-        return  # already finished (this record applied before, or the run was finished)
-    d = op.data
-    step.state = d["state"]
-    step.finished_at = op.at
-    started = aware(step.started_at)
-    step.duration_seconds = (op.at - started).total_seconds() if started else 0.0
-    step.error_type = d["error_type"]
-    step.error_message = d["error_message"]
-    if d["detail"] is not None:
-        step.detail = d["detail"]
-
-
-def _finish_run(session: Session, op: AuditOp) -> None:
-    row = session.get(RecoveryRun, op.run_id)
-    if row is None:
-        raise AuditRejected(f"audit row {op.run_id} not found")
-    d = op.data
-    row.state = d["state"]
-    row.finished_at = op.at
-    row.duration_seconds = (op.at - aware(row.started_at)).total_seconds()  # type: ignore[operator]
-    if d["has_error"]:
-        row.error_type = d["error_type"]
-        row.error_message = d["error_message"]
-    # Steps that never ran stay visible as skipped rather than eternally pending.
-    session.execute(
-        update(RecoveryStep)
-        .where(RecoveryStep.run_id == op.run_id, RecoveryStep.state.in_(OPEN_STEP_STATES))
-        .values(state="skipped")
-    )
-
-
-def _set_flow_run_id(session: Session, op: AuditOp) -> None:
-    session.execute(
-        update(RecoveryRun).where(RecoveryRun.id == op.run_id).values(flow_run_id=op.data["flow_run_id"])
-    )
-
-
-OPS = ("start_run", "refuse", "step_attempt", "step_finished", "finish_run", "set_flow_run_id")
-
-
-def apply_op(session: Session, op: AuditOp, *, replay: bool = False) -> None:
-    """Apply ``op`` inside the caller's transaction. ``replay``: the record may have been
-    applied before (see the module docstring); raises ``AuditRejected`` for a record the
-    database can never take (unknown run or step, a run id used by another run)."""
-    if op.op in ("start_run", "refuse"):
-        _start_run(session, op, replay)
-    elif op.op == "step_attempt":
-        _step_attempt(session, op)
-    elif op.op == "step_finished":
-        _step_finished(session, op)
-    elif op.op == "finish_run":
-        _finish_run(session, op)
-    elif op.op == "set_flow_run_id":
-        _set_flow_run_id(session, op)
-    else:
-        raise ValueError(f"unknown audit op {op.op!r}")

@@ -87,7 +87,7 @@ class AuditSpool:
                     view = memoryview(line)
                     while view:
                         view = view[os.write(fd, view) :]
-                    os.fsync(fd)
+                    _datasync(fd)
                 except OSError:
                     with contextlib.suppress(OSError):  # disk full mid-line: no torn record
                         os.ftruncate(fd, size)
@@ -135,10 +135,13 @@ class AuditSpool:
         # Past the end only if the file was removed by hand: its new records start at 0.
         return offset if offset <= size else 0
 
-    def has_pending(self) -> bool:
-        """Records not yet replayed (cheap: a stat and a small read; called before live writes)."""
+    def pending_bytes(self) -> int:
+        """Bytes of records not yet replayed (cheap: a stat and a small read; before live writes)."""
         size = self._size()
-        return size > self._cursor(size)
+        return size - self._cursor(size)
+
+    def has_pending(self) -> bool:
+        return self.pending_bytes() > 0
 
     def records(self) -> Generator[tuple[int, AuditOp | None, bytes], None, None]:
         """``(end offset, op, raw line)`` of every complete record after the cursor; ``op`` is
@@ -221,6 +224,11 @@ class AuditSpool:
             if isinstance(record, dict) and record.get("op") in ("start_run", "refuse"):
                 out.add(str(record.get("run_id")))
         return out
+
+
+# fdatasync (Linux) skips the inode's timestamps but keeps the size an append changes: the
+# record is as durable, one seek cheaper.
+_datasync = getattr(os, "fdatasync", os.fsync)
 
 
 def _fsync_dir(path: Path) -> None:

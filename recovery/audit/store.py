@@ -17,11 +17,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload
 
-from recovery.audit.db import DEFAULT_TIMEOUT_SECONDS, deadline, get_engine, migrate
+from recovery.audit.db import DEFAULT_TIMEOUT_SECONDS, get_engine, migrate
+from recovery.audit.deadline import deadline
+from recovery.audit.fold import apply_ops
 from recovery.audit.models import RecoveryRun
 from recovery.audit.ops import (
     AuditOp,
-    apply_op,
     finish_run_op,
     set_flow_run_id_op,
     start_run_op,
@@ -89,10 +90,17 @@ class AuditStore:
             except SQLAlchemyError as exc:
                 raise self._failure(exc, bound.expired) from None
 
+    def catch_up(self) -> None:
+        """Bring the store up to date before a read (the durable facade replays its spool)."""
+
+    def pending(self) -> int:
+        """Writes not in the store yet (the durable facade: records in its spool)."""
+        return 0
+
     def _write(self, op: AuditOp) -> None:
         """Apply one write op now (the durable facade overrides this to spool when down)."""
         with self._session() as session:
-            apply_op(session, op)
+            apply_ops(session, [op])
 
     # --- writes: each builds its op (timestamps captured here) and hands it to _write -----------
 

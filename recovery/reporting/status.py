@@ -23,7 +23,6 @@ import redis
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from recovery.audit.durable import DurableAudit
 from recovery.audit.models import RecoveryRun
 from recovery.audit.records import AuditUnavailable, error_text
 from recovery.audit.store import AuditStore
@@ -237,11 +236,10 @@ def collect_status(
     if store is None:
         store = services_for(config).audit
     names = [t.name for t in config.targets]
-    if isinstance(store, DurableAudit):
-        store.catch_up()  # spooled runs first, so last_recovery includes them
+    store.catch_up()  # spooled runs first (durable audit), so last_recovery includes them
     last = last_recoveries(store, names)
     shared = _read_shared(state, names)
-    pending = store.pending() if isinstance(store, DurableAudit) else 0
+    pending = store.pending()
 
     def row(target: TargetConfig) -> TargetStatus:
         return _row(config, state, target, shared[target.name], last.get(target.name), pending)
