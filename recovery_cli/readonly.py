@@ -136,9 +136,8 @@ def cmd_audit_replay(args: argparse.Namespace) -> int:
     from recovery.config.loader import load_config
     from recovery.services import services_for
 
-    audit = services_for(load_config(args.config)).audit  # building it already replays
-    if audit.last_error is None:
-        audit.replay()  # records another process spooled since
+    audit = services_for(load_config(args.config)).audit
+    audit.catch_up()
     result = audit.summary()
     if args.json:
         print_json(result.as_json())

@@ -257,3 +257,13 @@ def test_a_full_spool_refuses_with_one_line_and_leaves_no_torn_record(
     assert "File too large" in result["error"]
     assert len(spool_records(spool)) == result["written"], "the failed write was cut back"
     shutil.rmtree(spool)
+
+
+def test_postgres_engines_are_bounded_on_the_server_side_too(pg_url: str) -> None:
+    from sqlalchemy import text
+
+    from recovery.audit.db import get_engine
+
+    with get_engine(pg_url, 2.5).connect() as conn:
+        assert conn.execute(text("SHOW statement_timeout")).scalar() == "2500ms"
+        assert str(conn.execute(text("SHOW search_path")).scalar()).startswith("t_"), "URL options kept"

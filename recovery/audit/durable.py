@@ -83,6 +83,8 @@ class DurableAudit(AuditStore):
         self._retry_at = 0.0
         self.last_error: str | None = None
         self.replayed = self.rejected = 0  # by this object, since it was built
+        self._failures = 0
+        self._spooling = False  # this object spooled since the store last answered
         self._replayer: threading.Thread | None = None
         self._replayer_lock = threading.Lock()
         self._in_background()  # connect, migrate, replay what earlier processes spooled
@@ -93,18 +95,14 @@ class DurableAudit(AuditStore):
         return time.monotonic() >= self._retry_at
 
     def _down(self, exc: BaseException) -> None:
-        if self.last_error is None:
-            logger.warning(
-                "audit store unavailable, spooling audit records to %s: %s",
-                self.spool.directory,
-                _one_line(str(exc)),
-            )
         self.last_error = _one_line(error_text(exc))
         self._retry_at = time.monotonic() + self.retry_seconds
+        self._failures += 1
 
     def _up(self) -> None:
-        if self.last_error is not None:
-            logger.warning("audit store %s answers again", self.description)
+        if self._spooling:
+            logger.info("audit store %s answers again", self.description)
+        self._spooling = False
         self.last_error = None
         self._retry_at = 0.0
 
@@ -134,6 +132,13 @@ class DurableAudit(AuditStore):
     def _spool(self, op: AuditOp) -> None:
         try:
             self.spool.append(op)
+            if not self._spooling:  # once per outage: the recovery goes on, its record waits here
+                self._spooling = True
+                logger.warning(
+                    "audit store unavailable (%s): audit records go to the spool %s until it answers",
+                    self.last_error or "busy replaying",
+                    self.spool.directory,
+                )
         except OSError as exc:
             raise NoDurableRecord(
                 f"no durable record possible: audit store {self.description} unavailable "
@@ -161,21 +166,29 @@ class DurableAudit(AuditStore):
             self._replayer.start()
 
     def catch_up(self) -> None:
-        """Replay now, after any replay running in the background (reads call this first:
-        they see the spooled runs); skipped in the retry pause; never raises."""
-        replayer = self._replayer
-        if replayer is not None:
-            replayer.join()
-        self._catch_up_now()
+        """Connect and replay now, after any replay running in the background; never raises.
 
-    def _catch_up_now(self) -> None:
-        if not self._due():
+        Reads call it first, so they see the spooled runs. It tries the store even in the retry
+        pause (a read asks the store anyway, and a person waiting for it wants the newest
+        answer), unless the background attempt it waited for has just failed.
+        """
+        failures, replayer = self._failures, self._replayer
+        if replayer is not None and replayer.is_alive():
+            replayer.join()
+            if self._failures != failures:
+                return  # the store failed just now, in the background: no second wait
+        self._catch_up_now(force=True)
+
+    def _catch_up_now(self, force: bool = False) -> None:
+        if not (force or self._due()):
             return
-        try:
-            self._ensure_schema()
-        except AuditUnavailable as exc:
-            self._down(exc)
-            return
+        if not self._migrated:  # never reached yet: connect (and migrate) now
+            try:
+                self._ensure_schema()
+            except AuditUnavailable as exc:
+                self._down(exc)
+                return
+            self._up()
         if self._has_pending():
             self.replay()
 
@@ -184,19 +197,21 @@ class DurableAudit(AuditStore):
         return self.spool.pending_count()
 
     def _apply_batch(
-        self, batch: list[tuple[AuditOp | None, bytes]], gone: set[str]
-    ) -> list[tuple[bytes, str]]:
-        """Apply one batch in one transaction; the records the store refuses, with why.
+        self, batch: list[tuple[AuditOp | None, bytes]], gone: set[str], done: set[str]
+    ) -> tuple[int, list[tuple[bytes, str]]]:
+        """Apply one batch in one transaction: how many records were applied, and the ones the
+        store refuses, with why (``done``: ids of records set aside before, skipped).
 
         Raises ``AuditUnavailable``. If the database itself refuses the batch (a value too long
         for its column...), the records are applied one per transaction to find the culprit.
         """
-        readable = [(op, raw) for op, raw in batch if op is not None]
+        readable = [(op, raw) for op, raw in batch if op is not None and op.id not in done]
         rejects = [(raw, "unreadable record") for op, raw in batch if op is None]
+        unreadable = len(rejects)
         try:
             with self._session() as session:
                 refused = apply_ops(session, [op for op, _ in readable], replay=True, gone=gone)
-            return rejects + [(readable[i][1], why) for i, why in refused]
+            return len(readable) - len(refused), rejects + [(readable[i][1], why) for i, why in refused]
         except AuditRejected:
             pass
         for op, raw in readable:
@@ -208,7 +223,7 @@ class DurableAudit(AuditStore):
                 if op.op in START_OPS:
                     gone.add(op.run_id)
             rejects += [(raw, why) for _, why in refused]
-        return rejects
+        return len(readable) - (len(rejects) - unreadable), rejects
 
     def replay(self) -> ReplayResult:
         """Apply the spool's pending records in order; stop (no raise) when the store fails."""
@@ -222,18 +237,18 @@ class DurableAudit(AuditStore):
                 busy = not held
                 if held:
                     self._ensure_schema()
-                    gone = self.spool.rejected_runs()
+                    gone, done = self.spool.rejected_runs(), self.spool.rejected_ids()
                     while True:
                         end, batch = self.spool.batch(REPLAY_BATCH)
                         if not batch:
                             if self.spool.compact():
                                 break
                             continue  # records arrived between reading and compacting
-                        rejects = self._apply_batch(batch, gone)
+                        applied, rejects = self._apply_batch(batch, gone, done)
                         for raw, reason in rejects:
                             self.spool.reject(raw, reason)
                         self.spool.set_offset(end, sync=True)
-                        replayed += len(batch) - len(rejects)
+                        replayed += applied
                         rejected += len(rejects)
             if not busy:
                 self._up()
@@ -273,8 +288,9 @@ class DurableAudit(AuditStore):
     # --- reads ----------------------------------------------------------------------------------
 
     def _before_read(self) -> None:
+        failures = self._failures
         self.catch_up()
-        if not self._due():  # it just failed: say so at once rather than wait for it again
+        if self._failures != failures:  # it just failed: say so rather than wait for it again
             raise AuditUnavailable(f"audit store {self.description}: {self.last_error}")
 
     def run(self, run_id: str) -> RunRecord | None:

@@ -176,10 +176,9 @@ def _fold(runs: dict[str, _Run], op: AuditOp) -> None:
                 step["state"] = "skipped"
                 run.dirty_steps.add(step["position"])
     elif op.op == "set_flow_run_id":
-        run_or_none = runs.get(op.run_id)
-        if run_or_none is not None:  # like an UPDATE that matches no row: nothing to do
-            run_or_none.row["flow_run_id"] = d["flow_run_id"]
-            run_or_none.dirty = True
+        run = _run(runs, op, f"audit row {op.run_id} not found")
+        run.row["flow_run_id"] = d["flow_run_id"]
+        run.dirty = True
     else:
         raise ValueError(f"unknown audit op {op.op!r}")
 
@@ -199,15 +198,23 @@ def _store(session: Session, runs: Iterable[_Run]) -> None:
             step_updates.append(
                 {"b_run": run.row["id"], "b_pos": position, **{k: step[k] for k in STEP_MUTABLE}}
             )
-    if new_runs:
-        session.execute(insert(RUNS), new_runs)
-    if new_steps:
-        session.execute(insert(STEPS), new_steps)
-    if run_updates:
-        session.execute(update(RUNS).where(RUNS.c.id == bindparam("b_id")), run_updates)
-    if step_updates:
-        where = (STEPS.c.run_id == bindparam("b_run")) & (STEPS.c.position == bindparam("b_pos"))
-        session.execute(update(STEPS).where(where), step_updates)
+    _executemany(session, insert(RUNS), new_runs)
+    _executemany(session, insert(STEPS), new_steps)
+    _executemany(session, update(RUNS).where(RUNS.c.id == bindparam("b_id")), run_updates)
+    where = (STEPS.c.run_id == bindparam("b_run")) & (STEPS.c.position == bindparam("b_pos"))
+    _executemany(session, update(STEPS).where(where), step_updates)
+
+
+def _executemany(session: Session, statement: Any, rows: list[dict[str, Any]]) -> None:
+    """One executemany per set of keys: a ``detail`` of ``None`` is left out, so the column stays
+    SQL NULL (the JSON type would store the text ``null``) or keeps what it holds."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        if "detail" in row and row["detail"] is None:
+            row = {k: v for k, v in row.items() if k != "detail"}
+        groups.setdefault(tuple(row), []).append(row)
+    for group in groups.values():
+        session.execute(statement, group)
 
 
 def apply_ops(
@@ -231,6 +238,8 @@ def apply_ops(
             _fold(runs, op)
         except AuditRejected as exc:
             if not replay:
+                if op.op == "set_flow_run_id":
+                    continue  # live, an unknown run was never an error (an UPDATE of no row)
                 raise
             rejected.append((i, str(exc)))
             if op.op in START_OPS:

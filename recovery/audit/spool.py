@@ -216,6 +216,15 @@ class AuditSpool:
         except FileNotFoundError:
             return []
 
+    def rejected_ids(self) -> set[str]:
+        """Records set aside before: a replay from a lagging cursor must not try them again."""
+        out = set()
+        for entry in self.rejected():
+            record = entry.get("record")
+            if isinstance(record, dict):
+                out.add(str(record.get("id")))
+        return out
+
     def rejected_runs(self) -> set[str]:
         """Runs whose first record was rejected: their later records cannot apply either."""
         out = set()
