@@ -15,15 +15,16 @@ If the spool cannot take the write either, ``NoDurableRecord`` (a ``RecoveryRefu
 
 Replay. ``replay()`` applies pending records in order, in batches of one transaction each,
 moving the spool's cursor after each batch; a record applied twice is harmless
-(``recovery.audit.ops``). One process replays at a time (a lock); a record the store rejects
-is moved to ``rejected.jsonl`` instead of blocking the ones after it. Every command and flow
-replays: in the background from the first use of the store (construction) and when a write
-finds records pending; in the foreground before each read (``catch_up``) and in
-``recovery audit replay``.
+(``recovery.audit.fold``). One process replays at a time (a lock); a record the store rejects
+is set aside in ``rejected-KEY.jsonl`` instead of blocking the ones after it, and never
+retried. Every command and flow replays: in the background from the first use of the store
+(construction) and when a write finds records pending; in the foreground before each read
+(``catch_up``) and in ``recovery audit replay``.
 
 Reads (``run``, ``history``, and the engine ``status``/``stats`` query) go to the store after a
-replay attempt. When the store is down they raise ``AuditUnavailable`` (at once during the retry
-pause), like before: a history that silently lacked the spooled runs would mislead.
+replay attempt (``catch_up``). When the store is down they raise ``AuditUnavailable``, like
+before (bounded by ``audit_timeout_seconds``): a history that silently lacked the spooled runs
+would mislead. So does admission for an ``adaptive`` strategy, which reads the history.
 """
 
 from __future__ import annotations
