@@ -15,12 +15,13 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from recovery.audit.store import AuditStore
+from recovery.audit.durable import DurableAudit
 from recovery.backends.rate import RateStore, rate_store_for
 from recovery.backends.state import SharedState, open_state
-from recovery.config.loader import RecoveryConfig
+from recovery.config.loader import DEFAULT_SPOOL_DIR, RecoveryConfig
 from recovery.config.targets import TargetConfig
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ class Services:
         self.config = config
         self._lock = threading.RLock()
         self._state: SharedState | None = None
-        self._audit: AuditStore | None = None
+        self._audit: DurableAudit | None = None
         self._rates: RateStore | None = None
 
     @property
@@ -62,8 +63,18 @@ class Services:
         return self._once("_state", lambda: open_state(self.state_url))
 
     @property
-    def audit(self) -> AuditStore:
-        return self._once("_audit", lambda: AuditStore(self.audit_url))
+    def audit(self) -> DurableAudit:
+        """The audit store behind its spool (``recovery.audit.durable``): writes never lost while
+        the store is down; built (connect, migrate, replay the spool) on first use."""
+        with self._lock:
+            spool = self.config.audit_spool or Path(DEFAULT_SPOOL_DIR).absolute()
+            timeout = self.config.audit_timeout_seconds
+            audit = self._audit
+            if audit is not None and (audit.spool.directory, audit.timeout_seconds) != (spool, timeout):
+                audit = None  # a newer config of the same stores moved the spool or the bound
+            if audit is None:
+                audit = self._audit = DurableAudit(self.audit_url, spool, timeout)
+            return audit
 
     @property
     def rates(self) -> RateStore:

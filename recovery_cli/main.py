@@ -31,6 +31,7 @@ from recovery_cli.common import (
     text,
 )
 from recovery_cli.readonly import (
+    cmd_audit_replay,
     cmd_breaker_status,
     cmd_check,
     cmd_history,
@@ -102,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_breaker_status,
         target="optional",
     )
+    audit = sub.add_parser("audit", help="the audit spool (records kept while the audit store was down)")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True, parser_class=Parser)
+    p = audit_sub.add_parser("replay", help="replay spooled audit records into the store now (no Prefect)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_audit_replay)
 
     p = command("reconcile", "finish audit rows of recoveries whose process died (no Prefect)", cmd_reconcile)
     p.add_argument(

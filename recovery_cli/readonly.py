@@ -167,3 +167,24 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         f"{len(report.running)} running (lock held), {len(report.young)} younger than {args.grace_seconds:g}s"
     )
     return EXIT_OK
+
+
+def cmd_audit_replay(args: argparse.Namespace) -> int:
+    """Replay the audit spool into the audit store (no Prefect); exit 1 while records remain."""
+    from recovery.config.loader import load_config
+    from recovery.services import services_for
+
+    audit = services_for(load_config(args.config)).audit
+    audit.catch_up()
+    result = audit.summary()
+    if args.json:
+        print_json(result.as_json())
+    elif result.error:
+        print(f"audit store {result.store} unavailable: {result.error}")
+        print(f"{result.pending} records stay in the spool {result.spool}")
+    else:
+        print(f"{result.replayed} records replayed into {result.store}; {result.pending} pending")
+    if result.rejected:
+        where = audit.spool.rejected_path
+        print(f"{result.rejected} records rejected by the store: see {where}", file=sys.stderr)
+    return EXIT_OK if result.pending == 0 and not result.error and not result.rejected else EXIT_FAILED

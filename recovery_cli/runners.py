@@ -181,10 +181,8 @@ def _clear_cache_dry_run(args: argparse.Namespace, config: RecoveryConfig, patte
         target.name, "clear-cache", "manual", args.requested_by, args.reason, dry_run=True
     )
     detail = asyncio.run(clear_cache(target, pattern, dry_run=True))
-    run_id = record_dry_run(config, request)
-    audit = services_for(config).audit
-    audit.step_finished(run_id, "clear_cache_keys", "skipped", detail=detail)
-    run = audit.run(run_id)
+    run_id = record_dry_run(config, request, {"clear_cache_keys": detail})
+    run = services_for(config).audit.run(run_id)
     if args.json and run is not None:
         print_json(run.as_json())
         return EXIT_OK

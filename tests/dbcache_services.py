@@ -160,6 +160,7 @@ class TcpProxy:
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._frozen = threading.Event()
 
     def start(self) -> TcpProxy:
         listener = socket.create_server(("127.0.0.1", self.port))
@@ -184,6 +185,19 @@ class TcpProxy:
                 conn.shutdown(socket.SHUT_RDWR)
             conn.close()
 
+    def freeze(self) -> None:
+        """A frozen server: connections are still accepted (old and new stay open) but nothing is
+        forwarded either way until ``thaw()``; held bytes are delivered late then, as after a
+        network stall. Clients see no error at all, only silence (their timeouts must act)."""
+        self._frozen.set()
+
+    def thaw(self) -> None:
+        self._frozen.clear()
+
+    def _hold(self) -> None:
+        while self._frozen.is_set() and self._running:
+            time.sleep(0.01)
+
     def _accept(self, listener: socket.socket) -> None:
         while self._running:
             try:
@@ -207,6 +221,7 @@ class TcpProxy:
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
+                self._hold()
                 dst.sendall(data)
         except OSError:
             pass

@@ -1,41 +1,78 @@
-"""The audit database's engines (one per URL, per process) and its Alembic migrations."""
+"""The audit database's engines (one per URL, per process), their time bounds, and Alembic.
+
+Every audit round trip is bounded by ``audit_timeout_seconds``: PostgreSQL gets a connect
+timeout and a server-side ``statement_timeout``, SQLite a busy timeout of the same length, and
+network engines are tracked by ``recovery.audit.deadline`` (the client-side bound on a server
+that accepts and then never answers).
+"""
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
+
+from recovery.audit.deadline import track
 
 HEAD_REVISION = "0003"
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+DEFAULT_TIMEOUT_SECONDS = 5.0
 
 
 _engines: dict[str, Engine] = {}
+_engine_timeouts: dict[str, float] = {}
 _engines_lock = threading.Lock()
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    # WAL lets readers (history, stats) run while a monitor writes; busy_timeout makes two
-    # concurrent writers wait for each other instead of failing with "database is locked".
-    cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
+def _sqlite_pragmas(busy_ms: int) -> Any:
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # WAL lets readers (history, stats) run while a monitor writes; busy_timeout makes two
+        # concurrent writers wait for each other (up to the audit bound) instead of failing at once.
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return on_connect
 
 
-def get_engine(url: str) -> Engine:
+def _postgres_args(url: str, timeout: float) -> dict[str, Any]:
+    """libpq connect timeout and statement timeout, unless the URL sets its own."""
+    query = make_url(url).query
+    args: dict[str, Any] = {}
+    if "connect_timeout" not in query:
+        args["connect_timeout"] = max(2, math.ceil(timeout))  # libpq: whole seconds, at least 2
+    options = query.get("options")
+    options = " ".join(options) if isinstance(options, tuple) else options or ""
+    if "statement_timeout" not in options:
+        # connect_args replace the URL's query values: keep the URL's own options (search_path...).
+        args["options"] = f"{options} -c statement_timeout={int(timeout * 1000)}".strip()
+    return args
+
+
+def get_engine(url: str, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> Engine:
+    """The process's engine for ``url`` (rebuilt if asked for with another time bound)."""
     with _engines_lock:
         engine = _engines.get(url)
-        if engine is None:
-            engine = create_engine(url, pool_pre_ping=True)
+        if engine is None or _engine_timeouts.get(url) != timeout:
+            if engine is not None:
+                engine.dispose()  # its holders keep a working engine; its idle connections go
+            backend = make_url(url).get_backend_name()
+            connect_args = _postgres_args(url, timeout) if backend == "postgresql" else {}
+            engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args)
             if engine.dialect.name == "sqlite":
-                event.listen(engine, "connect", _sqlite_pragmas)
+                busy_ms = min(30_000, max(1, int(timeout * 1000)))
+                event.listen(engine, "connect", _sqlite_pragmas(busy_ms))
+            else:
+                track(engine)  # the client-side bound of recovery.audit.deadline
             _engines[url] = engine
+            _engine_timeouts[url] = timeout
         return engine
 
 

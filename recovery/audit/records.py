@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from recovery.audit.models import RecoveryRun
-from recovery.errors import RecoveryError
+from recovery.errors import RecoveryError, RecoveryRefused
 from recovery.jsonable import to_json
 from recovery.redact import redact
 
@@ -23,6 +23,19 @@ MAX_MESSAGE = 2000
 
 class AuditUnavailable(RecoveryError):
     """The audit database cannot be reached or written; recoveries must not run unaudited."""
+
+
+class AuditRejected(AuditUnavailable):
+    """The audit database answered and refused the write (unknown run or step, duplicate id,
+    invalid value): retrying it later cannot help, so it is never spooled."""
+
+
+class NoDurableRecord(AuditUnavailable, RecoveryRefused):
+    """Neither the audit store nor the local spool can record this write: the recovery must not
+    act (refused before any action; a person has to free the disk or fix the store)."""
+
+    def __init__(self, message: str) -> None:
+        RecoveryRefused.__init__(self, message, escalate=True)
 
 
 def utcnow() -> datetime:

@@ -14,12 +14,23 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload
 
-from recovery.audit.db import get_engine, migrate
-from recovery.audit.models import RUN_STATES, RecoveryRun, RecoveryStep
+from recovery.audit.db import DEFAULT_TIMEOUT_SECONDS, get_engine, migrate
+from recovery.audit.deadline import deadline
+from recovery.audit.fold import apply_ops
+from recovery.audit.models import RecoveryRun
+from recovery.audit.ops import (
+    AuditOp,
+    finish_run_op,
+    set_flow_run_id_op,
+    start_run_op,
+    step_attempt_op,
+    step_finished_op,
+)
 from recovery.audit.records import (
+    AuditRejected,
     AuditUnavailable,
     PlannedStep,
     RunRecord,
@@ -28,31 +39,71 @@ from recovery.audit.records import (
     run_record,
     utcnow,
 )
-from recovery.redact import redact, redact_url
+from recovery.redact import redact_url
 
 __all__ = ["AuditStore", "AuditUnavailable", "PlannedStep", "RunRecord", "error_text"]
 
 
 class AuditStore:
-    """Write-ahead audit trail. Every method raises ``AuditUnavailable`` (redacted) on DB errors."""
+    """Write-ahead audit trail. Every method raises ``AuditUnavailable`` (redacted) on DB errors:
+    ``AuditRejected`` when the database answered and refused, the base class when it could not
+    be reached or did not answer within ``timeout_seconds``.
 
-    def __init__(self, url: str) -> None:
+    ``lazy``: connect and migrate on first use instead of now (the durable facade is built
+    while the database may be down).
+    """
+
+    def __init__(
+        self, url: str, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS, *, lazy: bool = False
+    ) -> None:
         self.description = redact_url(url)
-        try:
-            self.engine = get_engine(url)
-            migrate(self.engine)
-        except SQLAlchemyError as exc:
-            raise AuditUnavailable(f"audit store {self.description}: {error_text(exc)}") from None
+        self.timeout_seconds = timeout_seconds
+        self.engine = get_engine(url, timeout_seconds)
+        self._migrated = False
+        if not lazy:
+            self._ensure_schema()
+
+    def _failure(self, exc: SQLAlchemyError, expired: bool) -> AuditUnavailable:
+        if expired:
+            return AuditUnavailable(
+                f"audit store {self.description}: no answer within {self.timeout_seconds:g}s"
+            )
+        kind = AuditRejected if isinstance(exc, IntegrityError | DataError) else AuditUnavailable
+        return kind(f"audit store {self.description}: {error_text(exc)}")
+
+    def _ensure_schema(self) -> None:
+        if self._migrated:
+            return
+        with deadline(self.engine, self.timeout_seconds) as bound:
+            try:
+                migrate(self.engine)
+            except SQLAlchemyError as exc:
+                raise self._failure(exc, bound.expired) from None
+        self._migrated = True
 
     @contextmanager
     def _session(self) -> Iterator[Session]:
-        try:
-            with Session(self.engine, expire_on_commit=False) as session, session.begin():
-                yield session
-        except SQLAlchemyError as exc:
-            raise AuditUnavailable(f"audit store {self.description}: {error_text(exc)}") from None
+        self._ensure_schema()
+        with deadline(self.engine, self.timeout_seconds) as bound:
+            try:
+                with Session(self.engine, expire_on_commit=False) as session, session.begin():
+                    yield session
+            except SQLAlchemyError as exc:
+                raise self._failure(exc, bound.expired) from None
 
-    # --- writes -------------------------------------------------------------------------------
+    def catch_up(self) -> None:
+        """Bring the store up to date before a read (the durable facade replays its spool)."""
+
+    def pending(self) -> int:
+        """Writes not in the store yet (the durable facade: records in its spool)."""
+        return 0
+
+    def _write(self, op: AuditOp) -> None:
+        """Apply one write op now (the durable facade overrides this to spool when down)."""
+        with self._session() as session:
+            apply_ops(session, [op])
+
+    # --- writes: each builds its op (timestamps captured here) and hands it to _write -----------
 
     def start_run(
         self,
@@ -78,43 +129,25 @@ class AuditStore:
         ``now`` (default: the current time) becomes ``started_at``; scripted timelines set it.
         ``lock_owner``: the token the run holds its target's lock under (``reconcile``).
         """
-        if state not in RUN_STATES:
-            raise ValueError(f"invalid run state {state}")
-        run_id = run_id or str(uuid.uuid4())
-        now = now or utcnow()
-        finished = state != "in_progress"
-        row = RecoveryRun(
-            id=run_id,
+        op = start_run_op(
+            run_id=run_id or str(uuid.uuid4()),
+            now=now or utcnow(),
             target=target,
             workflow=workflow,
-            type=run_type,
-            state=state,
-            dry_run=dry_run,
+            run_type=run_type,
+            steps=steps,
             requested_by=requested_by,
-            reason=error_text(reason),
-            detected_reason=error_text(detected_reason),
+            reason=reason,
+            detected_reason=detected_reason,
             first_failure_at=first_failure_at,
             detected_at=detected_at,
-            started_at=now,
-            finished_at=now if finished else None,
-            duration_seconds=0.0 if finished else None,
+            dry_run=dry_run,
             flow_run_id=flow_run_id,
+            state=state,
             lock_owner=lock_owner,
         )
-        row.steps = [
-            RecoveryStep(
-                position=i,
-                name=s.name,
-                optional=s.optional,
-                state="skipped" if finished else "pending",
-                attempts=0,
-                max_attempts=s.max_attempts,
-            )
-            for i, s in enumerate(steps)
-        ]
-        with self._session() as session:
-            session.add(row)
-        return run_id
+        self._write(op)
+        return op.run_id
 
     def refuse(
         self,
@@ -134,34 +167,29 @@ class AuditStore:
         ``reason`` is why it was refused (stored as the error); ``request_reason`` is the
         requester's own reason for asking.
         """
-        run_id = self.start_run(
+        op = start_run_op(
+            run_id=run_id or str(uuid.uuid4()),
+            now=now or utcnow(),
             target=target,
             workflow=workflow,
             run_type=run_type,
             steps=(),
-            state="refused",
             requested_by=requested_by,
             reason=request_reason,
+            detected_reason=None,
+            first_failure_at=None,
+            detected_at=None,
+            dry_run=False,
             flow_run_id=flow_run_id,
-            run_id=run_id,
-            now=now,
+            state="refused",
+            refused_because=reason,
         )
-        with self._session() as session:
-            session.execute(
-                update(RecoveryRun)
-                .where(RecoveryRun.id == run_id)
-                .values(error_type="RecoveryRefused", error_message=error_text(reason))
-            )
-        return run_id
+        self._write(op)
+        return op.run_id
 
     def step_attempt(self, run_id: str, name: str, attempt: int) -> None:
         """Mark a step running and count the attempt (called at the start of every attempt)."""
-        with self._session() as session:
-            step = self._step(session, run_id, name)
-            step.state = "running"
-            step.attempts = max(step.attempts, attempt)
-            if step.started_at is None:
-                step.started_at = utcnow()
+        self._write(step_attempt_op(run_id, name, attempt, utcnow()))
 
     def step_finished(
         self,
@@ -171,17 +199,7 @@ class AuditStore:
         error: BaseException | None = None,
         detail: dict[str, Any] | None = None,
     ) -> None:
-        with self._session() as session:
-            step = self._step(session, run_id, name)
-            now = utcnow()
-            step.state = state
-            step.finished_at = now
-            started = aware(step.started_at)
-            step.duration_seconds = (now - started).total_seconds() if started else 0.0
-            step.error_type = type(error).__name__ if error else None
-            step.error_message = error_text(error)
-            if detail is not None:
-                step.detail = {k: (redact(v) if isinstance(v, str) else v) for k, v in detail.items()}
+        self._write(step_finished_op(run_id, name, state, error, detail, utcnow()))
 
     def finish_run(
         self,
@@ -192,27 +210,7 @@ class AuditStore:
         now: datetime | None = None,
     ) -> None:
         """Set the final state; ``now`` (default: the current time) becomes ``finished_at``."""
-        if state not in RUN_STATES:
-            raise ValueError(f"invalid run state {state}")
-        with self._session() as session:
-            row = session.get(RecoveryRun, run_id)
-            if row is None:
-                raise AuditUnavailable(f"audit row {run_id} not found")
-            now = now or utcnow()
-            row.state = state
-            row.finished_at = now
-            row.duration_seconds = (now - aware(row.started_at)).total_seconds()  # type: ignore[operator]
-            if error is not None:
-                row.error_type = error_type or (
-                    type(error).__name__ if isinstance(error, BaseException) else "Error"
-                )
-                row.error_message = error_text(error)
-            # Steps that never ran stay visible as skipped rather than eternally pending.
-            session.execute(
-                update(RecoveryStep)
-                .where(RecoveryStep.run_id == run_id, RecoveryStep.state.in_(("pending", "running")))
-                .values(state="skipped")
-            )
+        self._write(finish_run_op(run_id, state, error, error_type, now or utcnow()))
 
     def orphan_run(self, run_id: str, error_type: str, message: str, now: datetime | None = None) -> bool:
         """Finish a run whose process died: ``failed`` with ``error_type``, its running step
@@ -244,19 +242,7 @@ class AuditStore:
         return True
 
     def set_flow_run_id(self, run_id: str, flow_run_id: str) -> None:
-        with self._session() as session:
-            session.execute(
-                update(RecoveryRun).where(RecoveryRun.id == run_id).values(flow_run_id=flow_run_id)
-            )
-
-    @staticmethod
-    def _step(session: Session, run_id: str, name: str) -> RecoveryStep:
-        step = session.scalars(
-            select(RecoveryStep).where(RecoveryStep.run_id == run_id, RecoveryStep.name == name)
-        ).first()
-        if step is None:
-            raise AuditUnavailable(f"audit step {name!r} of run {run_id} not found")
-        return step
+        self._write(set_flow_run_id_op(run_id, flow_run_id, utcnow()))
 
     # --- reads ---------------------------------------------------------------------------------
 

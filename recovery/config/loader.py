@@ -45,6 +45,8 @@ from recovery.redact import register_secrets, register_url
 
 DEFAULT_CONFIG_PATH = "recovery.yaml"
 CONFIG_ENV_VAR = "RECOVERY_CONFIG"
+DEFAULT_SPOOL_DIR = ".recovery-spool"
+NO_FILE = "config"  # parse_config's source when the data did not come from a file
 
 # Target models live in recovery.config.targets; re-exported here, where callers have always found them.
 from recovery.config.targets import (  # noqa: E402
@@ -137,6 +139,15 @@ class RecoveryConfig(_Model):
     )
     state_url: SecretStr | None = Field(
         None, description="Redis URL for shared state; absent = in-process state."
+    )
+    audit_spool: Path | None = Field(
+        None,
+        description="Directory of the local audit spool (audit writes kept while the audit store "
+        "is down; replayed when it answers). Default: .recovery-spool/ beside the config file; "
+        "a relative path is relative to the config file's directory.",
+    )
+    audit_timeout_seconds: float = Field(
+        5.0, gt=0, le=300, description="Bound on each audit store call (connect, statement, lock wait)."
     )
     monitor: MonitorConfig = Field(default_factory=lambda: MonitorConfig())
     manual_triggers: ManualTriggerConfig = Field(default_factory=lambda: ManualTriggerConfig())
@@ -231,8 +242,19 @@ def _message(error: Any) -> str:
     return msg
 
 
-def parse_config(data: Any, source: str = "config") -> RecoveryConfig:
-    """Validate a parsed YAML document; raise ``ConfigError`` naming the first bad field."""
+def _resolve_spool(config: RecoveryConfig, source: str) -> RecoveryConfig:
+    """``audit_spool`` as an absolute path: beside the config file (or the current directory
+    for a config that did not come from a file), so every command of one config shares it."""
+    base = Path.cwd() if source == NO_FILE else Path(source).absolute().parent
+    spool = (config.audit_spool or Path(DEFAULT_SPOOL_DIR)).expanduser()
+    return config.model_copy(update={"audit_spool": spool if spool.is_absolute() else base / spool})
+
+
+def parse_config(data: Any, source: str = NO_FILE) -> RecoveryConfig:
+    """Validate a parsed YAML document; raise ``ConfigError`` naming the first bad field.
+
+    ``source`` is the config file's path (``NO_FILE``: built in code, e.g. tests).
+    """
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -254,7 +276,7 @@ def parse_config(data: Any, source: str = "config") -> RecoveryConfig:
     _register_config_secrets(config)
     state_url = config.state_url.get_secret_value() if config.state_url else None
     check_state_keyspace(state_url, config.targets)  # destructive patterns stay off the state keys
-    return config
+    return _resolve_spool(config, source)
 
 
 def _register_config_secrets(config: RecoveryConfig) -> None:

@@ -14,10 +14,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from recovery.audit.records import PlannedStep
-from recovery.audit.store import AuditStore
 from recovery.client.breakers import OPEN, breaker_for
 from recovery.config.loader import RecoveryConfig
 from recovery.jsonable import to_json
+from recovery.services import services_for
 
 RESET_WORKFLOW = "reset-circuit-breaker"
 RESET_STEP = "reset_circuit_breaker"
@@ -96,7 +96,7 @@ def reset_breaker(
     recorded (who, why, state before and after) like any recovery.
     """
     t = config.target(target)
-    audit = AuditStore(config.audit_url.get_secret_value())
+    audit = services_for(config).audit  # durable: spooled while the audit store is down
     run_id = audit.start_run(
         run_id=run_id or str(uuid.uuid4()),
         target=t.name,

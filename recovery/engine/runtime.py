@@ -250,16 +250,21 @@ def refuse(
     )
 
 
-def record_dry_run(config: RecoveryConfig, request: RecoveryRequest) -> str:
-    """Audit a dry run: the plan is recorded, nothing is locked or touched."""
+def record_dry_run(
+    config: RecoveryConfig, request: RecoveryRequest, details: dict[str, Detail] | None = None
+) -> str:
+    """Audit a dry run: the plan is recorded, nothing is locked or touched. ``details``: what a
+    step found without acting (clear-cache's count), kept on its skipped step row."""
     target = config.target(request.target)
     spec = workflow_named(request.workflow, target) if request.workflow else select_workflow(target)
-    return services_for(config).audit.start_run(
+    audit = services_for(config).audit
+    # Written in_progress first when steps carry details: a finished row's steps are final.
+    run_id = audit.start_run(
         target=target.name,
         workflow=spec.name,
         run_type=request.run_type,
         dry_run=True,
-        state="succeeded",
+        state="in_progress" if details else "succeeded",
         requested_by=request.requested_by,
         reason=request.reason,
         steps=[
@@ -267,3 +272,8 @@ def record_dry_run(config: RecoveryConfig, request: RecoveryRequest) -> str:
             for p in step_plans(config, target, spec)
         ],
     )
+    if details:
+        for name, detail in details.items():
+            audit.step_finished(run_id, name, "skipped", detail=detail)
+        audit.finish_run(run_id, "succeeded")
+    return run_id

@@ -270,6 +270,7 @@ def compute_stats(store: AuditStore, since: datetime, until: datetime | None = N
     """Aggregate the audit rows whose ``started_at`` is in [since, until) (default until: now)."""
     since = _utc(since)
     until = _utc(until) if until is not None else datetime.now(UTC)
+    store.catch_up()  # runs spooled while the store was down count too
     r = RecoveryRun
     key = (r.target, r.workflow)
     postgres = store.engine.dialect.name == "postgresql"

@@ -71,6 +71,10 @@ class TargetStatus(Jsonable):
     flap_percent: float
     recovery_in_progress: bool
     last_recovery: LastRecovery | None
+    # Audit records still in the local spool (written while the audit store was down, not yet
+    # replayed): the same number on every row, since the JSON board is a list of rows; above 0,
+    # ``last_recovery`` may lag behind what really happened.
+    audit_spool_pending: int = 0
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -195,6 +199,7 @@ def _row(
     target: TargetConfig,
     shared: _Shared,
     last: LastRecovery | None,
+    spool_pending: int,
 ) -> TargetStatus:
     counters = shared.counters
     rate, lowered = _rate(state, target)
@@ -214,6 +219,7 @@ def _row(
         flap_percent=round(percent_state_change(shared.history), 1),
         recovery_in_progress=shared.locked,
         last_recovery=last,
+        audit_spool_pending=spool_pending,
     )
 
 
@@ -230,11 +236,13 @@ def collect_status(
     if store is None:
         store = services_for(config).audit
     names = [t.name for t in config.targets]
+    store.catch_up()  # spooled runs first (durable audit), so last_recovery includes them
     last = last_recoveries(store, names)
     shared = _read_shared(state, names)
+    pending = store.pending()
 
     def row(target: TargetConfig) -> TargetStatus:
-        return _row(config, state, target, shared[target.name], last.get(target.name))
+        return _row(config, state, target, shared[target.name], last.get(target.name), pending)
 
     if len(names) <= 1:
         return [row(t) for t in config.targets]
@@ -295,4 +303,9 @@ def format_status(rows: Sequence[TargetStatus]) -> list[str]:
     widths = {h: max(len(h), *(len(r[h]) for r in table)) for h in headers}
     lines = ["  ".join(h.upper().ljust(widths[h]) for h in headers).rstrip()]
     lines += ["  ".join(r[h].ljust(widths[h]) for h in headers).rstrip() for r in table]
+    if rows[0].audit_spool_pending:
+        lines.append(
+            f"audit spool: {rows[0].audit_spool_pending} records not yet replayed into the audit store "
+            "(`recovery audit replay`)"
+        )
     return lines
