@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 from dbcache_flow_helpers import CANARY, CLI_TIMEOUT, CliRunner, with_password, write_config
 from faultserver import free_port
@@ -110,7 +111,7 @@ def test_clear_cache_and_reconnect_database_from_the_cli(
 
 
 async def test_clear_cache_flow_refuses_before_deleting(
-    redis_url: str, sqlite_url: str, tmp_path: Path
+    redis_url: str, sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The clear-cache flow (what the deployment runs) refuses a pattern reaching every key or
     the state keys in its step, before any deletion; the refusal is audited."""
@@ -124,6 +125,7 @@ async def test_clear_cache_flow_refuses_before_deleting(
             {"name": "users-cache", "kind": "redis", "url": redis_url, "validate": {"key_pattern": "user:*"}}
         ],
     )
+    monkeypatch.setenv("RECOVERY_CONFIG", str(config))  # flows take the config from the worker
     client = redis.Redis.from_url(redis_url)
     client.set("user:1", "{}")
     RedisState(redis_url).set_paused("other-target", "recovering")  # shared state in the same database
@@ -132,7 +134,6 @@ async def test_clear_cache_flow_refuses_before_deleting(
         state: Any = await clear_cache(
             target="users-cache",
             pattern=pattern,
-            config_path=str(config),
             requested_by="t",
             return_state=True,
         )

@@ -108,11 +108,13 @@ def wait_past_grace(run: RunRecord) -> None:
         time.sleep(0.1)
 
 
-async def failed_events(target: str, run_id: str, since: float, settle: float = 4.0) -> list[Any]:
+async def failed_events(
+    target: str, run_id: str, since: float, settle: float = 4.0, name: str = "recovery.failed"
+) -> list[Any]:
     """``recovery.failed`` events of ``run_id``; waits for the first, then ``settle`` seconds more
     so that a duplicate, if any were sent, has arrived too."""
     flt = EventFilter(
-        event=EventNameFilter(name=["recovery.failed"]),
+        event=EventNameFilter(name=[name]),
         resource=EventResourceFilter(id=[f"recovery.target.{target}"]),
         occurred=EventOccurredFilter(
             since=datetime.fromtimestamp(since - 5, UTC),
@@ -200,7 +202,12 @@ async def test_kill_9_mid_verification_breaker_reopens_row_is_reconciled_pause_c
 
 
 async def test_monitor_reconciles_a_killed_run_as_crashed_and_reports_it_once(
-    cli_env: dict[str, str], fault_server: FaultServer, redis_url: str, sqlite_url: str, tmp_path: Path
+    cli_env: dict[str, str],
+    fault_server: FaultServer,
+    redis_url: str,
+    sqlite_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     target = f"api-{uuid.uuid4().hex[:6]}"
     path = write_config(tmp_path / "recovery.yaml", sqlite_url, redis_url, target, fault_server.url)
@@ -222,12 +229,13 @@ async def test_monitor_reconciles_a_killed_run_as_crashed_and_reports_it_once(
         await asyncio.sleep(0.05)
     fault_server.app.set_mode("ok")
     wait_past_grace(run)
+    monkeypatch.setenv("RECOVERY_CONFIG", path)  # flows take the config from the worker
 
-    await monitor(config_path=path)  # reconciles first, then probes a healthy target
+    await monitor()  # reconciles first, then probes a healthy target
     row = AuditStore(sqlite_url).run(run.id)
     assert row is not None and (row.state, row.error_type) == ("failed", "Crashed")
     assert "flow run" in (row.error_message or "") and "crashed" in (row.error_message or "")
-    await monitor(config_path=path)  # nothing left to reconcile: no second report
+    await monitor()  # nothing left to reconcile: no second report
     # I5: one recovery.failed for the dead run, from the monitor's reconcile pass.
     [event] = await failed_events(target, run.id, since)
     assert event.payload["error_type"] == "Crashed"
@@ -263,26 +271,29 @@ async def test_sigterm_mid_verification_reports_the_end_exactly_once(
 
 
 async def test_monitor_releases_the_lock_when_begin_fails(
-    fault_server: FaultServer, redis_url: str, tmp_path: Path
+    fault_server: FaultServer, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """I4 with a real fault: the audit database is down, so the subflow's ``begin()`` raises
-    after the monitor took the target's lock for it. The lock must not wait for its TTL."""
+    """I4 with a real fault: the audit database is down AND its spool cannot be written (a file
+    stands where the spool directory should be), so the subflow's ``begin()`` refuses after the
+    monitor took the target's lock for it. The lock must not wait for its TTL."""
     target = f"api-{uuid.uuid4().hex[:6]}"
     dead_db = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/test?connect_timeout=2"
     path = write_config(tmp_path / "recovery.yaml", dead_db, redis_url, target, fault_server.url)
     text = Path(path).read_text().replace(f"lock_ttl_seconds: {LOCK_TTL}", "lock_ttl_seconds: 600")
-    Path(path).write_text(text)
+    (tmp_path / "not-a-dir").write_text("in the way")
+    Path(path).write_text(text + f"audit_spool: {tmp_path / 'not-a-dir'}\n")
     fault_server.app.set_mode("status:503")
     since = time.time()
+    monkeypatch.setenv("RECOVERY_CONFIG", path)
 
-    report = await monitor(config_path=path)
+    report = await monitor()
     [recovery] = report["recoveries"]
-    assert recovery["state"] == "failed"
+    assert recovery["state"] == "refused"  # no durable record possible: it never acted
     state = RedisState(redis_url)
     assert state.lock_owner(target) is None, "the monitor's lock outlived a recovery that never began"
     assert state.paused(target) == "monitor: status 503"  # still down: the application holds traffic
-    # I5: the failed start is reported once (audit errors included).
+    # I5: the refused start is reported once (an escalating refusal: recovery.refused).
     async with get_client() as client:
         runs = await client.read_flow_runs(limit=50)
     [flow_run_id] = [str(r.id) for r in runs if (r.parameters or {}).get("target") == target]
-    assert len(await failed_events(target, flow_run_id, since)) == 1
+    assert len(await failed_events(target, flow_run_id, since, name="recovery.refused")) == 1
