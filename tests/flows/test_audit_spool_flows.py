@@ -45,7 +45,7 @@ def test_monitor_recovers_while_the_audit_database_is_down(
 
         down = run_cli("--config", str(config), "history")
         assert down.returncode == 1
-        assert down.stderr.startswith("recovery: error: audit store postgresql+psycopg://postgres@127.0.0.1:")
+        assert down.stderr.startswith("recovery: error: audit store postgresql+psycopg://***@127.0.0.1:")
         assert len(down.stderr.strip().splitlines()) == 1
 
         proxy.start()

@@ -138,7 +138,8 @@ async def test_clear_cache_flow_refuses_before_deleting(
             return_state=True,
         )
         assert state.is_failed()
-        assert sorted(client.scan_iter(count=1000)) == keys  # nothing deleted
+        # Nothing deleted (the trigger window may have added its own key).
+        assert set(keys) <= set(client.scan_iter(count=1000))
         run = AuditStore(sqlite_url).run(str(state.state_details.flow_run_id))
         assert run is not None and run.state == "failed" and run.error_type == "ConfigError"
         assert "refused, nothing deleted" in (run.error_message or "")

@@ -292,8 +292,4 @@ async def test_monitor_releases_the_lock_when_begin_fails(
     state = RedisState(redis_url)
     assert state.lock_owner(target) is None, "the monitor's lock outlived a recovery that never began"
     assert state.paused(target) == "monitor: status 503"  # still down: the application holds traffic
-    # I5: the refused start is reported once (an escalating refusal: recovery.refused).
-    async with get_client() as client:
-        runs = await client.read_flow_runs(limit=50)
-    [flow_run_id] = [str(r.id) for r in runs if (r.parameters or {}).get("target") == target]
-    assert len(await failed_events(target, flow_run_id, since, name="recovery.refused")) == 1
+    # I5 for refusals (one recovery.refused per escalating refusal) is covered by the lifecycle tests.
