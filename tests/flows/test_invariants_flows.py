@@ -283,7 +283,6 @@ async def test_monitor_releases_the_lock_when_begin_fails(
     (tmp_path / "not-a-dir").write_text("in the way")
     Path(path).write_text(text + f"audit_spool: {tmp_path / 'not-a-dir'}\n")
     fault_server.app.set_mode("status:503")
-    since = time.time()
     monkeypatch.setenv("RECOVERY_CONFIG", path)
 
     report = await monitor()
