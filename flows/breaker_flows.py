@@ -12,6 +12,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run as current_flow_run
 from pydantic import Field
 
+from recovery.blocking import blocking
 from recovery.config.loader import load_config
 from recovery.engine.breaker_admin import breaker_statuses, reset_breaker
 from recovery.redact import install_log_redaction
@@ -25,7 +26,7 @@ async def circuit_breaker_status(
     """State, failure count, opened_at and time to half-open of each target's breaker."""
     install_log_redaction()
     logger = get_run_logger()
-    statuses = breaker_statuses(load_config(config_path), target)
+    statuses = await blocking(breaker_statuses, load_config(config_path), target)
     for s in statuses:
         extra = f", half-open in {s.half_open_in_seconds:g}s" if s.half_open_in_seconds is not None else ""
         logger.info("%s: %s (failures %d/%d%s)", s.target, s.state, s.fail_counter, s.fail_max, extra)
@@ -43,7 +44,8 @@ async def reset_circuit_breaker(
     install_log_redaction()
     logger = get_run_logger()
     flow_run_id = str(current_flow_run.id)
-    result = reset_breaker(
+    result = await blocking(
+        reset_breaker,
         load_config(config_path),
         target,
         requested_by=requested_by,

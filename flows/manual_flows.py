@@ -15,6 +15,7 @@ from prefect.runtime import flow_run as current_flow_run
 from pydantic import Field
 
 from flows.common import execute_workflow, install_hooks, on_cancelled, on_crashed, refused_state
+from recovery.blocking import blocking
 from recovery.config.loader import load_config
 from recovery.engine.lifecycle import Phase, RunDetails, emit
 from recovery.engine.runtime import RecoveryRequest, record_dry_run
@@ -49,7 +50,7 @@ async def recover(
     request = RecoveryRequest(target, workflow, type, requested_by, reason, dry_run=dry_run)
     workflow_name = validate_request(config, request)
     if dry_run:
-        run_id = record_dry_run(config, request)
+        run_id = await blocking(record_dry_run, config, request)
         plan = describe_plan(
             config, config.target(target), workflow_named(workflow_name, config.target(target))
         )
@@ -64,7 +65,7 @@ async def recover(
     run_id = request_id or str(current_flow_run.id)
     services = services_for(config)
     try:
-        admit(config, services.state, services.audit, request, workflow_name, run_id)
+        await blocking(admit, config, services.state, services.audit, request, workflow_name, run_id)
     except RecoveryRefused as exc:
         install_hooks()
         await emit(

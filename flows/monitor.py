@@ -1,8 +1,30 @@
-"""The monitor flow: probe everything, apply thresholds, run recoveries as subflows."""
+"""The monitor flow: probe everything, apply thresholds, run recoveries as subflows.
+
+One cycle has a budget, ``monitor.cycle_timeout_seconds`` (default ``interval_seconds``), and
+this is what it waits for:
+
+1. probes, for the budget minus a reserve for recording them (twice ``state_timeout_seconds``,
+   at most half the budget); a probe still running then is cancelled and reported ``timed out``
+   (not counted: the monitor stopped waiting, the target did not fail a probe);
+2. thresholds (``decide``, on a worker thread) until the budget is spent, plus the state timeout
+   for a call in flight; targets not reached, or all of them when shared state is unavailable,
+   are reported ``deferred`` with a note saying why;
+3. then the per-target report is logged and handed to the caller's ``REPORT_SINK`` (the CLI
+   prints it): every target, its probe result and action, by the deadline;
+4. recoveries start as subflows and this flow run waits for them: a Prefect subflow cannot
+   outlive its parent run (the parent's API client is closed; measured with Prefect 3.9). They
+   are not bound by the cycle's deadline: each holds its own lock, refreshed per step, and
+   every step's dependency calls are bounded; ``recovery monitor`` starts its next cycle on
+   time meanwhile (runners.cmd_monitor);
+5. the status board and gauges, after the recoveries (skipped while state is unavailable).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -11,26 +33,52 @@ from flows import signals
 from flows.common import is_refused
 from flows.recovery_flows import RECOVERY_FLOWS
 from recovery.config.loader import load_config
+from recovery.engine.monitor import STATE_UNAVAILABLE, Decision
 from recovery.enums import MonitorAction
 from recovery.redact import install_log_redaction, redact
 from recovery.reporting.status import TargetStatus
 from tasks.probe import apply_thresholds, probe_all
 from tasks.status import publish_status
 
+Report = dict[str, Any]
+# Set by a caller that wants the cycle's report as soon as it exists, before the recoveries end
+# (the CLI's monitor loop). A context variable, not a parameter: flow parameters must be JSON.
+REPORT_SINK: ContextVar[Callable[[Report], None] | None] = ContextVar("monitor_report_sink", default=None)
+
+
+def _log_report(logger: Any, decisions: list[Decision], seconds: float) -> None:
+    for d in decisions:
+        if d.action is MonitorAction.DEFERRED:
+            health = "healthy" if d.healthy else f"unhealthy ({d.reason})"
+            logger.warning("%s %s -> %s", d.target, health, d.note)
+        elif not d.healthy:
+            logger.warning(
+                "%s unhealthy (%s), %d consecutive failures -> %s", d.target, d.reason, d.failures, d.action
+            )
+    deferred = sum(d.action is MonitorAction.DEFERRED for d in decisions)
+    logger.info("cycle report: %d targets, %d deferred, in %.1fs", len(decisions), deferred, seconds)
+
 
 @flow(name="monitor", log_prints=False)
-async def monitor(config_path: str | None = None) -> dict[str, Any]:
+async def monitor(config_path: str | None = None) -> Report:
     """One monitor cycle. Recoveries of different targets run concurrently."""
     install_log_redaction()
     logger = get_run_logger()
     config = load_config(config_path)
-    results = await probe_all(config)
-    decisions = await apply_thresholds(config, results)
-    for d in decisions:
-        if not d.healthy:
-            logger.warning(
-                "%s unhealthy (%s), %d consecutive failures -> %s", d.target, d.reason, d.failures, d.action
-            )
+    started = time.monotonic()
+    budget = config.monitor.cycle_budget_seconds
+    reserve = min(budget / 2, 2 * config.state_timeout_seconds)
+    results = await probe_all(config, budget - reserve)
+    decisions = await apply_thresholds(config, results, max(budget - (time.monotonic() - started), 0.0))
+    seconds = time.monotonic() - started
+    _log_report(logger, decisions, seconds)
+    targets = [d.as_json() for d in decisions]
+    sink = REPORT_SINK.get()
+    if sink is not None:
+        try:
+            sink({"targets": targets, "report_seconds": round(seconds, 3)})
+        except Exception as exc:  # the caller's printing must not cost the recoveries
+            logger.warning("cycle report not delivered: %s", redact(str(exc)))
     to_recover = [d for d in decisions if d.action is MonitorAction.RECOVER]
     # Flow.__call__'s overloads do not type return_state=True; each call yields a State.
     flows: dict[str, Any] = dict(RECOVERY_FLOWS)
@@ -64,13 +112,13 @@ async def monitor(config_path: str | None = None) -> dict[str, Any]:
     # Status board (recovery-status artifact), gauges, flapping escalations: after the
     # recoveries, so the board shows their outcome. A board failure must not fail the cycle.
     board: list[TargetStatus] = []
-    try:
-        board = await publish_status(config)
-    except Exception as exc:
-        logger.warning("status board not updated: %s", redact(str(exc)))
+    if any(d.note == STATE_UNAVAILABLE for d in decisions):
+        logger.warning("status board not updated: shared state unavailable")
+    else:
+        try:
+            board = await publish_status(config)
+        except Exception as exc:
+            logger.warning("status board not updated: %s", redact(str(exc)))
     for target in signals.monitor_cycle(decisions, board):
         logger.error("%s is flapping: escalated (target.flapping), no automatic recovery meanwhile", target)
-    return {
-        "targets": [d.as_json() for d in decisions],
-        "recoveries": recoveries,
-    }
+    return {"targets": targets, "recoveries": recoveries, "report_seconds": round(seconds, 3)}

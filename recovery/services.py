@@ -30,7 +30,11 @@ T = TypeVar("T")
 
 
 class Services:
-    """State, audit, breakers and rates of one configuration; lazily connected, closed once."""
+    """State, audit, breakers and rates of one configuration; lazily connected, closed once.
+
+    Every shared-state client (state, the rate and window stores on its connection pool,
+    breakers) times out after ``config.state_timeout_seconds``.
+    """
 
     def __init__(self, config: RecoveryConfig) -> None:
         self.config = config
@@ -59,7 +63,7 @@ class Services:
 
     @property
     def state(self) -> SharedState:
-        return self._once("_state", lambda: open_state(self.state_url))
+        return self._once("_state", lambda: open_state(self.state_url, self.config.state_timeout_seconds))
 
     @property
     def audit(self) -> AuditStore:
@@ -74,7 +78,7 @@ class Services:
         from recovery.client.breakers import breaker_for
 
         spec = self.config.target(target) if isinstance(target, str) else target
-        return breaker_for(spec.name, spec.breaker, self.state_url)
+        return breaker_for(spec.name, spec.breaker, self.state_url, timeout=self.config.state_timeout_seconds)
 
     def close(self) -> None:
         """Release connections; the next use reconnects (a closed ``Services`` stays usable)."""

@@ -16,6 +16,7 @@ from typing import Any
 from recovery.errors import ConfigError, RecoveryError
 from recovery.redact import redact
 from recovery_cli.common import EXIT_FAILED, EXIT_USAGE, Parser, port_number, positive_int
+from recovery_cli.process import Interrupted, Stopped, exit_now
 from recovery_cli.readonly import (
     cmd_breaker_status,
     cmd_check,
@@ -107,6 +108,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"recovery: error: {redact(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
+    except Interrupted as exc:  # SIGINT/SIGTERM: what was in flight was cancelled and audited
+        print(f"recovery: {exc}", file=sys.stderr)
+        if exc.abandoned:
+            exit_now(exc.exit_code)
+        return exc.exit_code
+    except Stopped as exc:  # the Prefect API died mid-run: the run was cancelled and audited
+        print(f"recovery: error: {redact(str(exc))}", file=sys.stderr)
+        exit_now(EXIT_FAILED)
     except RecoveryError as exc:
         if args.debug:
             raise

@@ -95,12 +95,23 @@ class MonitorConfig(_Model):
     flap_high_threshold: float = Field(
         25.0, ge=0, le=100, description="A target starts flapping above this % state change (21 probes)."
     )
+    cycle_timeout_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="Deadline of one cycle's probes and decisions (default: interval_seconds); "
+        "targets not probed or decided by then are reported, not waited for.",
+    )
 
     @model_validator(mode="after")
     def _flap_thresholds(self) -> MonitorConfig:
         low, high = self.flap_low_threshold, self.flap_high_threshold
         check_not_above(low, high, "flap_low_threshold must not be above flap_high_threshold")
         return self
+
+    @property
+    def cycle_budget_seconds(self) -> float:
+        """How long one cycle may spend probing and deciding (``cycle_timeout_seconds``)."""
+        return self.cycle_timeout_seconds or self.interval_seconds
 
 
 class ManualTriggerConfig(_Model):
@@ -116,6 +127,13 @@ class RecoveryConfig(_Model):
     )
     state_url: SecretStr | None = Field(
         None, description="Redis URL for shared state; absent = in-process state."
+    )
+    state_timeout_seconds: float = Field(
+        2.0,
+        gt=0,
+        le=60,
+        description="Connect and read timeout of every shared-state Redis call (state, breakers, "
+        "rates, windows): a frozen Redis fails a call after this, never hangs a cycle.",
     )
     monitor: MonitorConfig = Field(default_factory=lambda: MonitorConfig())
     manual_triggers: ManualTriggerConfig = Field(default_factory=lambda: ManualTriggerConfig())

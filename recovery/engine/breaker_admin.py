@@ -15,7 +15,7 @@ from typing import Any
 
 from recovery.audit.records import PlannedStep
 from recovery.audit.store import AuditStore
-from recovery.client.breakers import OPEN, breaker_for
+from recovery.client.breakers import OPEN, breaker_for_target
 from recovery.config.loader import RecoveryConfig
 from recovery.jsonable import to_json
 
@@ -41,10 +41,6 @@ class BreakerStatus:
         return to_json(self, opened_at=opened_at)
 
 
-def _state_url(config: RecoveryConfig) -> str | None:
-    return config.state_url.get_secret_value() if config.state_url else None
-
-
 def breaker_statuses(
     config: RecoveryConfig, target: str | None = None, now: float | None = None
 ) -> list[BreakerStatus]:
@@ -53,7 +49,7 @@ def breaker_statuses(
     now = time.time() if now is None else now
     out: list[BreakerStatus] = []
     for t in targets:
-        breaker = breaker_for(t.name, t.breaker, _state_url(config))
+        breaker = breaker_for_target(config, t.name)
         snap = breaker.snapshot()
         half_open_in = None
         if snap.state == OPEN:
@@ -103,7 +99,7 @@ def reset_breaker(
         flow_run_id=flow_run_id,
     )
     audit.step_attempt(run_id, RESET_STEP, 1)
-    breaker = breaker_for(t.name, t.breaker, _state_url(config))
+    breaker = breaker_for_target(config, t.name)
     try:
         before = breaker.snapshot()
         breaker.close()

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from recovery.client.breakers import breaker_state, close_breaker
+from recovery.blocking import blocking
+from recovery.client.breakers import FleetBreaker, breaker_state, close_breaker
 from recovery.errors import ProbeFailed
 from recovery.kinds.base import Detail, ProbeResult, StepContext, StepSpec, WorkflowSpec
 from recovery.testing import delay
@@ -21,11 +22,15 @@ async def check_service_health(ctx: StepContext) -> Detail:
     return {"healthy": result.healthy, "reason": result.reason, "latency_ms": round(result.latency_ms, 1)}
 
 
-async def reset_circuit_breaker(ctx: StepContext) -> Detail:
-    breaker = ctx.breaker()
+def _reset_breaker(breaker: FleetBreaker) -> Detail:
     before = breaker_state(breaker)
     close_breaker(breaker)
     return {"before": before, "after": breaker_state(breaker)}
+
+
+async def reset_circuit_breaker(ctx: StepContext) -> Detail:
+    # Breaker transitions are synchronous Redis calls: off the event loop (recovery.blocking).
+    return await blocking(_reset_breaker, ctx.breaker())
 
 
 async def test_connectivity(ctx: StepContext) -> Detail:
@@ -45,7 +50,7 @@ async def test_connectivity(ctx: StepContext) -> Detail:
 
 async def restore_operations(ctx: StepContext) -> Detail:
     """Clear the paused flag so the application sends traffic to the target again."""
-    was_paused = ctx.state.clear_paused(ctx.target.name)
+    was_paused = await blocking(ctx.state.clear_paused, ctx.target.name)
     return {"was_paused": was_paused}
 
 
