@@ -1,6 +1,7 @@
 """Shared CLI plumbing: exit codes, one-line argument errors, JSON output, Prefect defaults.
 
-``recovery`` CLI: exit 0 ok, 1 unhealthy/failed/refused, 2 bad input.
+``recovery`` CLI: exit 0 ok, 1 unhealthy/failed/refused/deferred or Prefect API unreachable,
+2 bad input, 128 + signal number when stopped by SIGINT (130) or SIGTERM (143).
 
 Read-only commands (validate, check, history, breaker-status) import only the core package: Prefect's import
 costs ~2.3 s and its ephemeral API ~15 s, which an on-call engineer should not wait for just

@@ -1,6 +1,7 @@
 """``recovery`` CLI entry point: the argument parser and error handling.
 
-Exit 0 ok, 1 unhealthy/failed/refused, 2 bad input (one line naming the argument, no traceback).
+Exit 0 ok, 1 unhealthy/failed/refused, 2 bad input (one line naming the argument, no traceback),
+130/143 stopped by SIGINT/SIGTERM (recovery_cli.process).
 Read-only commands live in ``readonly`` and never import Prefect; flow-running commands live in
 ``runners`` and import it lazily.
 """
