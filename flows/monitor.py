@@ -6,9 +6,9 @@ this is what it waits for:
 1. probes, for the budget minus a reserve for recording them (twice ``state_timeout_seconds``,
    at most half the budget); a probe still running then is cancelled and reported ``timed out``
    (not counted: the monitor stopped waiting, the target did not fail a probe);
-2. thresholds (``decide``, on a worker thread) until the budget is spent, plus the state timeout
-   for a call in flight; targets not reached, or all of them when shared state is unavailable,
-   are reported ``deferred`` with a note saying why;
+2. thresholds (``decide``, on a worker thread) until the budget is spent (at least the
+   reserve), plus twice the state timeout for a call in flight; targets not reached, or all of
+   them when shared state is unavailable, are reported ``deferred`` with a note saying why;
 3. then the per-target report is logged and handed to the caller's ``REPORT_SINK`` (the CLI
    prints it): every target, its probe result and action, by the deadline;
 4. recoveries start as subflows and this flow run waits for them: a Prefect subflow cannot
@@ -69,7 +69,9 @@ async def monitor(config_path: str | None = None) -> Report:
     budget = config.monitor.cycle_budget_seconds
     reserve = min(budget / 2, 2 * config.state_timeout_seconds)
     results = await probe_all(config, budget - reserve)
-    decisions = await apply_thresholds(config, results, max(budget - (time.monotonic() - started), 0.0))
+    # Recording gets what is left, but never less than the reserve: probes cut off at their
+    # deadline plus Prefect's overhead must not leave the healthy ones undecided.
+    decisions = await apply_thresholds(config, results, max(budget - (time.monotonic() - started), reserve))
     seconds = time.monotonic() - started
     _log_report(logger, decisions, seconds)
     targets = [d.as_json() for d in decisions]

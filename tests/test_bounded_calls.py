@@ -11,7 +11,6 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -230,13 +229,16 @@ async def test_blocking_to_end_outlives_a_cancellation_and_hands_back_the_result
     assert await blocking(str.upper, "x") == "X"
 
 
-def test_config_rejects_bad_timeouts(tmp_path: Path) -> None:
+def test_config_timeouts_and_the_cycle_budget() -> None:
     from recovery.errors import ConfigError
 
     with pytest.raises(ConfigError, match="state_timeout_seconds"):
         parse_config({"state_timeout_seconds": 0})
     with pytest.raises(ConfigError, match=r"monitor\.cycle_timeout_seconds"):
         parse_config({"monitor": {"cycle_timeout_seconds": -1}})
-    config = parse_config({"monitor": {"interval_seconds": 7}})
-    assert config.monitor.cycle_budget_seconds == 7
-    assert parse_config({"monitor": {"cycle_timeout_seconds": 3}}).monitor.cycle_budget_seconds == 3
+    with pytest.raises(ConfigError, match=r"monitor\.cycle_timeout_seconds"):
+        parse_config({"monitor": {"cycle_timeout_seconds": 3}})  # below the 5 s floor
+    assert parse_config({"monitor": {"interval_seconds": 7}}).monitor.cycle_budget_seconds == 7
+    assert parse_config({"monitor": {"cycle_timeout_seconds": 6}}).monitor.cycle_budget_seconds == 6
+    # An interval of 1 s does not make a 1 s deadline: late is not hung.
+    assert parse_config({"monitor": {"interval_seconds": 1}}).monitor.cycle_budget_seconds == 5

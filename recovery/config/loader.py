@@ -80,6 +80,9 @@ __all__ = [
 ]
 
 
+MIN_CYCLE_SECONDS = 5.0
+
+
 class MonitorConfig(_Model):
     interval_seconds: float = Field(30.0, gt=0, description="Seconds between monitor cycles.")
     failure_threshold: int = Field(3, ge=1, description="Consecutive failed probes before recovery.")
@@ -97,9 +100,9 @@ class MonitorConfig(_Model):
     )
     cycle_timeout_seconds: float | None = Field(
         None,
-        gt=0,
-        description="Deadline of one cycle's probes and decisions (default: interval_seconds); "
-        "targets not probed or decided by then are reported, not waited for.",
+        ge=MIN_CYCLE_SECONDS,
+        description="Deadline of one cycle's probes and decisions (default: interval_seconds, at "
+        "least 5); targets not probed or decided by then are reported, not waited for.",
     )
 
     @model_validator(mode="after")
@@ -110,8 +113,13 @@ class MonitorConfig(_Model):
 
     @property
     def cycle_budget_seconds(self) -> float:
-        """How long one cycle may spend probing and deciding (``cycle_timeout_seconds``)."""
-        return self.cycle_timeout_seconds or self.interval_seconds
+        """How long one cycle may spend probing and deciding (``cycle_timeout_seconds``).
+
+        Never below ``MIN_CYCLE_SECONDS``, even with a shorter interval: on a busy machine
+        Prefect's own overhead per task is 0.1-0.3 s, and a tighter deadline would cut off
+        probes that are merely late, not hung.
+        """
+        return max(self.cycle_timeout_seconds or self.interval_seconds, MIN_CYCLE_SECONDS)
 
 
 class ManualTriggerConfig(_Model):

@@ -136,8 +136,9 @@ async def test_a_frozen_dependency_of_one_recovery_does_not_delay_another(
     assert frozen.state == "failed" and "Timeout" in (frozen.error_message or "")  # optional: went on
     assert frozen.finished_at is not None and frozen.duration_seconds is not None
     assert frozen.duration_seconds >= 5.5
-    after_heal = b.finished_at.timestamp() - healed[0]
-    assert after_heal < 2.0, f"B finished {after_heal:.1f}s after healing: held up by A's frozen cache"
+    # B's own time from the moment it could succeed (healed, or started if it started later).
+    own = b.finished_at.timestamp() - max(healed[0], b.started_at.timestamp())
+    assert own < 2.5, f"B finished {own:.1f}s after it could: held up by A's frozen cache"
     assert b.finished_at < frozen.finished_at, "B waited for A's timeout"
     assert loop.longest < 1.0, f"the event loop was blocked for {loop.longest:.2f}s"
     assert client.get("errors:b:1") is None
@@ -152,7 +153,7 @@ async def test_a_hung_probe_is_cut_off_at_the_cycle_deadline_and_the_rest_is_dec
     path = write(
         tmp_path / "r.yaml",
         f"audit_url: {sqlite_url}\nstate_url: {redis_url}\nstate_timeout_seconds: 0.5\n"
-        "monitor: {interval_seconds: 30, cycle_timeout_seconds: 2, failure_threshold: 1}\n"
+        "monitor: {interval_seconds: 30, cycle_timeout_seconds: 5, failure_threshold: 1}\n"
         f"strategy: {ONE_ATTEMPT}\ntargets:\n"
         + "  - {name: hung, kind: http, url: '" + fault_server.url + "/hang', timeout_seconds: 60}\n"
         + http_target("down", f"{fault_server.url}/flaky/down?fail=1")
@@ -166,7 +167,8 @@ async def test_a_hung_probe_is_cut_off_at_the_cycle_deadline_and_the_rest_is_dec
     finally:
         REPORT_SINK.reset(token)
     [(at, early)] = reported
-    assert at - started < 2.0 + 1.5, f"the report came {at - started:.1f}s into a 2 s cycle"
+    # Probes are cut at 5 - 2 x 0.5 = 4 s; deciding takes milliseconds; plus Prefect's overhead.
+    assert 4.0 < at - started < 5.0 + 1.5, f"the report came {at - started:.1f}s into a 5 s cycle"
     targets = {t["target"]: t for t in early["targets"]}
     assert (targets["hung"]["reason"], targets["hung"]["action"], targets["hung"]["note"]) == (
         "timed out",
