@@ -74,8 +74,8 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         else:
             _print_recoveries(cycle.result())
 
-    async def one_cycle() -> tuple[asyncio.Task[dict[str, Any]], dict[str, Any] | None]:
-        """Start a cycle; return it with its per-target report once it exists."""
+    def start_cycle() -> tuple[asyncio.Task[dict[str, Any]], asyncio.Future[dict[str, Any]]]:
+        """A cycle, and the future its per-target report arrives in (before its recoveries end)."""
         reported: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
 
         def sink(report: dict[str, Any]) -> None:
@@ -84,33 +84,30 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
         token = REPORT_SINK.set(sink)
         try:  # the task copies this context: the cycle reports to ``sink``
-            cycle = asyncio.ensure_future(monitor(config_path=config_path))
+            return asyncio.ensure_future(monitor(config_path=config_path)), reported
         finally:
             REPORT_SINK.reset(token)
-        await asyncio.wait({reported, cycle}, return_when=asyncio.FIRST_COMPLETED)
-        return cycle, reported.result() if reported.done() else None
 
     async def cycles() -> int:
         running: set[asyncio.Task[dict[str, Any]]] = set()
         try:
             while True:
                 started = time.monotonic()
-                cycle, report = await one_cycle()
+                cycle, reported = start_cycle()
+                running.add(cycle)
+                cycle.add_done_callback(running.discard)
+                await asyncio.wait({reported, cycle}, return_when=asyncio.FIRST_COMPLETED)
+                if reported.done() and not args.json:
+                    _print_targets(reported.result())
                 if args.once:
-                    if report is not None and not args.json:
-                        _print_targets(report)
                     final = await cycle
                     print_json(final) if args.json else _print_recoveries(final)
                     return _exit_code(final)
-                if report is not None and not args.json:
-                    _print_targets(report)
-                running.add(cycle)
-                cycle.add_done_callback(running.discard)
                 cycle.add_done_callback(report_lines)
                 await asyncio.sleep(max(config.monitor.interval_seconds - (time.monotonic() - started), 0.0))
         except asyncio.CancelledError as exc:
-            # A signal (recovery_cli.process): cancel the cycles still waiting for recoveries and
-            # let their finish paths run (audit row ``cancelled``, lock released; the message,
+            # A signal (recovery_cli.process): cancel every cycle in flight and let the finish
+            # paths of their recoveries run (audit row ``cancelled``, lock released; the message,
             # e.g. "stopped by SIGTERM", becomes the row's error message).
             for cycle in running:
                 cycle.cancel(exc.args[0] if exc.args else None)
