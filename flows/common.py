@@ -16,6 +16,7 @@ from flows import signals
 from recovery.blocking import blocking_to_end
 from recovery.config.loader import RecoveryConfig, load_config
 from recovery.engine.lifecycle import Phase, RunDetails, add_hook, emit
+from recovery.engine.reconcile import Crashed
 from recovery.engine.runtime import RecoveryRequest, RecoveryRuntime
 from recovery.enums import RunState
 from recovery.enums import RunType as RunType_
@@ -107,10 +108,11 @@ async def execute_workflow(
         except BaseException as exc:  # audit or state store down before anything was done
             final = outcome(RunState.FAILED, error=exc)
             raise
-        await emit(RunDetails(Phase.STARTED, rt.target.name, workflow, run_type, rt.run_id))
         state: RunState = RunState.FAILED
         error: BaseException | None = None
         try:
+            # Inside the try: a cancellation while the start is reported still finishes the run.
+            await emit(RunDetails(Phase.STARTED, rt.target.name, workflow, run_type, rt.run_id))
             for name, planned in rt.plans.items():
                 try:
                     detail = await step_task(planned)(rt, name)
@@ -135,15 +137,20 @@ async def execute_workflow(
             await emit(final)
 
 
-def _finalize(flow_run: FlowRun, final: RunState) -> None:
+def _audit_id(flow_run: FlowRun) -> str:
+    """The audit row's id of a recovery flow run (``execute_workflow``'s ``audit_id``)."""
+    return str((flow_run.parameters or {}).get("request_id") or flow_run.id)
+
+
+def _finalize(flow_run: FlowRun, final: RunState, error_type: str) -> None:
     """Mark an audit row that is still ``in_progress`` and release its lock (hooks below)."""
     params = flow_run.parameters or {}
     try:
         services = services_for(load_config(params.get("config_path")))
-        record = services.audit.run(params.get("request_id") or str(flow_run.id))
+        record = services.audit.run(_audit_id(flow_run))
         if record is None or record.state != RunState.IN_PROGRESS:
             return
-        services.audit.finish_run(record.id, final, f"flow run {final}", error_type=f"Flow{final.title()}")
+        services.audit.finish_run(record.id, final, f"flow run {final}", error_type=error_type)
         owner = params.get("lock_token") or record.id
         services.state.release_lock(record.target, owner)
         services.breaker(record.target).end_probe(owner, None)  # a breaker_aligned probe
@@ -152,11 +159,16 @@ def _finalize(flow_run: FlowRun, final: RunState) -> None:
 
 
 async def on_cancelled(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
-    await blocking_to_end(_finalize, flow_run, RunState.CANCELLED)
+    await blocking_to_end(_finalize, flow_run, RunState.CANCELLED, "FlowCancelled")
 
 
 async def on_crashed(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
-    await blocking_to_end(_finalize, flow_run, RunState.FAILED)
+    """The flow run crashed: finish its row as ``Crashed`` and report the end, once.
+
+    In the crashing process, ``execute_workflow``'s ``finally`` usually reported it already
+    (``emit`` drops the repeat); run by a worker after the process died, this is the report
+    (its event id matches, so Prefect keeps one ``recovery.failed`` either way)."""
+    await blocking_to_end(_finalize, flow_run, RunState.FAILED, "Crashed")
     params = flow_run.parameters or {}
     install_hooks()
     await emit(
@@ -165,8 +177,8 @@ async def on_crashed(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any])
             target=str(params.get("target", "unknown")),
             workflow=str(params.get("workflow") or flow.name),
             run_type=RunType_(params.get("run_type") or params.get("type") or "manual"),
-            run_id=str(flow_run.id),
+            run_id=_audit_id(flow_run),
             state=RunState.FAILED,
-            error=state.message,
+            error=Crashed(state.message or "flow run crashed"),
         )
     )

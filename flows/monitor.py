@@ -9,6 +9,8 @@ this is what it waits for:
 2. thresholds (``decide``, on a worker thread) until the budget is spent (at least the
    reserve), plus twice the state timeout for a call in flight; targets not reached, or all of
    them when shared state is unavailable, are reported ``deferred`` with a note saying why;
+   The reconcile pass (finishing rows of recoveries whose process died) runs alongside 1-2 and
+   is awaited at the end: a slow audit store cannot delay the report.
 3. then the per-target report is logged and handed to the caller's ``REPORT_SINK`` (the CLI
    prints it): every target, its probe result and action, by the deadline;
 4. recoveries start as subflows and this flow run waits for them: a Prefect subflow cannot
@@ -31,9 +33,11 @@ from prefect import flow, get_run_logger
 
 from flows import signals
 from flows.common import is_refused
+from flows.reconcile import reconcile_runs
 from flows.recovery_flows import RECOVERY_FLOWS
-from recovery.config.loader import load_config
-from recovery.engine.monitor import STATE_UNAVAILABLE, Decision
+from recovery.blocking import blocking
+from recovery.config.loader import RecoveryConfig, load_config
+from recovery.engine.monitor import STATE_UNAVAILABLE, Decision, release_recovery_lock
 from recovery.enums import MonitorAction
 from recovery.redact import install_log_redaction, redact
 from recovery.reporting.status import TargetStatus
@@ -59,29 +63,23 @@ def _log_report(logger: Any, decisions: list[Decision], seconds: float) -> None:
     logger.info("cycle report: %d targets, %d deferred, in %.1fs", len(decisions), deferred, seconds)
 
 
-@flow(name="monitor", log_prints=False)
-async def monitor(config_path: str | None = None) -> Report:
-    """One monitor cycle. Recoveries of different targets run concurrently."""
-    install_log_redaction()
-    logger = get_run_logger()
-    config = load_config(config_path)
+async def _detect(config: RecoveryConfig) -> tuple[list[Decision], float]:
+    """Probe and decide within the cycle's budget (steps 1-2 above); returns the seconds taken."""
     started = time.monotonic()
     budget = config.monitor.cycle_budget_seconds
     reserve = min(budget / 2, 2 * config.state_timeout_seconds)
     results = await probe_all(config, budget - reserve)
     # Recording gets what is left, but never less than the reserve: probes cut off at their
     # deadline plus Prefect's overhead must not leave the healthy ones undecided.
-    decisions = await apply_thresholds(config, results, max(budget - (time.monotonic() - started), reserve))
-    seconds = time.monotonic() - started
-    _log_report(logger, decisions, seconds)
-    targets = [d.as_json() for d in decisions]
-    sink = REPORT_SINK.get()
-    if sink is not None:
-        try:
-            sink({"targets": targets, "report_seconds": round(seconds, 3)})
-        except Exception as exc:  # the caller's printing must not cost the recoveries
-            logger.warning("cycle report not delivered: %s", redact(str(exc)))
-    to_recover = [d for d in decisions if d.action is MonitorAction.RECOVER]
+    remaining = max(budget - (time.monotonic() - started), reserve)
+    decisions = await apply_thresholds(config, results, remaining)
+    return decisions, time.monotonic() - started
+
+
+async def _recover(
+    config: RecoveryConfig, config_path: str | None, to_recover: list[Decision], logger: Any
+) -> list[dict[str, Any]]:
+    """Run the recoveries as concurrent subflows; one outcome per decision (step 4 above)."""
     # Flow.__call__'s overloads do not type return_state=True; each call yields a State.
     flows: dict[str, Any] = dict(RECOVERY_FLOWS)
     states = await asyncio.gather(
@@ -97,10 +95,17 @@ async def monitor(config_path: str | None = None) -> Report:
                 return_state=True,
             )
             for d in to_recover
-        )
+        ),
+        return_exceptions=True,  # a subflow that could not even start must not hide the others
     )
     recoveries = []
     for d, state in zip(to_recover, states, strict=True):
+        if await blocking(release_recovery_lock, config, d):  # I4: never began (or died) holding it
+            logger.warning("%s: released the lock its recovery never took over", d.target)
+        if isinstance(state, BaseException):
+            why = f"not started: {redact(str(state))}"
+            recoveries.append({"target": d.target, "workflow": d.workflow, "state": "failed", "message": why})
+            continue
         ok = state.is_completed()
         recoveries.append(
             {
@@ -111,16 +116,46 @@ async def monitor(config_path: str | None = None) -> Report:
                 "message": state.message,
             }
         )
-    # Status board (recovery-status artifact), gauges, flapping escalations: after the
-    # recoveries, so the board shows their outcome. A board failure must not fail the cycle.
-    board: list[TargetStatus] = []
-    if any(d.note == STATE_UNAVAILABLE for d in decisions):
-        logger.warning("status board not updated: shared state unavailable")
-    else:
-        try:
-            board = await publish_status(config)
-        except Exception as exc:
-            logger.warning("status board not updated: %s", redact(str(exc)))
-    for target in signals.monitor_cycle(decisions, board):
-        logger.error("%s is flapping: escalated (target.flapping), no automatic recovery meanwhile", target)
+    return recoveries
+
+
+@flow(name="monitor", log_prints=False)
+async def monitor(config_path: str | None = None) -> Report:
+    """One monitor cycle. Recoveries of different targets run concurrently."""
+    install_log_redaction()
+    logger = get_run_logger()
+    config = load_config(config_path)
+    # Rows of recoveries whose process died (I1, I2): alongside the probes, not before them, so
+    # a slow audit store or Redis cannot delay the cycle's report (awaited before returning).
+    reconciling = asyncio.ensure_future(reconcile_runs(config))
+    try:
+        decisions, seconds = await _detect(config)
+        _log_report(logger, decisions, seconds)
+        targets = [d.as_json() for d in decisions]
+        sink = REPORT_SINK.get()
+        if sink is not None:
+            try:
+                sink({"targets": targets, "report_seconds": round(seconds, 3)})
+            except Exception as exc:  # the caller's printing must not cost the recoveries
+                logger.warning("cycle report not delivered: %s", redact(str(exc)))
+        to_recover = [d for d in decisions if d.action is MonitorAction.RECOVER]
+        recoveries = await _recover(config, config_path, to_recover, logger)
+        # Status board (recovery-status artifact), gauges, flapping escalations: after the
+        # recoveries, so the board shows their outcome. A board failure must not fail the cycle.
+        board: list[TargetStatus] = []
+        if any(d.note == STATE_UNAVAILABLE for d in decisions):
+            logger.warning("status board not updated: shared state unavailable")
+        else:
+            try:
+                board = await publish_status(config)
+            except Exception as exc:
+                logger.warning("status board not updated: %s", redact(str(exc)))
+        for target in signals.monitor_cycle(decisions, board):
+            logger.error(
+                "%s is flapping: escalated (target.flapping), no automatic recovery meanwhile", target
+            )
+        for dead in await reconciling:  # never raises (flows/reconcile.py)
+            logger.warning("%s of %s (run %s): %s", dead.workflow, dead.target, dead.run_id, dead.message)
+    finally:
+        reconciling.cancel()  # a no-op once awaited; a cancelled cycle leaves nothing behind
     return {"targets": targets, "recoveries": recoveries, "report_seconds": round(seconds, 3)}

@@ -3,18 +3,25 @@
 Events (``prefect.events.emit_event``), each about the resource ``recovery.target.<name>`` so a
 Prefect automation can page someone (docs/automations.md):
 
-    recovery.failed    a recovery run ended failed (or its flow run crashed)
+    recovery.failed    a recovery run ended without success: failed, cancelled (by a person or
+                       the runtime, e.g. SIGTERM), crashed, or orphaned (its process died and
+                       reconcile finished its row); the target is still unrecovered
     recovery.refused   a recovery was refused and a person must look (budget exhausted, the
                        same error repeating: ``RecoveryRefused.escalate``); a refusal because
                        another run holds the lock is normal operation and emits nothing
     target.flapping    a target started flapping, or a recovery was held off because it flaps
 
 Neither metrics nor events may break a flow: failures here are logged and swallowed.
+
+``recovery.failed`` / ``recovery.refused`` carry an event id derived from the audit run id: the
+flow's ``finally``, a crash hook run by a Prefect worker and the monitor's reconcile pass may
+each report one dead run, and Prefect stores (and triggers automations on) an id only once.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -30,16 +37,22 @@ from recovery.reporting.status import TargetStatus
 logger = logging.getLogger("recovery.signals")
 
 RESOURCE_PREFIX = "recovery.target."
+EVENT_ID_NAMESPACE = uuid.UUID("5b0f3c8e-6a4e-4f43-9d0e-6f1d2c7a9b10")  # fixed: ids must be stable
+
+
+def run_event_id(event: str, run_id: str | None) -> uuid.UUID | None:
+    """The one id of ``event`` about audit run ``run_id`` (None: no run id, a random id)."""
+    return uuid.uuid5(EVENT_ID_NAMESPACE, f"{event}:{run_id}") if run_id else None
 
 
 def target_resource(target: str) -> dict[str, str]:
     return {"prefect.resource.id": f"{RESOURCE_PREFIX}{target}", "prefect.resource.name": target}
 
 
-def _emit(event: str, target: str, payload: dict[str, Any]) -> None:
+def _emit(event: str, target: str, payload: dict[str, Any], event_id: uuid.UUID | None = None) -> None:
     clean = {k: redact(v) if isinstance(v, str) else v for k, v in payload.items()}
     try:
-        emit_event(event=event, resource=target_resource(target), payload=clean)
+        emit_event(event=event, resource=target_resource(target), payload=clean, id=event_id)
     except Exception as exc:  # an escalation problem must not fail the recovery it reports
         logger.warning("could not emit %s for %s: %s", event, target, redact(str(exc)))
 
@@ -60,23 +73,27 @@ def metrics_hook(details: RunDetails) -> None:
 
 
 def events_hook(details: RunDetails) -> None:
-    """``recovery.failed`` for a failed run; ``recovery.refused`` for a refusal a person must see."""
+    """``recovery.failed`` for a run that ended failed or cancelled; ``recovery.refused`` for a
+    refusal a person must see. Exactly once per run: the event id is the run's."""
     if details.phase is not Phase.FINISHED:
         return
     base = {"target": details.target, "workflow": details.workflow, "type": details.run_type}
-    if details.state is RunState.FAILED:
+    if details.state in (RunState.FAILED, RunState.CANCELLED):
         _emit(
             "recovery.failed",
             details.target,
             {
                 **base,
+                "state": details.state,
                 "run_id": details.run_id,
                 "error_type": details.error_type or "Error",
                 "error": details.error_text,
             },
+            run_event_id("recovery.failed", details.run_id),
         )
     elif details.state is RunState.REFUSED and details.escalate:
-        _emit("recovery.refused", details.target, {**base, "reason": details.reason})
+        payload = {**base, "reason": details.reason}
+        _emit("recovery.refused", details.target, payload, run_event_id("recovery.refused", details.run_id))
 
 
 def install_hooks() -> None:

@@ -16,9 +16,51 @@ else (including ``PermanentError``) fails the step on its first attempt.
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
+from recovery.redact import redact
+
+SHOWN_MAX = 80
+# C0/C1 controls, DEL and the Unicode line/paragraph separators: any of them would split an error
+# line or let input rewrite a terminal, so an echoed value shows them escaped.
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def has_control_chars(text: str) -> bool:
+    """Whether ``text`` holds a character ``clip`` would escape (arguments refuse them)."""
+    return _CONTROL_RE.search(text) is not None
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match[0])
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def clip(value: object, limit: int = SHOWN_MAX) -> str:
+    """``value`` as an error message may echo it: controls escaped, at most ``limit`` characters + "…".
+
+    Input is echoed back to say what was wrong with it; a 100 KB argument or a newline in a key
+    must not turn that one line into a page.
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return f"<{value.bit_length()}-bit integer>"  # str() of a huge int is slow (and may raise)
+    text = value if isinstance(value, str) else str(value)
+    if len(text) == limit + 1 and text.endswith("…") and not _CONTROL_RE.search(text):
+        return text  # clipped already: showing a message twice must not clip it twice
+    escaped = _CONTROL_RE.sub(_escape, text[: limit + 1])
+    return escaped if len(escaped) <= limit and len(text) <= limit else escaped[:limit] + "…"
+
 
 class RecoveryError(Exception):
-    """Base of all errors raised by the recovery core."""
+    """Base of all errors raised by the recovery core.
+
+    String arguments are redacted here, once: the message travels on to places no later
+    redaction reaches (Prefect's state messages and its ``repr`` in task-failure logs).
+    """
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigError(RecoveryError):
@@ -30,7 +72,7 @@ class ConfigError(RecoveryError):
 
     def __init__(self, field: str, message: str) -> None:
         self.field = field
-        self.message = message
+        self.message = redact(message)
         super().__init__(f"{field}: {message}" if field else message)
 
 
@@ -66,6 +108,6 @@ class RecoveryRefused(RecoveryError):
     """
 
     def __init__(self, reason: str, escalate: bool = False) -> None:
-        self.reason = reason
+        self.reason = redact(reason)
         self.escalate = escalate
         super().__init__(reason)

@@ -1,4 +1,4 @@
-"""Shared CLI plumbing: exit codes, one-line argument errors, JSON output, Prefect defaults.
+"""Shared CLI plumbing: exit codes, argument types, one-line errors, JSON output, Prefect defaults.
 
 ``recovery`` CLI: exit 0 ok, 1 unhealthy/failed/refused/deferred or Prefect API unreachable,
 2 bad input, 128 + signal number when stopped by SIGINT (130) or SIGTERM (143).
@@ -6,46 +6,103 @@
 Read-only commands (validate, check, history, breaker-status) import only the core package: Prefect's import
 costs ~2.3 s and its ephemeral API ~15 s, which an on-call engineer should not wait for just
 to read state. Commands that run flows import ``flows`` lazily.
+
+Every argument is checked by its ``type=`` here, so a bad one is refused by argparse as
+``argument --x: <why>`` (exit 2) before any config is read; values echoed back are clipped
+(``recovery.errors.clip``) and control characters are refused everywhere: they would forge
+lines in the audit trail and in terminals.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
+import re
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from recovery.errors import RecoveryError
+from recovery.config.targets import NAME_PATTERN
+from recovery.errors import RecoveryError, clip, has_control_chars
 from recovery.redact import redact, redact_url
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+MAX_TEXT = 1000  # free text that is audited (--reason, --requested-by, --pattern)
+MAX_PATH = 4096  # PATH_MAX on Linux
+MAX_LINE = 400  # an error line never grows past this, whatever it quotes
+DEFAULT_METRICS_HOST = "127.0.0.1"
+_NAME_RE = re.compile(NAME_PATTERN)
+_LABEL_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")  # one DNS label
+
+
+def one_line(message: str) -> str:
+    """``message`` as one bounded line: controls escaped, each long word and the whole clipped.
+
+    The last defence for messages that quote input without ``clip`` (argparse's own).
+    """
+    return clip(" ".join(clip(word) for word in message.split(" ")), MAX_LINE)
 
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # One line, no usage dump: the message already names the argument.
-        self.exit(EXIT_USAGE, f"recovery: error: {message}\n")
+        self.exit(EXIT_USAGE, f"recovery: error: {one_line(message)}\n")
+
+
+def text(value: str, limit: int = MAX_TEXT) -> str:
+    """Any argument's text: no control characters, at most ``limit`` characters."""
+    if has_control_chars(value):
+        raise argparse.ArgumentTypeError(f"control characters are not allowed, got '{clip(value)}'")
+    if len(value) > limit:
+        raise argparse.ArgumentTypeError(f"at most {limit} characters, got {len(value)}")
+    return value
+
+
+def non_blank(value: str) -> str:
+    if not text(value).strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return value
+
+
+def target_name(value: str) -> str:
+    """A TARGET: never empty (an empty name must not mean "every target"), a valid name."""
+    if not _NAME_RE.match(non_blank(value)):
+        raise argparse.ArgumentTypeError(
+            f"invalid target name '{clip(value)}' (1-63 characters of a-z, 0-9 and '-')"
+        )
+    return value
+
+
+def config_path(value: str) -> str:
+    return text(non_blank(value), MAX_PATH)
+
+
+def host(value: str) -> str:
+    """An IP address or a DNS name to bind to."""
+    try:
+        ipaddress.ip_address(text(value, 253))
+        return value
+    except ValueError:
+        pass
+    if not all(_LABEL_RE.match(label) for label in value.removesuffix(".").split(".")):
+        raise argparse.ArgumentTypeError(f"expected an IP address or host name, got '{clip(value)}'")
+    return value
+
+
+def _digits(value: str, what: str, limit: int) -> int:
+    # isdigit() on ASCII only: int() also takes " 7\n", "1_0" and 4,300-digit numbers (ValueError).
+    if not (value.isascii() and value.isdigit()) or len(value) > 6 or not 1 <= int(value) <= limit:
+        raise argparse.ArgumentTypeError(f"expected {what} 1..{limit}, got '{clip(value)}'")
+    return int(value)
 
 
 def positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if number < 1 or number > 100_000:
-        raise argparse.ArgumentTypeError(f"expected 1..100000, got {number}")
-    return number
+    return _digits(value, "an integer", 100_000)
 
 
 def port_number(value: str) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {value!r}") from None
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"expected 1..65535, got {port}")
-    return port
+    return _digits(value, "a port number", 65535)
 
 
 def print_json(data: Any) -> None:

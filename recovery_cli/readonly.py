@@ -93,6 +93,8 @@ def cmd_breaker_status(args: argparse.Namespace) -> int:
                 line += f"  half-open in {s.half_open_in_seconds:.1f}s"
             if s.probe_holder:
                 line += f"  probe held by {s.probe_holder}"
+            if s.unverified_by:
+                line += f"  unverified by run {s.unverified_by}: re-opens in {s.reopens_in_seconds or 0:.1f}s"
             print(f"{line}  [{s.storage}]")
     return EXIT_OK if all(s.state == "closed" for s in statuses) else EXIT_FAILED
 
@@ -128,3 +130,29 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print("\n".join(format_status(rows)))
     return EXIT_FAILED if any(r.health == "unhealthy" for r in rows) else EXIT_OK
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    """Finish the audit rows of recoveries whose process died (no Prefect: the lock rules alone,
+    so every such row becomes ``Orphaned``; the monitor's own pass also knows ``Crashed``)."""
+    from recovery.config.loader import load_config
+    from recovery.engine.reconcile import reconcile
+    from recovery.errors import ConfigError
+
+    config = load_config(args.config)
+    if config.state_url is None:
+        # In-process locks live inside the monitor's process; from here every run looks dead.
+        raise ConfigError("state_url", "reconcile needs shared state (the monitor reconciles in-process)")
+    report = reconcile(config, grace_seconds=args.grace_seconds)
+    if args.json:
+        print_json(report.as_json())
+        return EXIT_OK
+    for run in report.finished:
+        step = f", step {run.step} failed" if run.step else ""
+        reopened = ", breaker re-opened" if run.breaker_reopened else ""
+        print(f"{run.run_id}  {run.target}  {run.workflow}: failed ({run.error_type}){step}{reopened}")
+    print(
+        f"{len(report.finished)} of {report.checked} runs in progress finished as failed; "
+        f"{len(report.running)} running (lock held), {len(report.young)} younger than {args.grace_seconds:g}s"
+    )
+    return EXIT_OK

@@ -14,6 +14,7 @@ from recovery.enums import MonitorAction
 from recovery.errors import ConfigError
 from recovery.redact import redact
 from recovery_cli.common import (
+    DEFAULT_METRICS_HOST,
     EXIT_FAILED,
     EXIT_OK,
     prefect_api_watch,
@@ -186,10 +187,6 @@ def _run_operation(args: argparse.Namespace, workflow: str, **params: Any) -> in
     config = load_config(args.config)
     target = config.target(args.target)
     workflow_named(workflow, target)  # wrong kind of target -> exit 2 before paying for Prefect
-    if workflow == "clear-cache" and not params.get("pattern"):
-        validation = getattr(target, "validation", None)
-        if validation is None:
-            raise ConfigError("--pattern", f"required: target '{target.name}' has no validate.key_pattern")
     prefect_environment()
     from flows.recovery_flows import RECOVERY_FLOWS
 
@@ -215,9 +212,46 @@ def _report(args: argparse.Namespace, config: RecoveryConfig, run_id: str, state
 
 
 def cmd_clear_cache(args: argparse.Namespace) -> int:
+    from recovery.config.loader import load_config
+    from recovery.engine.workflows import workflow_named
+    from recovery.kinds.cache import confined_pattern
+    from recovery.kinds.cache_client import as_redis
+
     if args.pattern is not None and not args.pattern.strip():
         raise ConfigError("--pattern", "must not be empty")
+    config = load_config(args.config)
+    target = config.target(args.target)
+    workflow_named("clear-cache", target)  # a database target -> exit 2 naming --workflow
+    state_url = config.state_url.get_secret_value() if config.state_url else None
+    # Outside the key space / every key / the state keys -> exit 2 before anything runs.
+    pattern = confined_pattern(as_redis(target), args.pattern, state_url, "--pattern")
+    if args.dry_run:
+        return _clear_cache_dry_run(args, config, pattern)
     return _run_operation(args, "clear-cache", pattern=args.pattern)
+
+
+def _clear_cache_dry_run(args: argparse.Namespace, config: RecoveryConfig, pattern: str) -> int:
+    """Count what clear-cache would delete (SCAN only), audited as a dry run; no Prefect."""
+    from recovery.engine.runtime import RecoveryRequest, record_dry_run
+    from recovery.kinds.cache import clear_cache
+    from recovery.services import services_for
+
+    target = config.target(args.target)
+    request = RecoveryRequest(
+        target.name, "clear-cache", "manual", args.requested_by, args.reason, dry_run=True
+    )
+    detail = asyncio.run(clear_cache(target, pattern, dry_run=True))
+    run_id = record_dry_run(config, request)
+    audit = services_for(config).audit
+    audit.step_finished(run_id, "clear_cache_keys", "skipped", detail=detail)
+    run = audit.run(run_id)
+    if args.json and run is not None:
+        print_json(run.as_json())
+        return EXIT_OK
+    count = (detail or {}).get("would_delete", 0)
+    print(f"clear-cache of {target.name}: {count} key(s) match {pattern!r}; nothing was deleted")
+    print(f"dry run recorded as {run_id}")
+    return EXIT_OK
 
 
 def cmd_reconnect_database(args: argparse.Namespace) -> int:
@@ -243,12 +277,15 @@ def cmd_reset_breaker(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from recovery.config.loader import load_config, resolve_config_path
 
+    if args.metrics_host and not args.metrics_port:
+        raise ConfigError("--metrics-host", "needs --metrics-port")
     load_config(args.config)  # bad config -> exit 2 before Prefect starts
     prefect_environment()
     if args.metrics_port:
         from recovery.reporting.metrics import start_metrics_server
 
-        start_metrics_server(args.metrics_port)
+        # Loopback unless asked: metrics name every dependency and its health.
+        start_metrics_server(args.metrics_port, args.metrics_host or DEFAULT_METRICS_HOST)
     from deployments.serve import serve_all
 
     serve_all(str(resolve_config_path(args.config)), limit=args.limit)

@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 import redis
 import sqlalchemy
+from database_helpers import Sessions
 from faultserver import FaultServer
 from sqlalchemy.exc import SQLAlchemyError
 
 from recovery.audit import db as audit_store
+from recovery.kinds import database
 from recovery.services import reset_services
 
 REDIS_HOST = "127.0.0.1"
@@ -107,6 +109,29 @@ def pg_url() -> Iterator[str]:
                 conn.execute(sqlalchemy.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         finally:
             admin.dispose()
+
+
+@pytest.fixture
+def sessions(pg_url: str) -> Iterator[Sessions]:
+    """Raw psycopg sessions in ``pg_url``'s schema, with an ``accounts`` table of two rows."""
+    s = Sessions(pg_url)
+    setup = s.open(autocommit=True)
+    setup.execute("CREATE TABLE accounts (id int PRIMARY KEY, n int NOT NULL)")
+    setup.execute("INSERT INTO accounts VALUES (1, 0), (2, 0)")
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def dispose_engines() -> Iterator[None]:
+    """The recovery caches one engine per target: close their connections to the shared server.
+
+    The database target tests use it for every test (``pytestmark = usefixtures(...)``).
+    """
+    yield
+    database.dispose_all_engines()
 
 
 # --- SQLite / HTTP -----------------------------------------------------------------------------

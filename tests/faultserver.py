@@ -11,6 +11,9 @@ Routes:
     GET /slow?seconds=S          200 after S seconds
     GET /hang                    never answers
     GET /flaky/{key}?fail=N      503 for the first N calls of ``key``, then 200
+    GET /private/{anything}      401 unless Basic auth matches ``app.basic_auth`` ("user:password",
+                                 when set); then 200 with ``app.private_body`` (JSON). Every
+                                 Authorization header received is kept in ``app.authorizations``
     POST /admin/mode?value=M     modes: ok | status:CODE | ratelimit:SECONDS | hang |
                                  slow:SECONDS | fail-next:N (503 N times, then ok)
 """
@@ -18,6 +21,7 @@ Routes:
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
 import threading
@@ -49,6 +53,9 @@ class FaultApp:
         self.fail_remaining = 0
         self.flaky_calls: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()
+        self.basic_auth: str | None = None
+        self.private_body: Any = {"status": "ok"}
+        self.authorizations: list[str] = []
 
     def set_mode(self, mode: str) -> None:
         with self._lock:
@@ -86,6 +93,19 @@ class FaultApp:
                 self.flaky_calls[key] += 1
                 calls = self.flaky_calls[key]
             await _respond(send, 503 if calls <= int(query.get("fail", "1")) else 200)
+        elif path.startswith("/private/"):
+            headers = {k.decode().lower(): v.decode() for k, v in scope.get("headers", [])}
+            authorization = headers.get("authorization", "")
+            with self._lock:
+                self.authorizations.append(authorization)
+                expected = self.basic_auth
+            if (
+                expected is not None
+                and authorization != f"Basic {base64.b64encode(expected.encode()).decode()}"
+            ):
+                await _respond(send, 401, {"error": "unauthorized"})
+            else:
+                await _respond(send, 200, self.private_body)
         elif path == "/admin/mode" and scope["method"] == "POST":
             self.set_mode(query.get("value", "ok"))
             await _respond(send, 200, {"mode": self.mode})

@@ -133,6 +133,24 @@ SEQUENCE: list[tuple[float, Step]] = [
     (34.0, lambda s: s.force(OPEN, True)),  # already open: opened_at stays 33.0
     (35.0, lambda s: s.force(HALF_OPEN)),
     (36.0, lambda s: s.force(CLOSED)),
+    # An unverified close (a recovery's reset step): a lease that lapses to open by itself.
+    (37.0, lambda s: s.force(CLOSED, lease_owner="rec", lease_seconds=5)),
+    (38.0, lambda s: s.admit(10, 30, "u")),  # pending: counts as closed
+    (39.0, lambda s: s.close_lease("rec", "extend", 5)),  # until 44
+    (40.0, lambda s: s.failed("u", False, 2)),  # counted while closed
+    (45.0, lambda s: s.admit(10, 30, "v")),  # lapsed at 44: open, rejected until 54
+    (46.0, lambda s: s.close_lease("rec", "confirm")),  # too late: not held
+    (47.0, lambda s: s.force(CLOSED, lease_owner="rec2", lease_seconds=5)),
+    (48.0, lambda s: s.close_lease("other", "revoke")),  # not the owner: nothing
+    (49.0, lambda s: s.close_lease("rec2", "confirm")),  # verified: truly closed
+    (60.0, lambda s: s.admit(10, 30, "w")),
+    (61.0, lambda s: s.force(CLOSED, lease_owner="rec3", lease_seconds=5)),
+    (62.0, lambda s: s.close_lease("rec3", "revoke")),  # re-opened now
+    (63.0, lambda s: s.force(CLOSED, lease_owner="rec4", lease_seconds=2)),
+    (64.0, lambda s: s.failed("x", False, 1)),  # trips mid-verification: the lease goes
+    (65.0, lambda s: s.force(CLOSED, lease_owner="rec5", lease_seconds=2)),
+    (70.0, lambda s: s.succeeded("x", False, 1)),  # lapsed at 67: a late success changes nothing
+    (71.0, lambda s: s.force(OPEN, True)),  # trip keeps opened_at 67
 ]
 
 
@@ -151,6 +169,8 @@ def replay(store: BreakerStore, now: list[float]) -> list[tuple[Any, ...]]:
                 snap.success_counter,
                 snap.opened_at,
                 snap.probe_holder,
+                snap.close_lease_owner,
+                snap.close_lease_seconds,
             )
         )
     return out
@@ -163,3 +183,7 @@ def test_lua_scripts_follow_the_core(redis_url: str) -> None:
     for expected, got in zip(memory, lua, strict=True):
         assert got == expected
     assert memory[11][3] == 3 and memory[11][2] == OPEN  # the failed probe was counted
+    by_time = {row[0]: row for row in memory}
+    assert by_time[45.0][2] == OPEN and by_time[45.0][5] == 44.0  # lapsed: opened at the lease's end
+    assert by_time[49.0][1] is True and by_time[49.0][7] is None  # confirmed: no lease left
+    assert by_time[71.0][2] == OPEN and by_time[71.0][5] == 67.0

@@ -34,6 +34,17 @@ async def test_healthy(fault_server: FaultServer) -> None:
     assert result.as_json()["reason"] == "ok"
 
 
+async def test_userinfo_is_sent_as_basic_auth(fault_server: FaultServer) -> None:
+    # aiohttp refuses a URL with credentials; the probe strips them and sends Basic auth instead.
+    fault_server.app.basic_auth = "svc:p@ss:w0rd"
+    url = f"http://svc:p%40ss%3Aw0rd@127.0.0.1:{fault_server.port}/private/x"
+    result = await probe(http("api", url))
+    assert (result.healthy, result.reason, result.status) == (True, "ok", 200)
+    wrong = await probe(http("api", url.replace("w0rd", "nope")))
+    assert (wrong.healthy, wrong.reason) == (False, "status 401")
+    assert all(a.startswith("Basic ") for a in fault_server.app.authorizations)
+
+
 async def test_unexpected_status(fault_server: FaultServer) -> None:
     fault_server.app.set_mode("status:503")
     result = await probe(http("api", f"{fault_server.url}/health"))

@@ -21,15 +21,16 @@ def unique(prefix: str) -> str:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("postgresql://u:S3cret@h:5432/db", "postgresql://u:***@h:5432/db"),
-        ("postgresql+psycopg://recovery:pw@db/audit", "postgresql+psycopg://recovery:***@db/audit"),
-        ("redis://:hunter22@cache:6379/0", "redis://:***@cache:6379/0"),
-        ("rediss://default:abc@cache:6380", "rediss://default:***@cache:6380"),
+        # URLs the config never named (a driver's own message): the whole userinfo goes.
+        ("postgresql://u:S3cret@h:5432/db", "postgresql://***@h:5432/db"),
+        ("postgresql+psycopg://recovery:pw@audit.unlisted/a", "postgresql+psycopg://***@audit.unlisted/a"),
+        ("redis://:hunter22@cache:6379/0", "redis://***@cache:6379/0"),
+        ("rediss://default:abc@cache:6380", "rediss://***@cache:6380"),
         (
             "connect to postgresql://u:pw1@h1/db failed, fallback redis://:pw2@h2/0 too",
-            "connect to postgresql://u:***@h1/db failed, fallback redis://:***@h2/0 too",
+            "connect to postgresql://***@h1/db failed, fallback redis://***@h2/0 too",
         ),
-        ("http://user@host/path", "http://user@host/path"),  # no password: untouched
+        ("http://ghp_T0ken@host/path", "http://***@host/path"),  # a lone username can be a token
         ("http://host:8080/path", "http://host:8080/path"),  # port is not a password
         ("", ""),
     ],
@@ -54,19 +55,83 @@ def test_sensitive_query_params(text: str, expected: str) -> None:
     assert redact(text) == expected
 
 
-def test_redact_url() -> None:
-    assert (
-        redact_url("postgresql://u:S3cret@h/db?sslmode=require") == "postgresql://u:***@h/db?sslmode=require"
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        # Only scheme://host:port survives; "***@": credentials given, "/***": path/query/fragment given.
+        ("postgresql://u:S3cret@h/db?sslmode=require", "postgresql://***@h/***"),
+        ("https://h/x?token=abc&page=2", "https://h/***"),
+        ("https://api.example.com:8443/hooks/T0KEN?jwt=a&session=b#frag", "https://api.example.com:8443/***"),
+        ("https://h?session=abc", "https://h/***"),
+        ("https://h#frag", "https://h/***"),
+        ("redis://127.0.0.1:6379/1", "redis://127.0.0.1:6379/***"),
+        ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+        ("http://h/", "http://h"),
+        ("http://[::1]:8080/x", "http://[::1]:8080/***"),
+        # A password holding '@', '#' or '?' (redis-py splits at the last '@') is never shown.
+        ("redis://:p@ss@h:6379/0", "redis://***@h:6379/***"),
+        ("redis://:pa#ss?w@h:6379/0", "redis://***@h:6379/***"),
+        ("unix:///run/redis.sock?db=2", "unix:///***"),
+        ("not a url", "***"),
+    ],
+)
+def test_redact_url(url: str, expected: str) -> None:
+    assert redact_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite:///recovery.db", "sqlite:///recovery.db"),
+        ("sqlite:////tmp/audit/a.db", "sqlite:///…/a.db"),
+        ("sqlite+pysqlite:///var/x.db?mode=ro", "sqlite+pysqlite:///…/x.db?***"),
+        ("sqlite://", "sqlite://"),
+    ],
+)
+def test_redact_url_shows_only_the_sqlite_file_name(url: str, expected: str) -> None:
+    assert redact_url(url) == expected
+
+
+def test_config_urls_are_cut_in_free_text_and_their_parts_masked() -> None:
+    token, jwt, session, frag, pw = (unique(p) for p in ("Path", "Jwt", "Sess", "Frag", "Pw"))
+    url = f"https://svc:{pw}@api.canary.test:8443/hooks/{token}/x?jwt={jwt}&session={session}#{frag}"
+    parse_config({"targets": [{"name": "api", "kind": "http", "url": url}]})  # registers it
+    # The whole URL (also on another path of that host:port) -> the redact_url form.
+    assert redact(f"GET {url} failed.") == "GET https://***@api.canary.test:8443/*** failed."
+    assert redact("redirected to https://api.canary.test:8443/login?next=1") == (
+        "redirected to https://api.canary.test:8443/***"
     )
-    assert redact_url("https://h/x?token=abc&page=2") == "https://h/x?token=***&page=2"
-    assert redact_url("redis://127.0.0.1:6379/1") == "redis://127.0.0.1:6379/1"
-    # A password with '@' (valid for redis-py, which splits at the last '@') is fully masked here.
-    assert redact_url("redis://:p@ss@h:6379/0") == "redis://:***@h:6379/0"
+    # Parts on their own (a server echoing the path, a client naming a parameter's value).
+    text = f"404 for /hooks/{token}/x; jwt {jwt} expired; session={session}; #{frag}; {pw}"
+    out = redact(text)
+    assert not any(s in out for s in (token, jwt, session, frag, pw)), out
+    # Another server's URL (the Prefect UI) keeps its path: links stay useful.
+    assert (
+        redact("see http://prefect.test:4200/runs/flow-run/1")
+        == "see http://prefect.test:4200/runs/flow-run/1"
+    )
 
 
-@pytest.mark.parametrize("url", ["sqlite:///recovery.db", "sqlite:////tmp/audit/a.db"])
-def test_redact_url_keeps_sqlite_urls(url: str) -> None:
-    assert redact_url(url) == url
+def test_url_parts_are_masked_as_whole_tokens_only() -> None:
+    value = unique("require")  # a query value must not eat the longer words it prefixes
+    parse_config(
+        {
+            "targets": [
+                {
+                    "name": "db",
+                    "kind": "database",
+                    "url": f"postgresql://{unique('h')}.test/db?sslmode={value}",
+                }
+            ]
+        }
+    )
+    assert redact(f"mode {value}: {value}d") == f"mode ***: {value}d"
+    name = unique("orders")  # a path "/<name>": not inside a longer path, not right after "//"
+    parse_config(
+        {"targets": [{"name": "db", "kind": "database", "url": f"postgresql://{unique('h')}.test/{name}"}]}
+    )
+    assert redact(f"db /{name}; file /var/lib/{name}/x.db") == f"db ***; file /var/lib/{name}/x.db"
+    assert redact(f"dsn postgresql://{name}:pw@elsewhere/x") == "dsn postgresql://***@elsewhere/x"
 
 
 def test_password_containing_at_sign_is_fully_masked() -> None:
@@ -112,25 +177,25 @@ def test_filter_redacts_message_args(redacting_logger: tuple[logging.Logger, io.
     register_secret(secret)
     logger.warning("connecting to %s with key %s (attempt %d)", "postgresql://u:Pw123@h/db", secret, 2)
     out = stream.getvalue()
-    assert out == "WARNING connecting to postgresql://u:***@h/db with key *** (attempt 2)\n"
+    assert out == "WARNING connecting to postgresql://***@h/db with key *** (attempt 2)\n"
 
 
 def test_filter_redacts_traceback(redacting_logger: tuple[logging.Logger, io.StringIO]) -> None:
     logger, stream = redacting_logger
     canary = unique("TbCanary")
     try:
-        raise ConnectionError(f"could not connect to postgresql://svc:{canary}@db.internal/audit")
+        raise ConnectionError(f"could not connect to postgresql://svc:{canary}@audit.unlisted.internal/audit")
     except ConnectionError:
         logger.exception("audit write failed for %s", "redis://:AlsoSecret@r/0")
     out = stream.getvalue()
     assert "Traceback (most recent call last)" in out
-    assert "ConnectionError: could not connect to postgresql://svc:***@db.internal/audit" in out
+    assert "ConnectionError: could not connect to postgresql://***@audit.unlisted.internal/audit" in out
     assert canary not in out
     assert "AlsoSecret" not in out
-    assert out.startswith("ERROR audit write failed for redis://:***@r/0\n")
+    assert out.startswith("ERROR audit write failed for redis://***@r/0\n")
 
 
 def test_filter_survives_bad_format_string(redacting_logger: tuple[logging.Logger, io.StringIO]) -> None:
     logger, stream = redacting_logger
     logger.error("broken %d format with postgresql://u:pw9@h/db", "not-a-number")
-    assert stream.getvalue() == "ERROR broken %d format with postgresql://u:***@h/db\n"
+    assert stream.getvalue() == "ERROR broken %d format with postgresql://***@h/db\n"

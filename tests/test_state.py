@@ -233,7 +233,7 @@ def test_state_unavailable_on_closed_port_is_redacted() -> None:
         backend.close()
     assert time.monotonic() - started < 10
     message = str(info.value)
-    assert message.startswith(f"shared state redis://:***@127.0.0.1:{port}/0: ")
+    assert message.startswith(f"shared state redis://***@127.0.0.1:{port}/***: ")
     assert password not in message
     assert "\n" not in message
     # Raised "from None": no chained redis-py traceback behind it.

@@ -43,6 +43,8 @@ class RecoveryRun(Base):
     error_type: Mapped[str | None] = mapped_column(String(128))
     error_message: Mapped[str | None] = mapped_column(Text)
     flow_run_id: Mapped[str | None] = mapped_column(String(36))
+    # Revision 0003: the token the run holds its target's lock under (reconcile compares it).
+    lock_owner: Mapped[str | None] = mapped_column(String(128))
 
     steps: Mapped[list[RecoveryStep]] = relationship(
         back_populates="run", order_by="RecoveryStep.position", cascade="all, delete-orphan"
@@ -76,6 +78,13 @@ class RecoveryRun(Base):
             postgresql_where=text("first_failure_at IS NOT NULL"),
         ),
         Index("ix_recovery_runs_flow_run_id", "flow_run_id"),
+        # Revision 0003: the runs still in progress (reconcile looks them up every monitor cycle).
+        Index(
+            "ix_recovery_runs_in_progress",
+            "started_at",
+            sqlite_where=text("state = 'in_progress'"),
+            postgresql_where=text("state = 'in_progress'"),
+        ),
     )
 
 

@@ -83,9 +83,10 @@ class RunRecord:
     error_message: str | None
     flow_run_id: str | None
     steps: tuple[StepRecord, ...]
+    lock_owner: str | None = None  # bookkeeping for reconcile; a lock token is not for display
 
     def as_json(self) -> dict[str, Any]:
-        return to_json(self, naive_tz=UTC)
+        return to_json(self, exclude=("lock_owner",), naive_tz=UTC)
 
 
 def run_record(row: RecoveryRun) -> RunRecord:
@@ -126,4 +127,5 @@ def run_record(row: RecoveryRun) -> RunRecord:
         row.error_message,
         row.flow_run_id,
         steps,
+        row.lock_owner,
     )

@@ -71,10 +71,12 @@ class AuditStore:
         state: str = "in_progress",
         run_id: str | None = None,
         now: datetime | None = None,
+        lock_owner: str | None = None,
     ) -> str:
         """Write the run row and its planned steps before anything is touched.
 
         ``now`` (default: the current time) becomes ``started_at``; scripted timelines set it.
+        ``lock_owner``: the token the run holds its target's lock under (``reconcile``).
         """
         if state not in RUN_STATES:
             raise ValueError(f"invalid run state {state}")
@@ -97,6 +99,7 @@ class AuditStore:
             finished_at=now if finished else None,
             duration_seconds=0.0 if finished else None,
             flow_run_id=flow_run_id,
+            lock_owner=lock_owner,
         )
         row.steps = [
             RecoveryStep(
@@ -211,6 +214,35 @@ class AuditStore:
                 .values(state="skipped")
             )
 
+    def orphan_run(self, run_id: str, error_type: str, message: str, now: datetime | None = None) -> bool:
+        """Finish a run whose process died: ``failed`` with ``error_type``, its running step
+        ``failed``, steps never started ``skipped``. Only a row still ``in_progress`` changes, so
+        of two reconcilers (or a reconciler and the run's own late ``finish``) one wins; True if
+        this call finished the row."""
+        now = now or utcnow()
+        message = error_text(message) or ""
+        with self._session() as session:
+            # The conditional UPDATE comes first: it takes the row's write lock before reading.
+            claimed = session.execute(
+                update(RecoveryRun)
+                .where(RecoveryRun.id == run_id, RecoveryRun.state == "in_progress")
+                .values(state="failed", finished_at=now, error_type=error_type, error_message=message)
+            )
+            if not getattr(claimed, "rowcount", 0):
+                return False
+            row = session.get(RecoveryRun, run_id)
+            assert row is not None  # just updated in this transaction
+            row.duration_seconds = (now - aware(row.started_at)).total_seconds()  # type: ignore[operator]
+            for step in row.steps:
+                if step.state == "running":
+                    started = aware(step.started_at)
+                    step.state, step.finished_at = "failed", now
+                    step.duration_seconds = (now - started).total_seconds() if started else 0.0
+                    step.error_type, step.error_message = error_type, message
+                elif step.state == "pending":
+                    step.state = "skipped"
+        return True
+
     def set_flow_run_id(self, run_id: str, flow_run_id: str) -> None:
         with self._session() as session:
             session.execute(
@@ -234,6 +266,18 @@ class AuditStore:
                 select(RecoveryRun).options(selectinload(RecoveryRun.steps)).where(RecoveryRun.id == run_id)
             ).first()
             return run_record(row) if row else None
+
+    def in_progress(self, limit: int = 1000) -> list[RunRecord]:
+        """Runs still ``in_progress`` (never dry runs), oldest first (``ix_recovery_runs_in_progress``)."""
+        query = (
+            select(RecoveryRun)
+            .options(selectinload(RecoveryRun.steps))
+            .where(RecoveryRun.state == "in_progress")
+            .order_by(RecoveryRun.started_at, RecoveryRun.id)
+            .limit(limit)
+        )
+        with self._session() as session:
+            return [run_record(r) for r in session.scalars(query)]
 
     def history(self, target: str | None = None, limit: int = 20) -> list[RunRecord]:
         """Most recent runs first."""

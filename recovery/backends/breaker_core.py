@@ -6,7 +6,8 @@ and both stores apply the same rules: ``MemoryBreakerStore`` runs these function
 makes a transition atomic across processes). ``tests/test_breaker_core.py`` replays the same
 event sequences on both and compares the results.
 
-Rules (pybreaker's, plus a lease so that exactly one caller probes a half-open breaker):
+Rules (pybreaker's, plus a lease so that exactly one caller probes a half-open breaker, and a
+close lease so that a recovery which closed the breaker and then died cannot leave it closed):
 
     admit      closed -> pass; open before the reset timeout -> reject; otherwise take the probe
                lease (open -> half-open) unless someone holds it -> reject
@@ -15,7 +16,12 @@ Rules (pybreaker's, plus a lease so that exactly one caller probes a half-open b
                (admitted before the breaker opened, or a lapsed probe) is not counted
     release    a cancelled probe gives its lease back; nothing is counted
     refresh    the lease holder extends its lease
-    force      operators and recoveries; ``trip`` leaves an open breaker (and its opened_at) alone
+    force      operators and recoveries; ``trip`` leaves an open breaker (and its opened_at) alone;
+               a recovery closes *unverified* (``lease_owner``): closed until ``close_lease_until``
+    lapse      (every transition and every read) a close lease past its end is an open breaker,
+               opened at the lease's end: nobody has to be alive to re-open it
+    close_lease the lease owner ``extend``s it (each step attempt), ``confirm``s it (the target was
+               verified: truly closed) or ``revoke``s it (re-open now: reconcile, a failed run)
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ class BreakerSnapshot:
     opened_at: float | None
     probe_holder: str | None
     probe_ttl_seconds: float | None
+    close_lease_owner: str | None = None  # closed, but its recovery has not verified the target
+    close_lease_seconds: float | None = None  # until the unverified close lapses to open
 
 
 @dataclass(frozen=True)
@@ -70,10 +78,32 @@ class Record:
     changed_at: float | None = None
     lease_owner: str | None = None
     lease_expires_at: float | None = None
+    # Closed by a recovery that has not verified the target yet (only ever set while closed).
+    close_lease_owner: str | None = None
+    close_lease_until: float | None = None
+
+
+def _no_close_lease(record: Record) -> Record:
+    return replace(record, close_lease_owner=None, close_lease_until=None)
+
+
+def _lapse(record: Record, now: float) -> Record:
+    """A close lease past its end is an open breaker, opened when the lease ended.
+
+    ``opened_at`` is the lease's end, not ``now``: the reset timeout runs from the moment the
+    recovery stopped vouching for the target, however late someone looks.
+    """
+    until = record.close_lease_until
+    if until is None or until > now:
+        return record
+    reopened = replace(record, state=OPEN, opened_at=until, success_counter=0, changed_at=until)
+    return _no_close_lease(reopened)
 
 
 def _live(record: Record, now: float) -> Record:
-    """The record with an expired probe lease dropped (Redis does this with ``PX``)."""
+    """The record with a lapsed close lease applied and an expired probe lease dropped (Redis
+    drops the probe key with ``PX``; every Lua script starts with the same lapse check)."""
+    record = _lapse(record, now)
     if record.lease_expires_at is not None and record.lease_expires_at <= now:
         return replace(record, lease_owner=None, lease_expires_at=None)
     return record
@@ -84,11 +114,13 @@ def _no_lease(record: Record) -> Record:
 
 
 def _opened(record: Record, now: float) -> Record:
-    return replace(record, state=OPEN, opened_at=now, success_counter=0, changed_at=now)
+    opened = replace(record, state=OPEN, opened_at=now, success_counter=0, changed_at=now)
+    return _no_close_lease(opened)
 
 
 def _closed(record: Record, now: float) -> Record:
-    return replace(record, state=CLOSED, fail_counter=0, success_counter=0, opened_at=None, changed_at=now)
+    closed = replace(record, state=CLOSED, fail_counter=0, success_counter=0, opened_at=None, changed_at=now)
+    return _no_close_lease(closed)
 
 
 def admit(
@@ -155,25 +187,59 @@ def refresh(record: Record, now: float, owner: str, lease_seconds: float) -> tup
     return replace(record, lease_expires_at=now + lease_seconds), True
 
 
-def force(record: Record, now: float, state: str, trip: bool = False) -> tuple[Record, str]:
-    """Move to ``state``; returns the previous state. ``trip`` leaves an open breaker alone."""
+def force(
+    record: Record,
+    now: float,
+    state: str,
+    trip: bool = False,
+    lease_owner: str | None = None,
+    lease_seconds: float = 0.0,
+) -> tuple[Record, str]:
+    """Move to ``state``; returns the previous state. ``trip`` leaves an open breaker alone.
+
+    ``lease_owner`` (closing only): an unverified close that lapses to open after
+    ``lease_seconds`` unless its owner extends or confirms it."""
     if state not in STATES:
         raise ValueError(f"unknown breaker state {state!r}")
+    record = _lapse(record, now)
     previous = record.state
     if trip and previous == OPEN:
         return record, previous
     if state == OPEN:
         record = _opened(record, now)
     elif state == HALF_OPEN:
-        record = replace(record, state=HALF_OPEN, success_counter=0, changed_at=now)
+        record = _no_close_lease(replace(record, state=HALF_OPEN, success_counter=0, changed_at=now))
     else:
         record = _closed(record, now)
+        if lease_owner is not None:
+            record = replace(record, close_lease_owner=lease_owner, close_lease_until=now + lease_seconds)
     return _no_lease(record), previous
+
+
+CLOSE_LEASE_ACTIONS = ("extend", "confirm", "revoke")
+
+
+def close_lease(
+    record: Record, now: float, owner: str, action: str, lease_seconds: float = 0.0
+) -> tuple[Record, bool]:
+    """The close lease's owner ``extend``s, ``confirm``s or ``revoke``s it; False if ``owner``
+    does not hold it (lapsed, confirmed, or the breaker moved since: then nothing changes)."""
+    if action not in CLOSE_LEASE_ACTIONS:
+        raise ValueError(f"unknown close-lease action {action!r}")
+    record = _live(record, now)
+    if record.close_lease_owner != owner:
+        return record, False
+    if action == "extend":
+        return replace(record, close_lease_until=now + lease_seconds), True
+    if action == "confirm":
+        return _no_close_lease(record), True
+    return _opened(record, now), True
 
 
 def view(record: Record, now: float) -> BreakerSnapshot:
     record = _live(record, now)
     ttl = record.lease_expires_at - now if record.lease_expires_at is not None else None
+    until = record.close_lease_until
     return BreakerSnapshot(
         record.state,
         record.fail_counter,
@@ -181,4 +247,6 @@ def view(record: Record, now: float) -> BreakerSnapshot:
         record.opened_at,
         record.lease_owner,
         ttl,
+        record.close_lease_owner,
+        until - now if until is not None else None,
     )

@@ -47,8 +47,13 @@ class MemoryBreakerStore(BreakerStore):
     def refresh(self, owner: str, lease_seconds: float) -> bool:
         return self._apply(lambda r, now: core.refresh(r, now, owner, lease_seconds))
 
-    def force(self, state: str, trip: bool = False) -> str:
-        return self._apply(lambda r, now: core.force(r, now, state, trip))
+    def force(
+        self, state: str, trip: bool = False, lease_owner: str | None = None, lease_seconds: float = 0.0
+    ) -> str:
+        return self._apply(lambda r, now: core.force(r, now, state, trip, lease_owner, lease_seconds))
+
+    def close_lease(self, owner: str, action: str, lease_seconds: float = 0.0) -> bool:
+        return self._apply(lambda r, now: core.close_lease(r, now, owner, action, lease_seconds))
 
     def snapshot(self) -> BreakerSnapshot:
         return self._apply(lambda r, now: (r, core.view(r, now)))

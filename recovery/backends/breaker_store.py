@@ -9,8 +9,9 @@ are documented there): ``RedisBreakerStore`` runs it as one Lua script
 
 Redis layout (``recovery.backends.keys``; PEXPIRE ``state_ttl_seconds`` on each write):
 ``breaker_key(target)`` hash ``state``, ``fail_counter``, ``success_counter``, ``opened_at``
-(epoch seconds, microseconds), ``changed_at``; ``breaker_probe_key(target)`` string, PX lease,
-the probe's owner.
+(epoch seconds, microseconds), ``changed_at``, and while a recovery's close is unverified
+``close_lease_owner`` + ``close_lease_until`` (epoch seconds: past it, the breaker is open);
+``breaker_probe_key(target)`` string, PX lease, the probe's owner.
 
 Every method raises ``StateUnavailable`` when Redis cannot be reached; ``recovery.client``
 decides what a guarded call does then. Constructing a store performs no I/O and never raises.
@@ -33,6 +34,7 @@ import redis.asyncio
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 
+from recovery.backends import breaker_core as core
 from recovery.backends.breaker_core import (
     CLOSED,
     HALF_OPEN,
@@ -60,7 +62,7 @@ __all__ = [
     "close_async_clients",
 ]
 
-_SCRIPTS = ("admit", "succeeded", "failed", "release", "refresh", "force")
+_SCRIPTS = ("admit", "succeeded", "failed", "release", "refresh", "force", "close_lease")
 
 
 def _ms(seconds: float) -> int:
@@ -103,8 +105,15 @@ class BreakerStore(pybreaker.CircuitBreakerStorage, ABC):
         """Extend the probe lease if ``owner`` still holds it (a long recovery probing)."""
 
     @abstractmethod
-    def force(self, state: str, trip: bool = False) -> str:
-        """Move to ``state`` (``trip``: only if not already open); returns the previous state."""
+    def force(
+        self, state: str, trip: bool = False, lease_owner: str | None = None, lease_seconds: float = 0.0
+    ) -> str:
+        """Move to ``state`` (``trip``: only if not already open); returns the previous state.
+        ``lease_owner``: close unverified, open again after ``lease_seconds`` (breaker_core)."""
+
+    @abstractmethod
+    def close_lease(self, owner: str, action: str, lease_seconds: float = 0.0) -> bool:
+        """``extend`` / ``confirm`` / ``revoke`` ``owner``'s unverified close; False if not held."""
 
     async def aadmit(self, reset_timeout: float, lease_seconds: float, owner: str) -> Ticket:
         return self.admit(reset_timeout, lease_seconds, owner)
@@ -306,11 +315,25 @@ class RedisBreakerStore(BreakerStore):
     def refresh(self, owner: str, lease_seconds: float) -> bool:
         return bool(self._run("refresh", [owner, _ms(lease_seconds)]))
 
-    def force(self, state: str, trip: bool = False) -> str:
+    def force(
+        self, state: str, trip: bool = False, lease_owner: str | None = None, lease_seconds: float = 0.0
+    ) -> str:
         if state not in STATES:
             raise ValueError(f"unknown breaker state {state!r}")
-        args = [state, repr(self.clock()), _ms(self.ttl_seconds), "trip" if trip else "always"]
+        now = self.clock()
+        # The hash must outlive an unverified close's lease, or its expiry would read "closed".
+        ttl = max(self.ttl_seconds, lease_seconds) if lease_owner is not None else self.ttl_seconds
+        args: list[Any] = [state, repr(now), _ms(ttl), "trip" if trip else "always"]
+        if lease_owner is not None:
+            args += [lease_owner, repr(now + lease_seconds)]  # the core computes the same float
         return str(self._run("force", args))
+
+    def close_lease(self, owner: str, action: str, lease_seconds: float = 0.0) -> bool:
+        if action not in core.CLOSE_LEASE_ACTIONS:
+            raise ValueError(f"unknown close-lease action {action!r}")
+        now = self.clock()
+        ttl = _ms(max(self.ttl_seconds, lease_seconds))
+        return bool(self._run("close_lease", [repr(now), owner, action, repr(now + lease_seconds), ttl]))
 
     def snapshot(self) -> BreakerSnapshot:
         try:
@@ -321,15 +344,25 @@ class RedisBreakerStore(BreakerStore):
                 raw, holder, pttl = pipe.execute()
         except (redis.RedisError, OSError, ValueError) as exc:
             raise self._fail(exc) from None
-        opened = raw.get("opened_at")
-        return BreakerSnapshot(
+        now = self.clock()
+
+        def number(field: str) -> float | None:
+            value = raw.get(field)
+            return float(value) if value else None
+
+        # A read applies the core's rules (a lapsed close lease reads open) without writing.
+        record = core.Record(
             state=raw.get("state", CLOSED),
             fail_counter=int(raw.get("fail_counter", 0)),
             success_counter=int(raw.get("success_counter", 0)),
-            opened_at=float(opened) if opened else None,
-            probe_holder=holder,
-            probe_ttl_seconds=pttl / 1000 if holder is not None and pttl > 0 else None,
+            opened_at=number("opened_at"),
+            changed_at=number("changed_at"),
+            lease_owner=holder,
+            lease_expires_at=now + pttl / 1000 if holder is not None and pttl > 0 else None,
+            close_lease_owner=raw.get("close_lease_owner"),
+            close_lease_until=number("close_lease_until"),
         )
+        return core.view(record, now)
 
     def close(self) -> None:
         if self._client is not None:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-PREFIX = "recovery"
+# Defined in the config layer, which validates destructive patterns against it at load.
+from recovery.config.keyspace import STATE_PREFIX as PREFIX
+
 TARGET_PREFIX = f"{PREFIX}:target:"
 BREAKER_PREFIX = f"{PREFIX}:breaker"
-STATE_PATTERN = f"{PREFIX}:*"  # everything this product owns (never a clearable pattern)
+STATE_PATTERN = f"{PREFIX}:*"  # everything this product owns (refused as a clear pattern: config.keyspace)
 
 PROBE_HISTORY_SIZE = 21  # Nagios' flap-detection window (recovery/policy/flapping.py)
 
@@ -56,7 +58,8 @@ def window_key(name: str) -> str:
 
 
 def breaker_key(target: str) -> str:
-    """hash, PX TTL: state, fail_counter, success_counter, opened_at, changed_at."""
+    """hash, PX TTL: state, fail_counter, success_counter, opened_at, changed_at; while a
+    recovery's close is unverified, close_lease_owner and close_lease_until (past it: open)."""
     return f"{BREAKER_PREFIX}:{target}"
 
 

@@ -84,6 +84,12 @@ class SharedState(ABC):
     def paused(self, target: str) -> str | None: ...
 
     @abstractmethod
+    def resume_if_idle(self, target: str) -> bool:
+        """Clear the paused flag if no recovery holds the target's lock (atomically); True if
+        it was set and is now cleared. The monitor calls this for a target that is healthy
+        again, so a flag whose recovery died never outlives the outage."""
+
+    @abstractmethod
     def bump_pool_generation(self, target: str) -> int:
         """Increment ``target``'s connection-pool generation (applications then reconnect)."""
 

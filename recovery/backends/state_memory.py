@@ -93,6 +93,12 @@ class MemoryState(SharedState):
         with self._mutex:
             return self._paused.get(target)
 
+    def resume_if_idle(self, target: str) -> bool:
+        with self._mutex:
+            if self._live_owner(target) is not None:
+                return False
+            return self._paused.pop(target, None) is not None
+
     @property
     def windows(self) -> MemoryWindow:
         return self._windows

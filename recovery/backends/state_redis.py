@@ -88,6 +88,10 @@ class RedisState(SharedState):
         value = self._call(lambda: self.client.get(paused_key(target)))
         return str(value) if value is not None else None
 
+    def resume_if_idle(self, target: str) -> bool:
+        resume = self.scripts("resume_if_idle")
+        return bool(self._call(lambda: resume(keys=[paused_key(target), lock_key(target)])))
+
     def bump_pool_generation(self, target: str) -> int:
         return int(self._call(lambda: self.client.incr(pool_generation_key(target))))
 

@@ -156,6 +156,31 @@ class FleetBreaker(pybreaker.CircuitBreaker):
         self._observe(OPEN)
         return previous
 
+    def close_unverified(self, owner: str, lease_seconds: float) -> str:
+        """Close for a recovery that has yet to verify the target; returns the old state.
+
+        The close is a lease: unless ``owner`` extends or confirms it within ``lease_seconds``,
+        every reader and every call sees the breaker open again (opened when the lease ended), so
+        a recovery that dies after closing cannot leave a broken target unguarded."""
+        previous = self.store.force(CLOSED, lease_owner=owner, lease_seconds=lease_seconds)
+        self._observe(CLOSED)
+        return previous
+
+    def extend_close(self, owner: str, lease_seconds: float) -> bool:
+        """Keep ``owner``'s unverified close for ``lease_seconds`` more (False: it lapsed)."""
+        return self.store.close_lease(owner, "extend", lease_seconds)
+
+    def confirm_close(self, owner: str) -> bool:
+        """``owner`` verified the target: its close stands without a lease (False: not held)."""
+        return self.store.close_lease(owner, "confirm")
+
+    def revoke_close(self, owner: str) -> bool:
+        """Re-open now if ``owner``'s unverified close is still pending (never someone else's)."""
+        revoked = self.store.close_lease(owner, "revoke")
+        if revoked:
+            self._observe(OPEN)
+        return revoked
+
     def try_probe(self, owner: str, lease_seconds: float | None = None) -> Ticket:
         """Take the half-open probe lease for ``owner`` if the reset timeout has elapsed."""
         ticket = self.store.admit(self.reset_timeout, lease_seconds or self.probe_lease_seconds, owner)

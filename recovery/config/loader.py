@@ -4,19 +4,19 @@ Targets are a discriminated union on ``kind`` so each kind carries only its own 
 unknown kind is a one-line error. ``${VAR}`` in any string value is replaced from the
 environment, which keeps passwords out of the file; every secret found while loading is
 registered with ``redact`` so it cannot leak through logs or error messages.
+
+The file is read by ``recovery.config.source`` and expanded by ``recovery.config.expand``, both
+within the limits of ``recovery.config.limits`` (docs/security.md).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     Field,
     SecretStr,
@@ -25,14 +25,17 @@ from pydantic import (
     model_validator,
 )
 
+from recovery.config.expand import ENV_NAME_RE, expand_env
+from recovery.config.limits import MAX_COUNT, MAX_INTERVAL, MAX_TARGETS, MAX_TIMEOUT, MAX_WINDOW
+from recovery.config.source import parse_yaml, read_config_text
 from recovery.config.strategy import (
     STRATEGY_KINDS,
     ExponentialStrategyConfig,
     StrategyConfig,
     check_not_above,
 )
-from recovery.errors import ConfigError
-from recovery.redact import register_secret, register_secrets
+from recovery.errors import ConfigError, clip
+from recovery.redact import register_secrets, register_url
 
 DEFAULT_CONFIG_PATH = "recovery.yaml"
 CONFIG_ENV_VAR = "RECOVERY_CONFIG"
@@ -51,9 +54,10 @@ from recovery.config.targets import (  # noqa: E402
     SqlSource,
     TargetConfig,
     VerifyConfig,
+    _audit_secret,
     _Model,
     _optional_redis_secret,
-    _sqlalchemy_secret,
+    check_state_keyspace,
     url_secrets,
 )
 
@@ -84,12 +88,21 @@ MIN_CYCLE_SECONDS = 5.0
 
 
 class MonitorConfig(_Model):
-    interval_seconds: float = Field(30.0, gt=0, description="Seconds between monitor cycles.")
-    failure_threshold: int = Field(3, ge=1, description="Consecutive failed probes before recovery.")
-    success_threshold: int = Field(1, ge=1, description="Consecutive good probes to count healthy.")
+    interval_seconds: float = Field(
+        30.0, gt=0, le=MAX_INTERVAL, description="Seconds between monitor cycles."
+    )
+    failure_threshold: int = Field(
+        3, ge=1, le=MAX_COUNT, description="Consecutive failed probes before recovery."
+    )
+    success_threshold: int = Field(
+        1, ge=1, le=MAX_COUNT, description="Consecutive good probes to count healthy."
+    )
     probe_concurrency: int = Field(100, ge=1, le=10_000, description="Probes in flight at once.")
     lock_ttl_seconds: float = Field(
-        900.0, gt=0, description="A recovery lock expires after this, so a crashed run cannot block."
+        900.0,
+        gt=0,
+        le=MAX_TIMEOUT,
+        description="A recovery lock expires after this, so a crashed run cannot block.",
     )
     flap_detection: bool = Field(True, description="Hold off automatic recovery of flapping targets.")
     flap_low_threshold: float = Field(
@@ -101,6 +114,7 @@ class MonitorConfig(_Model):
     cycle_timeout_seconds: float | None = Field(
         None,
         ge=MIN_CYCLE_SECONDS,
+        le=MAX_INTERVAL,
         description="Deadline of one cycle's probes and decisions (default: interval_seconds, at "
         "least 5); targets not probed or decided by then are reported, not waited for.",
     )
@@ -125,8 +139,10 @@ class MonitorConfig(_Model):
 class ManualTriggerConfig(_Model):
     """Per-target limit on manual/emergency triggers, so a script in a loop cannot hammer a target."""
 
-    max_triggers: int = Field(5, ge=1, description="Manual triggers admitted per target per window.")
-    window_seconds: float = Field(60.0, gt=0, description="Sliding window length.")
+    max_triggers: int = Field(
+        5, ge=1, le=MAX_COUNT, description="Manual triggers admitted per target per window."
+    )
+    window_seconds: float = Field(60.0, gt=0, le=MAX_WINDOW, description="Sliding window length.")
 
 
 class RecoveryConfig(_Model):
@@ -148,9 +164,10 @@ class RecoveryConfig(_Model):
     strategy: StrategyConfig = Field(
         default_factory=lambda: ExponentialStrategyConfig(), description="Default retry strategy."
     )
-    targets: list[TargetConfig] = Field(default_factory=list)
+    # fail_fast: one bad target is enough to report; the others need no error objects.
+    targets: list[TargetConfig] = Field(default_factory=list, max_length=MAX_TARGETS, fail_fast=True)
 
-    _check_audit_url = field_validator("audit_url")(_sqlalchemy_secret)
+    _check_audit_url = field_validator("audit_url")(_audit_secret)
     _check_state_url = field_validator("state_url")(_optional_redis_secret)
 
     @model_validator(mode="after")
@@ -158,7 +175,7 @@ class RecoveryConfig(_Model):
         seen: set[str] = set()
         for i, target in enumerate(self.targets):
             if target.name in seen:
-                raise ConfigError(f"targets[{i}].name", f"duplicate target name '{target.name}'")
+                raise ConfigError(f"targets[{i}].name", f"duplicate target name '{clip(target.name)}'")
             seen.add(target.name)
         return self
 
@@ -166,34 +183,14 @@ class RecoveryConfig(_Model):
         for target in self.targets:
             if target.name == name:
                 return target
-        known = ", ".join(t.name for t in self.targets) or "none"
-        raise ConfigError("target", f"unknown target '{name}' (known: {known})")
+        known = clip(", ".join(t.name for t in self.targets[:20]) or "none", 200)
+        raise ConfigError("target", f"unknown target '{clip(name)}' (known: {known})")
 
     def strategy_for(self, target: TargetConfig) -> StrategyConfig:
         return target.strategy or self.strategy
 
 
 # --- loading ---------------------------------------------------------------------------------
-
-_ENV_NAME_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
-_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def _expand_env(node: Any, path: str) -> Any:
-    if isinstance(node, str):
-
-        def repl(match: re.Match[str]) -> str:
-            value = os.environ.get(match[1], match[2])
-            if value is None:
-                raise ConfigError(path or "config", f"environment variable {match[1]} is not set")
-            return value
-
-        return _ENV_RE.sub(repl, node)
-    if isinstance(node, dict):
-        return {k: _expand_env(v, f"{path}.{k}" if path else str(k)) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_expand_env(v, f"{path}[{i}]") for i, v in enumerate(node)]
-    return node
 
 
 def format_loc(loc: Sequence[int | str]) -> str:
@@ -203,6 +200,8 @@ def format_loc(loc: Sequence[int | str]) -> str:
     for i, part in enumerate(items):
         if isinstance(part, int):
             out += f"[{part}]"
+        elif not isinstance(part, str):  # a non-string key of a dict given to parse_config
+            out += f".{clip(part)}" if out else clip(part)
         elif i > 0 and isinstance(items[i - 1], int) and part in TARGET_KINDS:
             continue  # pydantic inserts the discriminator tag; users never wrote it
         elif i > 0 and part in STRATEGY_KINDS and items[i - 1] == "strategy":
@@ -212,7 +211,7 @@ def format_loc(loc: Sequence[int | str]) -> str:
         elif part.startswith("function-") or part in ("str", "none", "is-instance[SecretStr]"):
             continue
         else:
-            out += f".{part}" if out else part
+            out += f".{clip(part)}" if out else clip(part)
     return out
 
 
@@ -225,7 +224,8 @@ def _message(error: Any) -> str:
         tags = (error.get("ctx") or {}).get("expected_tags")
         if isinstance(tags, str) and tags:  # pydantic: "'a', 'b'" (strategies: a callable discriminator)
             expected = tags.replace("'", "")
-        return f"unknown kind {error.get('input', {}).get('kind')!r} (expected one of: {expected})"
+        given = (error.get("input") or {}).get("kind")
+        return f"unknown kind '{clip(given)}' (expected one of: {expected})"
     if error.get("type") == "union_tag_not_found":
         return "missing field 'kind'"
     if error.get("type") == "string_pattern_mismatch":
@@ -241,8 +241,8 @@ def parse_config(data: Any, source: str = "config") -> RecoveryConfig:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(source, "expected a mapping at the top level")
-    data = _expand_env(data, "")
+        raise ConfigError(clip(source), "expected a mapping at the top level")
+    data = expand_env(data, clip(source))
     try:
         config = RecoveryConfig.model_validate(data)
     except ConfigError:
@@ -252,24 +252,21 @@ def parse_config(data: Any, source: str = "config") -> RecoveryConfig:
         ctx_error = (first.get("ctx") or {}).get("error")
         if isinstance(ctx_error, ConfigError):
             raise ctx_error from None
-        raise ConfigError(format_loc(first["loc"]) or source, _message(first)) from None
+        raise ConfigError(format_loc(first["loc"]) or clip(source), _message(first)) from None
     _register_config_secrets(config)
+    state_url = config.state_url.get_secret_value() if config.state_url else None
+    check_state_keyspace(state_url, config.targets)  # destructive patterns stay off the state keys
     return config
 
 
 def _register_config_secrets(config: RecoveryConfig) -> None:
-    urls = [config.audit_url, config.state_url]
+    """Every config URL beyond scheme://host:port and every header value is a secret."""
+    urls = [url.get_secret_value() for url in (config.audit_url, config.state_url) if url is not None]
     for target in config.targets:
-        if not isinstance(target, HttpTarget):
-            register_secrets(target.secret_values())
-            continue
-        urls.append(target.error_cache_url)
-        for value in target.headers.values():
-            register_secret(value.get_secret_value())
-        register_secret(urlsplit(target.url).password)
+        urls += target.urls()
+        register_secrets(target.secret_values())
     for url in urls:
-        if url is not None:
-            register_secret(urlsplit(url.get_secret_value()).password)
+        register_url(url)
 
 
 def resolve_config_path(arg: str | None) -> Path:
@@ -290,24 +287,19 @@ def load_config(path: str | Path | None = None) -> RecoveryConfig:
     """
     resolved = resolve_config_path(str(path) if path else None)
     try:
-        text = resolved.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError("--config", f"file not found: {resolved}") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
-        raise ConfigError("--config", f"cannot read {resolved}: {exc.__class__.__name__}") from None
-    env = tuple(os.environ.get(name) for name in sorted(set(_ENV_NAME_RE.findall(text))))
-    key = (str(resolved), hashlib.sha256(text.encode()).hexdigest(), env)
-    cached = _loaded.get(key)
-    if cached is not None:
-        return cached
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "YAML"
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(str(resolved), f"{where}: {problem}") from None
-    config = parse_config(data, str(resolved))
+        text = read_config_text(resolved)
+        env = tuple(os.environ.get(name) for name in sorted(set(ENV_NAME_RE.findall(text))))
+        key = (str(resolved), hashlib.sha256(text.encode()).hexdigest(), env)
+        cached = _loaded.get(key)
+        if cached is not None:
+            return cached
+        config = parse_config(parse_yaml(text, str(resolved)), str(resolved))
+    except (RecursionError, MemoryError, OverflowError) as exc:
+        # The limits above should make these impossible; if one still happens it came from the
+        # file, and the contract for bad input is one exit-2 line, not a traceback.
+        raise ConfigError(
+            clip(str(resolved)), f"too large or too deeply nested ({type(exc).__name__})"
+        ) from None
     if len(_loaded) >= _LOADED_MAX:
         _loaded.clear()
     _loaded[key] = config

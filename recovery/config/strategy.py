@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
+from recovery.config.limits import MAX_DELAY, MAX_FACTOR, MAX_LIST, MAX_SEED, MAX_TIMEOUT, MAX_WINDOW
+
 
 class Jitter(StrEnum):
     none = "none"
@@ -23,7 +25,8 @@ class Jitter(StrEnum):
 
 
 class _StrategyModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Finite numbers only: an infinite delay or window validates but stalls every recovery.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def check_not_above(low: float, high: float, message: str) -> None:
@@ -34,7 +37,7 @@ def check_not_above(low: float, high: float, message: str) -> None:
 
 # The fields several strategies share (each strategy picks its own default).
 def _max_delay(default: float) -> Any:
-    return Field(default, gt=0, description="Cap on any single delay.")
+    return Field(default, gt=0, le=MAX_DELAY, description="Cap on any single delay.")
 
 
 def _attempts_per_step(default: int) -> Any:
@@ -46,15 +49,15 @@ def _jitter(default: Jitter) -> Any:
 
 
 def _seed() -> Any:
-    return Field(None, description="Seed for jitter (tests, reproducible runs).")
+    return Field(None, ge=-MAX_SEED, le=MAX_SEED, description="Seed for jitter (tests, reproducible runs).")
 
 
 class ExponentialStrategyConfig(_StrategyModel):
     """Exponential backoff: delay_n = min(cap, base * factor**n), then jitter."""
 
     kind: Literal["exponential"] = "exponential"
-    base_seconds: float = Field(1.0, gt=0, description="Delay before the first retry.")
-    factor: float = Field(2.0, ge=1, description="Multiplier applied per retry.")
+    base_seconds: float = Field(1.0, gt=0, le=MAX_DELAY, description="Delay before the first retry.")
+    factor: float = Field(2.0, ge=1, le=MAX_FACTOR, description="Multiplier applied per retry.")
     max_delay_seconds: float = _max_delay(60.0)
     max_attempts: int = _attempts_per_step(5)
     jitter: Jitter = _jitter(Jitter.full)
@@ -65,8 +68,8 @@ class LinearStrategyConfig(_StrategyModel):
     """Linear backoff: delay_n = min(cap, base + increment * n)."""
 
     kind: Literal["linear"] = "linear"
-    base_seconds: float = Field(1.0, ge=0, description="Delay before the first retry.")
-    increment_seconds: float = Field(1.0, ge=0, description="Added to the delay per retry.")
+    base_seconds: float = Field(1.0, ge=0, le=MAX_DELAY, description="Delay before the first retry.")
+    increment_seconds: float = Field(1.0, ge=0, le=MAX_DELAY, description="Added to the delay per retry.")
     max_delay_seconds: float = _max_delay(60.0)
     max_attempts: int = _attempts_per_step(5)
 
@@ -82,13 +85,17 @@ class AdaptiveStrategyConfig(_StrategyModel):
     """
 
     kind: Literal["adaptive"] = "adaptive"
-    base_seconds: float = Field(1.0, gt=0, description="First delay with a clean history.")
-    factor: float = Field(2.0, ge=1, description="Multiplier applied per retry.")
+    base_seconds: float = Field(1.0, gt=0, le=MAX_DELAY, description="First delay with a clean history.")
+    factor: float = Field(2.0, ge=1, le=MAX_FACTOR, description="Multiplier applied per retry.")
     max_delay_seconds: float = _max_delay(60.0)
     max_attempts: int = Field(6, ge=1, le=100, description="Attempts with a clean history.")
     min_attempts: int = Field(1, ge=1, le=100, description="Attempts never drop below this.")
-    window_seconds: float = Field(3600.0, gt=0, description="How far back the history is read.")
-    penalty_per_failure: float = Field(1.0, ge=0, description="Base delay grows by this per failure.")
+    window_seconds: float = Field(
+        3600.0, gt=0, le=MAX_WINDOW, description="How far back the history is read."
+    )
+    penalty_per_failure: float = Field(
+        1.0, ge=0, le=MAX_FACTOR, description="Base delay grows by this per failure."
+    )
     attempts_drop_per_failure: int = Field(1, ge=0, le=100, description="Attempts lost per failure.")
     repeat_threshold: int = Field(
         3, ge=2, le=100, description="Same error this many times in a row -> refuse and escalate."
@@ -113,7 +120,10 @@ class BreakerAlignedStrategyConfig(_StrategyModel):
     max_attempts: int = _attempts_per_step(3)
     max_delay_seconds: float = _max_delay(300.0)
     reset_timeout_seconds: float | None = Field(
-        None, gt=0, description="Delay between attempts; default: the target's breaker reset timeout."
+        None,
+        gt=0,
+        le=MAX_TIMEOUT,
+        description="Delay between attempts; default: the target's breaker reset timeout.",
     )
 
 
@@ -122,7 +132,7 @@ class TimeWindowStrategyConfig(_StrategyModel):
 
     kind: Literal["time_window"] = "time_window"
     max_recoveries: int = Field(3, ge=1, le=10_000, description="Recoveries allowed per window.")
-    window_seconds: float = Field(3600.0, gt=0, description="Length of the sliding window.")
+    window_seconds: float = Field(3600.0, gt=0, le=MAX_WINDOW, description="Length of the sliding window.")
 
 
 def _strategy_kind(value: Any) -> str | None:
@@ -148,7 +158,9 @@ class CompositeStrategyConfig(_StrategyModel):
     """All of ``strategies`` must allow; the plan takes the fewest attempts and largest delays."""
 
     kind: Literal["composite"] = "composite"
-    strategies: list[LeafStrategyConfig] = Field(..., min_length=1, description="Strategies combined.")
+    strategies: list[LeafStrategyConfig] = Field(
+        ..., min_length=1, max_length=MAX_LIST, description="Strategies combined."
+    )
 
 
 StrategyConfig = Annotated[

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Sequence
 from typing import Annotated, Literal
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import (
     BaseModel,
@@ -20,77 +21,157 @@ from pydantic import (
     model_validator,
 )
 
+from recovery.config.keyspace import pattern_problem, same_redis_database
+from recovery.config.limits import (
+    MAX_CACHE_TTL,
+    MAX_COUNT,
+    MAX_INTERVAL,
+    MAX_LIST,
+    MAX_RATE,
+    MAX_TIMEOUT,
+    MAX_VERIFY_INTERVAL,
+    MAX_WINDOW,
+)
 from recovery.config.strategy import StrategyConfig, check_not_above
+from recovery.config.urls import (
+    AUDIT_DIALECTS,
+    DATABASE_DIALECTS,
+    check_http_url,
+    check_redis_url,
+    check_sql_url,
+)
+from recovery.errors import ConfigError, clip
+from recovery.redact import url_secret_parts
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+# RFC 9110 field-name token; a value may hold tab but no other control character (a CR/LF in a
+# header would be refused by the HTTP client at every probe).
+_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
+_HEADER_VALUE_BAD_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: .inf or .nan in any number field is an error, never a lock TTL of forever.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _http_url(value: str) -> str:
-    """Field validator: an http(s) URL with a host."""
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("invalid URL")
+    """Field validator: an http(s) URL (``recovery.config.urls.check_http_url``)."""
+    check_http_url(value)
     return value
 
 
+def _confined_pattern(value: str | None) -> str | None:
+    """Field validator: a pattern deleted from must name a key space (recovery.config.keyspace)."""
+    problem = None if value is None else pattern_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+def split_userinfo(url: str) -> tuple[str, tuple[str, str] | None]:
+    """``https://u:p@h/x`` -> (``https://h/x``, (u, p)): HTTP clients send Basic auth from the
+    pair; aiohttp refuses a URL with credentials next to an Authorization header."""
+    parts = urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at:
+        return url, None
+    user, _, password = userinfo.partition(":")
+    return urlunsplit(parts._replace(netloc=hostport)), (unquote(user), unquote(password))
+
+
 def _sqlalchemy_secret(value: SecretStr) -> SecretStr:
-    """Field validator (also of ``RecoveryConfig``): a SQLAlchemy URL."""
-    _check_sqlalchemy_url(value.get_secret_value())
+    """Field validator: a SQLAlchemy URL of a dialect SQLAlchemy can load."""
+    check_sql_url(value.get_secret_value())
+    return value
+
+
+def _database_secret(value: SecretStr) -> SecretStr:
+    """Field validator: a SQLAlchemy URL of a database the database kind supports."""
+    check_sql_url(value.get_secret_value(), DATABASE_DIALECTS)
+    return value
+
+
+def _audit_secret(value: SecretStr) -> SecretStr:
+    """Field validator of ``RecoveryConfig.audit_url``: a dialect the audit store supports."""
+    check_sql_url(value.get_secret_value(), AUDIT_DIALECTS)
     return value
 
 
 def _optional_redis_secret(value: SecretStr | None) -> SecretStr | None:
     """Field validator (also of ``RecoveryConfig``): absent or a Redis URL."""
     if value is not None:
-        _check_redis_url(value.get_secret_value())
+        check_redis_url(value.get_secret_value())
     return value
 
 
 class RateLimitConfig(BaseModel):
     """Per HTTP target: how ``rate-limit-recovery`` waits and how the allowed rate moves (AIMD)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    normal_rate_per_second: float = Field(10.0, gt=0, description="The rate AIMD climbs back to.")
+    normal_rate_per_second: float = Field(
+        10.0, gt=0, le=MAX_RATE, description="The rate AIMD climbs back to."
+    )
     safety_factor: float = Field(0.5, gt=0, le=1, description="Allowed rate = observed limit x this.")
-    min_rate_per_second: float = Field(0.1, gt=0, description="The allowed rate never drops below this.")
-    increase_per_cycle: float = Field(1.0, gt=0, description="Added per healthy monitor cycle (req/s).")
+    min_rate_per_second: float = Field(
+        0.1, gt=0, le=MAX_RATE, description="The allowed rate never drops below this."
+    )
+    increase_per_cycle: float = Field(
+        1.0, gt=0, le=MAX_RATE, description="Added per healthy monitor cycle (req/s)."
+    )
     increase_interval_seconds: float | None = Field(
-        None, ge=0, description="Least time between increases; default: 0.9 x monitor.interval_seconds."
+        None,
+        ge=0,
+        le=MAX_INTERVAL,
+        description="Least time between increases; default: 0.9 x monitor.interval_seconds.",
     )
     max_wait_seconds: float = Field(
-        300.0, ge=0, description="Longest reset wait slept through; a longer one is escalated."
+        300.0,
+        ge=0,
+        le=MAX_TIMEOUT,
+        description="Longest reset wait slept through; a longer one is escalated.",
     )
     limit_window_seconds: float | None = Field(
-        None, gt=0, description="Window of X-RateLimit-Limit, to turn it into requests/second."
+        None,
+        gt=0,
+        le=MAX_TIMEOUT,
+        description="Window of X-RateLimit-Limit, to turn it into requests/second.",
     )
-    ttl_seconds: float = Field(86400.0, gt=0, description="The rate key expires this long after a write.")
+    ttl_seconds: float = Field(
+        86400.0, gt=0, le=MAX_WINDOW, description="The rate key expires this long after a write."
+    )
 
 
 class VerifyConfig(_Model):
-    consecutive_successes: int = Field(3, ge=1, description="Good probes in a row to verify.")
-    interval_seconds: float = Field(0.5, ge=0, description="Pause between verification probes.")
+    consecutive_successes: int = Field(3, ge=1, le=MAX_COUNT, description="Good probes in a row to verify.")
+    interval_seconds: float = Field(
+        0.5, ge=0, le=MAX_VERIFY_INTERVAL, description="Pause between verification probes."
+    )
 
 
 class BreakerConfig(_Model):
     """The target's circuit breaker (``recovery.client.breakers``), shared through ``state_url``."""
 
-    fail_max: int = Field(5, ge=1, description="Failures that open the breaker.")
-    reset_timeout_seconds: float = Field(60.0, gt=0, description="Open -> half-open after this.")
-    success_threshold: int = Field(1, ge=1, description="Good half-open probes in a row that close it.")
+    fail_max: int = Field(5, ge=1, le=MAX_COUNT, description="Failures that open the breaker.")
+    reset_timeout_seconds: float = Field(
+        60.0, gt=0, le=MAX_TIMEOUT, description="Open -> half-open after this."
+    )
+    success_threshold: int = Field(
+        1, ge=1, le=MAX_COUNT, description="Good half-open probes in a row that close it."
+    )
     probe_lease_seconds: float = Field(
-        30.0, gt=0, description="Lease of the one half-open probe; set above the guarded call's timeout."
+        30.0,
+        gt=0,
+        le=MAX_TIMEOUT,
+        description="Lease of the one half-open probe; set above the guarded call's timeout.",
     )
     on_state_unavailable: Literal["allow", "reject"] = Field(
         "allow",
         description="Redis down: allow (fail-open: calls run unguarded) or reject (fail-closed).",
     )
     state_ttl_seconds: float = Field(
-        86400.0, gt=0, description="Breaker keys expire this long after their last change."
+        86400.0, gt=0, le=MAX_WINDOW, description="Breaker keys expire this long after their last change."
     )
 
     @model_validator(mode="after")
@@ -111,11 +192,15 @@ class HttpTarget(_TargetBase):
     kind: Literal["http"]
     url: str = Field(..., description="URL probed with the method below.")
     method: Literal["GET", "HEAD"] = "GET"
-    expect_status: list[int] = Field(default_factory=lambda: [200], min_length=1)
+    expect_status: list[int] = Field(default_factory=lambda: [200], min_length=1, max_length=MAX_LIST)
     timeout_seconds: float = Field(2.0, gt=0, le=300)
-    headers: dict[str, SecretStr] = Field(default_factory=dict, description="Sent with probes.")
+    headers: dict[str, SecretStr] = Field(
+        default_factory=dict, max_length=MAX_LIST, description="Sent with probes."
+    )
     error_cache_pattern: str | None = Field(
-        None, description="Redis key pattern cleared on recovery, e.g. errors:payments-api:*."
+        None,
+        description="Redis key pattern cleared on recovery, e.g. errors:payments-api:*; it must "
+        "name a key space (not '*', not recovery:*).",
     )
     error_cache_url: SecretStr | None = Field(
         None, description="Redis holding the error cache; default: state_url."
@@ -125,42 +210,48 @@ class HttpTarget(_TargetBase):
     )
 
     _check_url = field_validator("url")(_http_url)
+    _check_error_pattern = field_validator("error_cache_pattern")(_confined_pattern)
 
     @field_validator("expect_status")
     @classmethod
     def _check_status(cls, value: list[int]) -> list[int]:
         for code in value:
             if not 100 <= code <= 599:
-                raise ValueError(f"invalid HTTP status {code}")
+                raise ValueError(f"invalid HTTP status {clip(code)}")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _check_headers(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for name, secret in value.items():
+            if not _HEADER_NAME_RE.match(name):
+                raise ValueError(f"invalid header name '{clip(name)}'")
+            if _HEADER_VALUE_BAD_RE.search(secret.get_secret_value()):  # the value itself is never shown
+                raise ValueError(f"header '{clip(name)}': control character in the value")
         return value
 
     _check_cache_url = field_validator("error_cache_url")(_optional_redis_secret)
 
+    def endpoint(self) -> tuple[str, tuple[str, str] | None]:
+        """The URL to request and its Basic credentials (from the URL's userinfo)."""
+        return split_userinfo(self.url)
 
-def _check_sqlalchemy_url(url: str) -> None:
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
+    def urls(self) -> list[str]:
+        cache = self.error_cache_url.get_secret_value() if self.error_cache_url else None
+        return [self.url, *([cache] if cache else [])]
 
-    try:
-        make_url(url)
-    except ArgumentError:
-        raise ValueError("invalid SQLAlchemy URL") from None
+    def secret_values(self) -> list[str]:
+        """Header values (an Authorization header is the classic leak) and their Basic pair."""
+        values = [v.get_secret_value() for v in self.headers.values()]
+        return values + [v.split(" ", 1)[1] for v in values if " " in v]
 
 
 def url_secrets(url: str | None) -> list[str]:
-    """The secret parts of a URL: its password (as written and decoded) and password-like params."""
+    """The secret parts of a URL: userinfo, password, path, every query value, fragment."""
     if not url:
         return []
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return []
-    found = [password, unquote(password)] if password else []
-    for key, value in parse_qsl(parts.query, keep_blank_values=False):
-        if any(s in key.lower() for s in ("password", "passwd", "pwd", "token", "secret", "key")):
-            found.append(value)
-    return found
+    anywhere, tokens = url_secret_parts(url)
+    return anywhere + tokens
 
 
 _IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
@@ -177,17 +268,22 @@ class DatabaseTarget(_TargetBase):
         5.0, gt=0, le=3600, description="Statement timeout of probes and checks (lock waits included)."
     )
     stuck_session_seconds: float = Field(
-        300.0, gt=0, description="Idle-in-transaction or lock-blocking sessions older than this are stuck."
+        300.0,
+        gt=0,
+        le=MAX_TIMEOUT,
+        description="Idle-in-transaction or lock-blocking sessions older than this are stuck.",
     )
     application_name: str | None = Field(
-        None, min_length=1, description="Only sessions of this application_name may be terminated."
+        None,
+        min_length=1,
+        description="Only sessions of this application_name are terminated; unset: none are.",
     )
     integrity_check: Literal["quick", "full"] = Field(
         "quick", description="SQLite: PRAGMA quick_check (quick) or integrity_check (full)."
     )
     canary_table: str = Field("recovery_canary", description="Table of the rolled-back write/read check.")
 
-    _check_url = field_validator("url")(_sqlalchemy_secret)
+    _check_url = field_validator("url")(_database_secret)
 
     @field_validator("canary_table")
     @classmethod
@@ -196,8 +292,11 @@ class DatabaseTarget(_TargetBase):
             raise ValueError("must be a plain SQL identifier ([A-Za-z_][A-Za-z0-9_]*)")
         return value
 
+    def urls(self) -> list[str]:
+        return [self.url.get_secret_value()]
+
     def secret_values(self) -> list[str]:
-        return url_secrets(self.url.get_secret_value())
+        return []
 
 
 class CacheValidation(_Model):
@@ -206,7 +305,9 @@ class CacheValidation(_Model):
         "json", description="json: value parses as JSON; string: non-empty UTF-8."
     )
     required_fields: list[str] = Field(
-        default_factory=list, description="json: the value is an object holding all of these."
+        default_factory=list,
+        max_length=MAX_LIST,
+        description="json: the value is an object holding all of these.",
     )
 
 
@@ -226,7 +327,7 @@ class SqlSource(_Model):
             raise ValueError("key_template needs at least one {column}")
         for name in fields:
             if not re.match(_IDENTIFIER, name):
-                raise ValueError(f"key_template field {{{name}}} must be a plain column name")
+                raise ValueError(f"key_template field {{{clip(name)}}} must be a plain column name")
         return value
 
 
@@ -235,6 +336,10 @@ class HttpSource(_Model):
     timeout_seconds: float = Field(30.0, gt=0, le=3600, description="Timeout of the GET.")
 
     _check_url = field_validator("url")(_http_url)
+
+    def endpoint(self) -> tuple[str, tuple[str, str] | None]:
+        """The URL to GET and its Basic credentials (from the URL's userinfo)."""
+        return split_userinfo(self.url)
 
 
 class CacheRebuild(_Model):
@@ -245,7 +350,9 @@ class CacheRebuild(_Model):
     python: str | None = Field(
         None, description="module:function returning a mapping (or pairs) of key -> value."
     )
-    ttl_seconds: int | None = Field(None, ge=1, description="Expiry of rebuilt keys; default: none.")
+    ttl_seconds: int | None = Field(
+        None, ge=1, le=MAX_CACHE_TTL, description="Expiry of rebuilt keys; default: none."
+    )
     overwrite: bool = Field(False, description="false: write only missing keys (SET NX).")
 
     @field_validator("python")
@@ -279,26 +386,56 @@ class RedisTarget(_TargetBase):
     )
     rebuild: CacheRebuild | None = Field(None, description="Source the cache is warmed from.")
     batch_size: int = Field(500, ge=1, le=100_000, description="SCAN COUNT and pipeline batch size.")
+    clearable_patterns: list[str] = Field(
+        default_factory=list,
+        description="Key spaces clear-cache may delete besides validate.key_pattern's, e.g. tmp:*.",
+    )
 
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: SecretStr) -> SecretStr:
-        _check_redis_url(value.get_secret_value())
+        check_redis_url(value.get_secret_value())
         return value
 
-    def secret_values(self) -> list[str]:
-        found = url_secrets(self.url.get_secret_value())
+    @field_validator("clearable_patterns")
+    @classmethod
+    def _check_clearable(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            _confined_pattern(pattern)
+        return value
+
+    def key_spaces(self) -> list[str]:
+        """Patterns naming the key spaces clear-cache may delete from (by their literal prefix)."""
+        own = [self.validation.key_pattern] if self.validation is not None else []
+        return own + list(self.clearable_patterns)
+
+    def urls(self) -> list[str]:
+        found = [self.url.get_secret_value()]
         if self.rebuild is not None and self.rebuild.sql is not None:
-            found += url_secrets(self.rebuild.sql.url.get_secret_value())
+            found.append(self.rebuild.sql.url.get_secret_value())
         if self.rebuild is not None and self.rebuild.http is not None:
-            found += url_secrets(self.rebuild.http.url)
+            found.append(self.rebuild.http.url)
         return found
+
+    def secret_values(self) -> list[str]:
+        return []
 
 
 TargetConfig = Annotated[HttpTarget | DatabaseTarget | RedisTarget, Field(discriminator="kind")]
 TARGET_KINDS = ("http", "database", "redis")
 
 
-def _check_redis_url(url: str) -> None:
-    if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
-        raise ValueError("invalid Redis URL (expected redis://host:port/db)")
+def check_state_keyspace(state_url: str | None, targets: Sequence[TargetConfig]) -> None:
+    """A cache in the state's own Redis database must not validate (and so delete from) a
+    pattern that reaches the state keys: ``clear_corrupted_entries`` would take a lock value
+    for a corrupted entry."""
+    for i, target in enumerate(targets):
+        if not isinstance(target, RedisTarget) or target.validation is None:
+            continue
+        if not same_redis_database(target.url.get_secret_value(), state_url):
+            continue
+        problem = pattern_problem(target.validation.key_pattern)
+        if problem is not None:
+            raise ConfigError(
+                f"targets[{i}].validate.key_pattern", f"{problem}, and this cache is the state_url database"
+            )

@@ -33,6 +33,8 @@ class BreakerStatus:
     reset_timeout_seconds: float
     half_open_in_seconds: float | None  # open: seconds until a probe may run
     probe_holder: str | None
+    unverified_by: str | None  # closed by this recovery run, which has not verified the target yet
+    reopens_in_seconds: float | None  # ...and re-opens after this unless the run verifies it
     storage: str
     on_state_unavailable: str
 
@@ -45,7 +47,8 @@ def breaker_statuses(
     config: RecoveryConfig, target: str | None = None, now: float | None = None
 ) -> list[BreakerStatus]:
     """Status of every target's breaker (or of ``target``'s; unknown target -> ``ConfigError``)."""
-    targets = [config.target(target)] if target else list(config.targets)
+    # "is not None": an empty name is an unknown target, never "all of them" (issue 11).
+    targets = [config.target(target)] if target is not None else list(config.targets)
     now = time.time() if now is None else now
     out: list[BreakerStatus] = []
     for t in targets:
@@ -65,6 +68,8 @@ def breaker_statuses(
                 reset_timeout_seconds=t.breaker.reset_timeout_seconds,
                 half_open_in_seconds=half_open_in,
                 probe_holder=snap.probe_holder,
+                unverified_by=snap.close_lease_owner,
+                reopens_in_seconds=round(snap.close_lease_seconds, 3) if snap.close_lease_seconds else None,
                 storage=breaker.store.description,
                 on_state_unavailable=t.breaker.on_state_unavailable,
             )

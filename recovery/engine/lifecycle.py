@@ -7,6 +7,11 @@ flow start and calls ``emit`` from one ``finally`` path, so no outcome goes unre
 some other bookkeeping raised first.
 
 A hook must not fail the run it observes: ``emit`` logs and swallows a hook's error.
+
+A run ends once: ``emit`` delivers the ``FINISHED`` details of a run id to the hooks the first
+time only, so the flow's ``finally`` and a crash hook (or a reconcile pass) in the same process
+cannot report one outcome twice. Across processes, events carry an id derived from the run id
+(flows/signals.py), which Prefect stores and triggers on once.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -82,8 +88,32 @@ def hooks() -> list[RunHook]:
         return list(_hooks)
 
 
+# Run ids whose end was emitted in this process (bounded: a long-lived worker runs many).
+_FINISHED_MEMORY = 10_000
+_finished: OrderedDict[str, None] = OrderedDict()
+
+
+def _first_finish(details: RunDetails) -> bool:
+    """True unless ``details`` ends a run whose end this process already emitted."""
+    if details.phase is not Phase.FINISHED or details.run_id is None:
+        return True
+    with _hooks_lock:
+        if details.run_id in _finished:
+            return False
+        _finished[details.run_id] = None
+        if len(_finished) > _FINISHED_MEMORY:
+            _finished.popitem(last=False)
+        return True
+
+
 async def emit(details: RunDetails) -> None:
-    """Call every hook with ``details``, in registration order; a failing hook is logged only."""
+    """Call every hook with ``details``, in registration order; a failing hook is logged only.
+
+    A run's end is delivered once per process: a second ``FINISHED`` for the same run id is
+    dropped (logged at debug level)."""
+    if not _first_finish(details):
+        logger.debug("end of run %s already emitted; not again", details.run_id)
+        return
     for hook in hooks():
         try:
             result = hook(details)

@@ -57,6 +57,7 @@ class Decision:
     flapping: bool = False  # recovery/flapping.py: automatic recovery is held off while set
     flap_percent: float = 0.0
     flap_started: bool = False  # this probe made the target flapping (escalate)
+    resumed: bool = False  # healthy again with no recovery running: the monitor cleared "paused"
     note: str | None = None  # why a ``deferred`` decision was deferred
 
     def as_json(self) -> dict[str, Any]:
@@ -158,7 +159,12 @@ def _decide_one(
         flap_started=flap.started if flap else False,
     )
     if result.healthy:
-        return base
+        # A paused flag whose recovery died (or never resumed) must not outlive the outage:
+        # success_threshold good probes in a row and no lock held clear it (invariant I3).
+        resumed = counters.successes >= config.monitor.success_threshold and state.resume_if_idle(
+            result.target
+        )
+        return replace(base, resumed=resumed)
     if counters.failures < config.monitor.failure_threshold:
         return replace(base, action=MonitorAction.BELOW_THRESHOLD)
     if base.flapping:
@@ -185,12 +191,27 @@ def _decide_one(
     return replace(base, action=MonitorAction.RECOVER, workflow=workflow, lock_token=token)
 
 
-def release_unstarted(state: SharedState, decisions: list[Decision]) -> None:
+def release_recovery_lock(config: RecoveryConfig, decision: Decision) -> bool:
+    """The recovery subflow started for ``decision`` has ended (invariant I4): drop the lock the
+    monitor took for it if it is still held under the decision's token; True if it was.
+
+    A run that began released it in ``finish()``; this catches a subflow that never started or
+    whose ``begin()`` failed, which would otherwise block the target for the lock's whole TTL
+    (and keep its row unreconciled). The token is this decision's alone, so no other run's lock
+    can be released; once the subflow ended nothing else uses it. Never raises."""
+    if decision.lock_token is None:
+        return False
+    try:
+        return services_for(config).state.release_lock(decision.target, decision.lock_token)
+    except StateUnavailable:  # the cycle goes on; the lock's TTL is the backstop
+        return False
+
+
+def release_unstarted(config: RecoveryConfig, decisions: list[Decision]) -> None:
     """Give back the locks of ``recover`` decisions no recovery will be started for."""
     for d in decisions:
-        if d.action is MonitorAction.RECOVER and d.lock_token:
-            with contextlib.suppress(StateUnavailable):
-                state.release_lock(d.target, d.lock_token)
+        if d.action is MonitorAction.RECOVER:
+            release_recovery_lock(config, d)
 
 
 async def decide_by(
@@ -209,13 +230,13 @@ async def decide_by(
         done, _ = await asyncio.wait({task}, timeout=max(deadline - time.monotonic(), 0.0) + grace)
     finally:
         if not task.done():
-            task.add_done_callback(lambda t: _release_late(state, t))
+            task.add_done_callback(lambda t: _release_late(config, t))
     if task in done:
         return task.result()
     return [deferred(r, CYCLE_DEADLINE) for r in results]
 
 
-def _release_late(state: SharedState, task: asyncio.Future[list[Decision]]) -> None:
+def _release_late(config: RecoveryConfig, task: asyncio.Future[list[Decision]]) -> None:
     if task.cancelled() or task.exception() is not None:
         return
-    submit_detached(release_unstarted, state, task.result())  # a callback must not block the loop
+    submit_detached(release_unstarted, config, task.result())  # a callback must not block the loop

@@ -146,6 +146,7 @@ class RecoveryRuntime:
                 first_failure_at=_ts(request.first_failure_at),
                 detected_at=datetime.now(UTC) if request.run_type == "automatic" else None,
                 flow_run_id=flow_run_id,
+                lock_owner=owner,  # reconcile: the row is alive exactly while this token holds the lock
             )
         except Exception:
             admission.settle("not-started")
@@ -178,6 +179,9 @@ class RecoveryRuntime:
             raise error
         if self.admission is not None:
             self.admission.refresh()  # breaker_aligned: keep holding the half-open probe
+        if self.breaker_closed_by_us:
+            # The unverified close lives as long as the lock: extended together, lapsing together.
+            self._close_lease("extend")
 
     async def run_step(self, name: str, attempt: int) -> Detail:
         """Run one attempt of step ``name``; the caller (a Prefect task) retries on TemporaryError."""
@@ -221,7 +225,24 @@ class RecoveryRuntime:
                 self.admission.settle(state)  # a breaker_aligned probe closes or re-opens the breaker
             if state != "succeeded" and self.breaker_closed_by_us:
                 self._reopen_breaker()
+            elif self.breaker_closed_by_us:
+                self._close_lease("confirm")  # verified: the close stands (else it lapses to open)
             self.state.release_lock(self.target.name, self.owner)
+
+    def _close_lease(self, action: str) -> None:
+        """Extend or confirm this run's unverified close of the breaker (``reset_circuit_breaker``).
+
+        Best effort: if Redis cannot be reached the lease lapses and the breaker re-opens, which is
+        the safe direction (the application fails fast until a half-open probe closes it again).
+        """
+        try:
+            breaker = self.breaker()
+            if action == "extend":
+                breaker.extend_close(self.run_id, self.config.monitor.lock_ttl_seconds)
+            else:
+                breaker.confirm_close(self.run_id)
+        except Exception:
+            return
 
     def _reopen_breaker(self) -> None:
         """Never leave a breaker closed in front of an unverified target.

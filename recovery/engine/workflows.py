@@ -49,12 +49,12 @@ def select_workflow(target: TargetConfig, probe: ProbeResult | None = None) -> W
 
 
 def workflow_named(name: str, target: TargetConfig) -> WorkflowSpec:
-    from recovery.errors import ConfigError
+    from recovery.errors import ConfigError, clip
 
     known = workflows()
     spec = known.get(name)
     if spec is None:
-        raise ConfigError("workflow", f"unknown workflow '{name}' (known: {', '.join(known)})")
+        raise ConfigError("workflow", f"unknown workflow '{clip(name)}' (known: {', '.join(known)})")
     if target.kind not in spec.kinds:
         raise ConfigError("workflow", f"'{name}' cannot recover a {target.kind} target")
     return spec

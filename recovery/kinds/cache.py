@@ -2,6 +2,8 @@
 
 * Health: PING latency, ``INFO memory`` (used vs ``maxmemory``; unhealthy above
   ``max_memory_ratio``) and ``evicted_keys`` since this process last looked.
+* Manual clear (``clear-cache``): only inside the target's key space, never every key nor the
+  state keys (``confined_pattern``; rules in ``recovery.config.keyspace``).
 * Corrupted entries: ``SCAN`` (never ``KEYS``) over ``validate.key_pattern`` in batches, values
   fetched and deleted with pipelines. A bad key is deleted only if it still holds the value that
   was judged (compare-and-delete in Lua), so a concurrent writer's fresh value is never lost.
@@ -24,8 +26,9 @@ import redis
 import redis.asyncio as aioredis
 
 from recovery.backends.state import scan_delete
+from recovery.config.keyspace import confinement_problem, pattern_problem, same_redis_database
 from recovery.config.loader import CacheValidation, RedisTarget, TargetConfig
-from recovery.errors import PermanentError
+from recovery.errors import ConfigError
 from recovery.kinds.base import Detail, Kind, ProbeContext, ProbeResult, StepContext, StepSpec
 from recovery.kinds.cache_client import (
     as_redis,
@@ -219,9 +222,31 @@ async def clear_corrupted_entries(target: TargetConfig) -> Detail:
     return await asyncio.to_thread(_clear_corrupted_sync, as_redis(target))
 
 
-def _clear_pattern_sync(target: RedisTarget, pattern: str) -> Detail:
+def confined_pattern(
+    target: RedisTarget, pattern: str | None, state_url: str | None, field: str = "pattern"
+) -> str:
+    """The pattern clear-cache may delete (default: ``validate.key_pattern``), or ``ConfigError``.
+
+    It must lie in the target's key space (``validate.key_pattern`` / ``clearable_patterns``)
+    and can never reach every key or the state keys (``recovery.config.keyspace``).
+    """
+    chosen = pattern or (target.validation.key_pattern if target.validation else None)
+    if not chosen or not chosen.strip():
+        raise ConfigError(field, f"required: target '{target.name}' has no validate.key_pattern")
+    problem = confinement_problem(chosen, target.key_spaces())
+    if problem is None and same_redis_database(target.url.get_secret_value(), state_url):
+        problem = pattern_problem(chosen)  # a state-database cache: belt and braces
+    if problem is not None:
+        raise ConfigError(field, f"refused, nothing deleted: {problem}")
+    return chosen
+
+
+def _clear_pattern_sync(target: RedisTarget, pattern: str, dry_run: bool) -> Detail:
     client = sync_client(target)
     try:
+        if dry_run:  # SCAN only: what a real run would delete now
+            matched = sum(1 for _ in client.scan_iter(match=pattern, count=target.batch_size))
+            return {"pattern": pattern, "dry_run": True, "would_delete": matched}
         deleted = scan_delete(client, pattern, target.batch_size)
     except redis.RedisError as exc:
         raise redis_error(target, exc, "clearing keys") from None
@@ -230,13 +255,14 @@ def _clear_pattern_sync(target: RedisTarget, pattern: str) -> Detail:
     return {"pattern": pattern, "deleted": deleted}
 
 
-async def clear_cache(target: TargetConfig, pattern: str | None = None) -> Detail:
-    """Manual clear: delete every key matching ``pattern`` (default: ``validate.key_pattern``)."""
+async def clear_cache(
+    target: TargetConfig, pattern: str | None = None, state_url: str | None = None, dry_run: bool = False
+) -> Detail:
+    """Manual clear: delete (``dry_run``: count) the keys matching ``pattern``, confined to the
+    target's key space (``confined_pattern``; default: ``validate.key_pattern``)."""
     cache = as_redis(target)
-    pattern = pattern or (cache.validation.key_pattern if cache.validation else None)
-    if not pattern:
-        raise PermanentError(f"{cache.name}: no pattern given and the target has no validate.key_pattern")
-    return await asyncio.to_thread(_clear_pattern_sync, cache, pattern)
+    chosen = confined_pattern(cache, pattern, state_url)
+    return await asyncio.to_thread(_clear_pattern_sync, cache, chosen, dry_run)
 
 
 # --- workflows -------------------------------------------------------------------------------
@@ -257,7 +283,8 @@ async def _rebuild_step(ctx: StepContext) -> Detail:
 
 
 async def _clear_keys_step(ctx: StepContext) -> Detail:
-    return await clear_cache(ctx.target, ctx.options.get("pattern"))
+    state_url = ctx.config.state_url.get_secret_value() if ctx.config.state_url else None
+    return await clear_cache(ctx.target, ctx.options.get("pattern"), state_url)
 
 
 CHECK_CACHE_HEALTH = StepSpec(
@@ -286,8 +313,13 @@ CACHE_RECOVERY = recovery_workflow(
 CLEAR_CACHE = manual_workflow(
     "clear-cache",
     "redis",
-    "Manual: delete every key matching a pattern (default: validate.key_pattern).",
-    StepSpec("clear_cache_keys", "SCAN + UNLINK the pattern in batches.", _clear_keys_step),
+    "Manual: delete the keys matching a pattern inside the target's key space "
+    "(default: validate.key_pattern).",
+    StepSpec(
+        "clear_cache_keys",
+        "Refuse a pattern outside the key space; SCAN + UNLINK it in batches.",
+        _clear_keys_step,
+    ),
 )
 
 KIND = Kind("redis", probe_redis, (CACHE_RECOVERY, CLEAR_CACHE))

@@ -111,9 +111,10 @@ async def _fetch_http(target: RedisTarget) -> Mapping[str, Any]:
     assert target.rebuild is not None and target.rebuild.http is not None
     source = target.rebuild.http
     where = f"redis target {target.name}: rebuild source {redact_url(source.url)}"
+    url, auth = source.endpoint()  # userinfo -> Basic auth, as for HTTP targets
     try:
         async with httpx.AsyncClient(timeout=source.timeout_seconds, trust_env=False) as client:
-            response = await client.get(source.url)
+            response = await client.get(url, auth=auth)
     except httpx.HTTPError as exc:
         raise TemporaryError(f"{where}: {type(exc).__name__}") from None
     if response.status_code >= 500 or response.status_code == 429:

@@ -133,15 +133,21 @@ def _clear_stuck_sync(target: DatabaseTarget) -> Detail:
     engine = target_engine(target)
     if engine.dialect.name != "postgresql":
         return None  # stuck-session clearing is PostgreSQL-only; the step is recorded as skipped
+    # Confined: only sessions of the target's own application_name are ever terminated; without
+    # one, nobody's session is provably ours, so stuck sessions are listed and left alone.
+    terminate = target.application_name is not None
     try:
         with engine.connect() as conn:
-            sessions = _stuck_sessions(conn, target, terminate=True)
+            sessions = _stuck_sessions(conn, target, terminate=terminate)
     except Exception as exc:
         raise db_error(target, exc, "clearing stuck sessions") from None
+    if not terminate:
+        sessions = [{**s, "terminated": False} for s in sessions]
     terminated = [s for s in sessions if s["terminated"]]
     return {
         "threshold_seconds": target.stuck_session_seconds,
         "application_name": target.application_name,
+        **({} if terminate else {"not_terminated_because": "application_name is not set"}),
         "found": len(sessions),
         "terminated_pids": [s["pid"] for s in terminated][:MAX_LISTED_SESSIONS],
         "terminated": terminated[:MAX_LISTED_SESSIONS],
@@ -150,7 +156,8 @@ def _clear_stuck_sync(target: DatabaseTarget) -> Detail:
 
 
 async def clear_stuck_sessions(target: TargetConfig) -> Detail:
-    """Terminate idle-in-transaction and lock-blocking backends older than the threshold."""
+    """Terminate idle-in-transaction and lock-blocking backends older than the threshold, of the
+    target's ``application_name`` only (in its own database, never our own backend)."""
     return await run_blocking(_clear_stuck_sync, as_database(target))
 
 

@@ -15,8 +15,9 @@ import redis
 
 from recovery.backends.state import redis_client, scan_delete
 from recovery.blocking import blocking
+from recovery.config.keyspace import pattern_problem
 from recovery.config.loader import HttpTarget
-from recovery.errors import PermanentError, StateUnavailable
+from recovery.errors import ConfigError, PermanentError, StateUnavailable
 from recovery.kinds.base import Detail, Kind, ProbeContext, ProbeResult, StepContext, StepSpec
 from recovery.kinds.common import recovery_workflow
 from recovery.kinds.ratelimit_headers import observed_limit, reset_after_seconds
@@ -55,13 +56,14 @@ def _classify_exception(exc: BaseException) -> str:
 
 async def probe_http(target: HttpTarget, ctx: ProbeContext) -> ProbeResult:
     headers = {k: v.get_secret_value() for k, v in target.headers.items()}
+    url, auth = target.endpoint()  # userinfo -> Basic auth: aiohttp refuses credentials in URLs
     started = time.perf_counter()
     try:
         # asyncio.timeout is the hard stop: a server that accepts and then never answers must
         # not hold the batch longer than the target's timeout.
         async with asyncio.timeout(target.timeout_seconds):
             response = await ctx.http.request(
-                target.method, target.url, headers=headers, timeout=target.timeout_seconds
+                target.method, url, headers=headers, auth=auth, timeout=target.timeout_seconds
             )
             await response.aread()
     except Exception as exc:
@@ -93,6 +95,9 @@ async def clear_error_cache(ctx: StepContext) -> Detail:
     target = as_http(ctx.target)
     if not target.error_cache_pattern:
         return None
+    problem = pattern_problem(target.error_cache_pattern)  # validated at load; checked again here
+    if problem is not None:
+        raise ConfigError("error_cache_pattern", f"refused, nothing deleted: {problem}")
     url_secret = target.error_cache_url or ctx.config.state_url
     if url_secret is None:
         return None

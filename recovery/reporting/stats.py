@@ -42,20 +42,25 @@ from recovery.audit.models import RecoveryRun
 from recovery.audit.records import AuditUnavailable, error_text
 from recovery.audit.sqlfuncs import seconds_between, unindexed
 from recovery.audit.store import AuditStore
-from recovery.errors import ConfigError
+from recovery.errors import ConfigError, clip
 from recovery.jsonable import Jsonable, to_json
 
 FINISHED = ("succeeded", "failed", "cancelled")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_WINDOW_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+# Bounded digits: "9" * 400 is a float of inf, and timedelta(inf) an OverflowError.
+_WINDOW_RE = re.compile(r"^\s*(\d{1,12}(?:\.\d{1,9})?)\s*([smhdw])\s*$", re.ASCII)
+MAX_WINDOW_SECONDS = 3650 * 86400  # ten years: older than any audit row worth a statistic
 
 
 def parse_window(text: str) -> timedelta:
     """``90s``, ``15m``, ``24h``, ``7d``, ``2w`` -> timedelta; ``ConfigError`` naming ``--since``."""
     match = _WINDOW_RE.match(text)
     if not match or float(match[1]) <= 0:
-        raise ConfigError("--since", f"expected a duration like 30m, 24h or 7d, got {text!r}")
-    return timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+        raise ConfigError("--since", f"expected a duration like 30m, 24h or 7d, got '{clip(text)}'")
+    seconds = float(match[1]) * _UNITS[match[2]]
+    if seconds > MAX_WINDOW_SECONDS:
+        raise ConfigError("--since", f"at most 3650d (ten years), got '{clip(text)}'")
+    return timedelta(seconds=seconds)
 
 
 def _count_state(*states: str) -> ColumnElement[int]:
