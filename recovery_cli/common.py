@@ -22,10 +22,11 @@ import os
 import re
 from collections.abc import Callable
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 from recovery.config.targets import NAME_PATTERN
 from recovery.errors import RecoveryError, clip, has_control_chars
-from recovery.redact import redact, redact_url
+from recovery.redact import redact
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 MAX_TEXT = 1000  # free text that is audited (--reason, --requested-by, --pattern)
@@ -151,7 +152,19 @@ def prefect_api_problem(timeout: float = API_CHECK_TIMEOUT_SECONDS) -> str | Non
         if response.status_code < 500:
             return None
         reason = f"status {response.status_code}"
-    return f"Prefect API unreachable at {redact_url(api.url)}: {redact(reason)}"
+    return f"Prefect API unreachable at {_api_location(api.url)}: {redact(reason)}"
+
+
+def _api_location(url: str) -> str:
+    """The API URL to name in an error: scheme, host, port and path (``/api``, or a Cloud
+    workspace's ids: what the user must check). Unlike ``redact_url`` the path stays; userinfo,
+    query and fragment never appear (credentials travel as PREFECT_API_KEY / auth string)."""
+    parts = urlsplit(url)
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # not a number: nothing could connect to it either
+        port = ""
+    return redact(f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}")
 
 
 def check_prefect_api() -> None:

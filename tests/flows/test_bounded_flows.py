@@ -277,13 +277,13 @@ def test_commands_fail_in_seconds_with_one_line_when_the_prefect_api_is_down(
         tmp_path / "r.yaml",
         f"audit_url: {sqlite_url}\nstate_url: {redis_url}\ntargets:\n"
         + http_target("api", "http://127.0.0.1:9/health")
-        + f"  - {{name: cache, kind: redis, url: '{redis_url}'}}\n",
+        + f"  - {{name: cache, kind: redis, url: '{redis_url}', validate: {{key_pattern: 'user:*'}}}}\n",
     )
     env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     for command in (
         ["monitor", "--once"],
         ["recover", "api", "--requested-by", "test"],
-        ["clear-cache", "cache", "--pattern", "x:*", "--requested-by", "test"],
+        ["clear-cache", "cache", "--requested-by", "test"],
     ):
         started = time.monotonic()
         result = subprocess.run(
