@@ -192,7 +192,9 @@ def build_config(
         "targets": targets,
     }
     path = tmp_path / "recovery.yaml"
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    # A JSON round trip unshares ``common``'s dicts: yaml would write them as anchors, which the
+    # config loader refuses (recovery.config.source).
+    path.write_text(yaml.safe_dump(json.loads(json.dumps(document)), sort_keys=False))
     return path
 
 
