@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from faultserver import FaultServer, free_port
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.sorting import FlowRunSort
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
 from prefect.states import Crashed
 
@@ -283,6 +284,7 @@ async def test_monitor_releases_the_lock_when_begin_fails(
     assert state.paused(target) == "monitor: status 503"  # still down: the application holds traffic
     # I5: the failed start is reported once (audit errors included).
     async with get_client() as client:
-        runs = await client.read_flow_runs(limit=50)
+        # Newest first: the session's shared API holds every earlier test's runs too.
+        runs = await client.read_flow_runs(sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=50)
     [flow_run_id] = [str(r.id) for r in runs if (r.parameters or {}).get("target") == target]
     assert len(await failed_events(target, flow_run_id, since)) == 1
