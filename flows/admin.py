@@ -23,6 +23,7 @@ from prefect.runtime import flow_run as current_flow_run
 from pydantic import Field
 
 from flows.common import execute_workflow, install_hooks, refused_state
+from recovery.blocking import blocking
 from recovery.config.loader import NAME_PATTERN, RecoveryConfig
 from recovery.engine.lifecycle import Phase, RunDetails, emit
 from recovery.engine.runtime import RecoveryRequest, refuse
@@ -67,13 +68,13 @@ async def gate(
     flow_run_id = str(current_flow_run.id)
     run_count = current_flow_run.run_count
     services = services_for(config)
-    taken = request_id_taken(services.audit, request_id, flow_run_id) if request_id else None
+    taken = await blocking(request_id_taken, services.audit, request_id, flow_run_id) if request_id else None
     run_id = attempt_id(flow_run_id, run_count, None if taken else request_id)
     try:
         if taken:
-            refuse(services.audit, request, workflow, taken, run_id, flow_run_id)
+            await blocking(refuse, services.audit, request, workflow, taken, run_id, flow_run_id)
             raise RecoveryRefused(taken)
-        admit(config, services.state, services.audit, request, workflow, run_id, flow_run_id=flow_run_id)
+        await blocking(admit, config, services.state, services.audit, request, workflow, run_id, flow_run_id=flow_run_id)
     except RecoveryRefused as exc:
         install_hooks()
         await emit(

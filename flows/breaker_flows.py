@@ -17,6 +17,7 @@ from recovery.config.loader import load_config
 from recovery.engine.breaker_admin import RESET_WORKFLOW, breaker_statuses, reset_breaker
 from recovery.engine.runtime import RecoveryRequest
 from recovery.engine.triggers import validate_request
+from recovery.blocking import blocking
 from recovery.redact import install_log_redaction
 
 
@@ -29,7 +30,7 @@ async def circuit_breaker_status(target: TargetName | None = None) -> list[dict[
     """
     install_log_redaction()
     logger = get_run_logger()
-    statuses = breaker_statuses(load_config(), target)
+    statuses = await blocking(breaker_statuses, load_config(), target)
     for s in statuses:
         extra = f", half-open in {s.half_open_in_seconds:g}s" if s.half_open_in_seconds is not None else ""
         logger.info("%s: %s (failures %d/%d%s)", s.target, s.state, s.fail_counter, s.fail_max, extra)
@@ -55,7 +56,8 @@ async def reset_circuit_breaker(
     run_id, refused = await gate(config, request, RESET_WORKFLOW)
     if refused is not None:
         return refused
-    result = reset_breaker(
+    result = await blocking(
+        reset_breaker,
         config,
         target,
         requested_by=requested_by,

@@ -13,6 +13,7 @@ from prefect.runtime import flow_run as current_flow_run
 from prefect.states import Failed
 
 from flows import signals
+from recovery.blocking import blocking_to_end
 from recovery.config.loader import RecoveryConfig, load_config
 from recovery.engine.lifecycle import Phase, RunDetails, add_hook, emit
 from recovery.engine.reconcile import Crashed
@@ -100,7 +101,7 @@ async def execute_workflow(
     final: RunDetails | None = None
     try:
         try:
-            rt = RecoveryRuntime.begin(config, request, run_id=audit_id, flow_run_id=flow_run_id)
+            rt = await RecoveryRuntime.abegin(config, request, run_id=audit_id, flow_run_id=flow_run_id)
         except RecoveryRefused as exc:
             final = outcome(RunState.REFUSED, reason=exc.reason, escalate=exc.escalate)
             return refused_state(exc.reason)
@@ -129,7 +130,7 @@ async def execute_workflow(
             raise
         finally:
             final = outcome(state, error=error)
-            rt.finish(state, error)
+            await rt.afinish(state, error)  # off the loop; completes even while cancelled
         return {"run_id": rt.run_id, "target": rt.target.name, "workflow": workflow, "state": "succeeded"}
     finally:
         if final is not None:
@@ -159,8 +160,8 @@ def _finalize(flow_run: FlowRun, final: RunState, error_type: str) -> None:
         return
 
 
-def on_cancelled(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
-    _finalize(flow_run, RunState.CANCELLED, "FlowCancelled")
+async def on_cancelled(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
+    await blocking_to_end(_finalize, flow_run, RunState.CANCELLED, "FlowCancelled")
 
 
 async def on_crashed(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
@@ -169,7 +170,7 @@ async def on_crashed(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any])
     In the crashing process, ``execute_workflow``'s ``finally`` usually reported it already
     (``emit`` drops the repeat); run by a worker after the process died, this is the report
     (its event id matches, so Prefect keeps one ``recovery.failed`` either way)."""
-    _finalize(flow_run, RunState.FAILED, "Crashed")
+    await blocking_to_end(_finalize, flow_run, RunState.FAILED, "Crashed")
     params = flow_run.parameters or {}
     install_hooks()
     await emit(

@@ -27,6 +27,7 @@ from recovery.config.loader import load_config
 from recovery.engine.runtime import RecoveryRequest, record_dry_run
 from recovery.engine.triggers import validate_request
 from recovery.engine.workflows import describe_plan, workflow_named
+from recovery.blocking import blocking
 from recovery.redact import install_log_redaction
 
 
@@ -60,7 +61,7 @@ async def recover(
     request = RecoveryRequest(target, workflow, trigger_type(type), requested_by, reason, dry_run=dry_run)
     if dry_run:
         workflow_name = validate_request(config, request)
-        run_id = record_dry_run(config, request)
+        run_id = await blocking(record_dry_run, config, request)
         plan = describe_plan(
             config, config.target(target), workflow_named(workflow_name, config.target(target))
         )

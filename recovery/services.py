@@ -31,7 +31,11 @@ T = TypeVar("T")
 
 
 class Services:
-    """State, audit, breakers and rates of one configuration; lazily connected, closed once."""
+    """State, audit, breakers and rates of one configuration; lazily connected, closed once.
+
+    Every shared-state client (state, the rate and window stores on its connection pool,
+    breakers) times out after ``config.state_timeout_seconds``.
+    """
 
     def __init__(self, config: RecoveryConfig) -> None:
         self.config = config
@@ -60,7 +64,7 @@ class Services:
 
     @property
     def state(self) -> SharedState:
-        return self._once("_state", lambda: open_state(self.state_url))
+        return self._once("_state", lambda: open_state(self.state_url, self.config.state_timeout_seconds))
 
     @property
     def audit(self) -> DurableAudit:
@@ -85,7 +89,7 @@ class Services:
         from recovery.client.breakers import breaker_for
 
         spec = self.config.target(target) if isinstance(target, str) else target
-        return breaker_for(spec.name, spec.breaker, self.state_url)
+        return breaker_for(spec.name, spec.breaker, self.state_url, timeout=self.config.state_timeout_seconds)
 
     def close(self) -> None:
         """Release connections; the next use reconnects (a closed ``Services`` stays usable)."""

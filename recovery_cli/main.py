@@ -1,6 +1,7 @@
 """``recovery`` CLI entry point: the argument parser and error handling.
 
-Exit 0 ok, 1 unhealthy/failed/refused, 2 bad input (one line naming the argument, no traceback).
+Exit 0 ok, 1 unhealthy/failed/refused, 2 bad input (one line naming the argument, no traceback),
+130/143 stopped by SIGINT/SIGTERM (recovery_cli.process).
 Read-only commands live in ``readonly`` and never import Prefect; flow-running commands live in
 ``runners`` and import it lazily.
 """
@@ -30,6 +31,7 @@ from recovery_cli.common import (
     target_name,
     text,
 )
+from recovery_cli.process import Interrupted, Stopped, exit_now
 from recovery_cli.readonly import (
     cmd_audit_replay,
     cmd_breaker_status,
@@ -163,6 +165,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:  # bad input, also the config file's RecursionError/MemoryError
         _error(str(exc), echoes_input=True)
         return EXIT_USAGE
+    except Interrupted as exc:  # SIGINT/SIGTERM: what was in flight was cancelled and audited
+        print(f"recovery: {exc}", file=sys.stderr)
+        if exc.abandoned:
+            exit_now(exc.exit_code)
+        return exc.exit_code
+    except Stopped as exc:  # the Prefect API died mid-run: the run was cancelled and audited
+        _error(str(exc))
+        exit_now(EXIT_FAILED)
     except RecoveryError as exc:
         if args.debug:
             raise

@@ -6,18 +6,23 @@ import argparse
 import asyncio
 import json
 import os
+import sys
+import time
 from typing import Any
 
 from recovery.config.loader import RecoveryConfig
+from recovery.enums import MonitorAction
 from recovery.errors import ConfigError
 from recovery.redact import redact
 from recovery_cli.common import (
     DEFAULT_METRICS_HOST,
     EXIT_FAILED,
     EXIT_OK,
+    prefect_api_watch,
     prefect_environment,
     print_json,
 )
+from recovery_cli.process import SHUTDOWN_GRACE_SECONDS, run_with_signals
 from recovery_cli.readonly import format_run
 
 
@@ -29,35 +34,98 @@ def use_config(arg: str | None) -> None:
     os.environ[CONFIG_ENV_VAR] = str(resolve_config_path(arg).resolve())
 
 
+def _print_targets(report: dict[str, Any]) -> None:
+    for t in report["targets"]:
+        state = "healthy" if t["healthy"] else f"UNHEALTHY ({t['reason']})"
+        if t["action"] == MonitorAction.DEFERRED:
+            print(f"{t['target']}: {state}, action deferred ({t['note']})", flush=True)
+        else:
+            print(f"{t['target']}: {state}, failures {t['failures']}, action {t['action']}", flush=True)
+
+
+def _print_recoveries(report: dict[str, Any]) -> None:
+    for r in report["recoveries"]:
+        print(f"{r['workflow']} of {r['target']}: {r['state']}", flush=True)
+
+
+def _exit_code(report: dict[str, Any]) -> int:
+    """1 if a recovery did not succeed, or a target is unhealthy and not being recovered, or a
+    target was deferred (state unavailable, cycle deadline): nothing was done for it."""
+    failed = any(r["state"] != "succeeded" for r in report["recoveries"])
+    unhealthy = any(not t["healthy"] and t["action"] != "recover" for t in report["targets"])
+    deferred = any(t["action"] == MonitorAction.DEFERRED for t in report["targets"])
+    return EXIT_FAILED if failed or unhealthy or deferred else EXIT_OK
+
+
 def cmd_monitor(args: argparse.Namespace) -> int:
+    """Run monitor cycles every ``interval_seconds`` (or one, ``--once``).
+
+    Each cycle's per-target report is printed as soon as the cycle has it (by its deadline); a
+    cycle's recoveries then run on while the next cycle starts on time, and their outcomes are
+    printed when they end. ``--once`` waits for its recoveries. SIGINT/SIGTERM: every cycle
+    and recovery in flight is cancelled (audited ``cancelled``, locks released), exit 130/143.
+    """
     from recovery.config.loader import load_config
 
     config = load_config(args.config).require_resolved()  # fail fast (exit 2) before paying for Prefect
     use_config(args.config)
     prefect_environment()
-    from flows.monitor import monitor
+    from flows.monitor import REPORT_SINK, monitor
+
+    def report_lines(cycle: asyncio.Task[dict[str, Any]]) -> None:
+        """A cycle the loop no longer waits for has ended: its recoveries, or why it failed."""
+        if cycle.cancelled():
+            return
+        error = cycle.exception()
+        if error is not None:
+            print(f"recovery: error: monitor cycle failed: {redact(str(error))}", file=sys.stderr, flush=True)
+        elif args.json:
+            print_json(cycle.result())
+        else:
+            _print_recoveries(cycle.result())
+
+    def start_cycle() -> tuple[asyncio.Task[dict[str, Any]], asyncio.Future[dict[str, Any]]]:
+        """A cycle, and the future its per-target report arrives in (before its recoveries end)."""
+        reported: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+        def sink(report: dict[str, Any]) -> None:
+            if not reported.done():
+                reported.set_result(report)
+
+        token = REPORT_SINK.set(sink)
+        try:  # the task copies this context: the cycle reports to ``sink``
+            return asyncio.ensure_future(monitor()), reported
+        finally:
+            REPORT_SINK.reset(token)
 
     async def cycles() -> int:
-        while True:
-            report = await monitor()
-            if args.json:
-                print_json(report)
-            else:
-                for t in report["targets"]:
-                    state = "healthy" if t["healthy"] else f"UNHEALTHY ({t['reason']})"
-                    print(f"{t['target']}: {state}, failures {t['failures']}, action {t['action']}")
-                for r in report["recoveries"]:
-                    print(f"{r['workflow']} of {r['target']}: {r['state']}")
-            failed = any(r["state"] != "succeeded" for r in report["recoveries"])
-            if args.once:
-                unhealthy = any(not t["healthy"] and t["action"] != "recover" for t in report["targets"])
-                return EXIT_FAILED if failed or unhealthy else EXIT_OK
-            await asyncio.sleep(config.monitor.interval_seconds)
+        running: set[asyncio.Task[dict[str, Any]]] = set()
+        try:
+            while True:
+                started = time.monotonic()
+                cycle, reported = start_cycle()
+                running.add(cycle)
+                cycle.add_done_callback(running.discard)
+                await asyncio.wait({reported, cycle}, return_when=asyncio.FIRST_COMPLETED)
+                if reported.done() and not args.json:
+                    _print_targets(reported.result())
+                if args.once:
+                    final = await cycle
+                    print_json(final) if args.json else _print_recoveries(final)
+                    return _exit_code(final)
+                cycle.add_done_callback(report_lines)
+                await asyncio.sleep(max(config.monitor.interval_seconds - (time.monotonic() - started), 0.0))
+        except asyncio.CancelledError as exc:
+            # A signal (recovery_cli.process): cancel every cycle in flight and let the finish
+            # paths of their recoveries run (audit row ``cancelled``, lock released; the message,
+            # e.g. "stopped by SIGTERM", becomes the row's error message).
+            for cycle in running:
+                cycle.cancel(exc.args[0] if exc.args else None)
+            if running:
+                await asyncio.wait(running, timeout=SHUTDOWN_GRACE_SECONDS)
+            raise
 
-    try:
-        return asyncio.run(cycles())
-    except KeyboardInterrupt:
-        return EXIT_OK
+    return run_with_signals(cycles, watch=prefect_api_watch())
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
@@ -115,7 +183,12 @@ def _run_flow(
         if name != "target" and value is not None:  # what the flow's schema would refuse, as exit 2
             check_text(f"--{name.replace('_', '-')}", value)
     use_config(args.config)
-    state: Any = asyncio.run(flow_fn(return_state=True, **who, **params))
+
+    async def run() -> Any:
+        return await flow_fn(return_state=True, **who, **params)
+
+    # SIGINT/SIGTERM, or the Prefect API gone: the run is cancelled and audited, the command fails.
+    state: Any = run_with_signals(run, watch=prefect_api_watch())
     return _report(args, config, audit_id or str(state.state_details.flow_run_id), state, what)
 
 

@@ -146,16 +146,27 @@ class RedisServer:
             self.proc.wait(10)
             self.proc = None
 
+    def kill(self) -> None:
+        """SIGKILL: the server vanishes mid-conversation, as in a crash (``start()`` restarts it
+        on the same port)."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
 
 class TcpProxy:
     """127.0.0.1:port -> upstream. ``stop()`` closes the listener and every proxied connection:
     clients see their connections dropped and new ones refused, as while a server restarts;
-    ``start()`` serves the same port again."""
+    ``start()`` serves the same port again. ``freeze()``: connections stay open and new ones are
+    accepted, but nothing is answered any more (a hung server, a silent network partition) until
+    ``thaw()``; bytes sent meanwhile are dropped, so a frozen request is never answered late."""
 
     def __init__(self, upstream: tuple[str, int], port: int | None = None) -> None:
         self.upstream = upstream
         self.port = port or free_port()
         self._running = False
+        self.frozen = False
         self._listener: socket.socket | None = None
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -169,6 +180,15 @@ class TcpProxy:
         self._running = True
         self._thread = threading.Thread(target=self._accept, args=(listener,), daemon=True)
         self._thread.start()
+        return self
+
+    def blackhole(self) -> TcpProxy:
+        """A hung server that loses everything: bytes sent are dropped, never answered late."""
+        self.frozen = True
+        return self
+
+    def unblackhole(self) -> TcpProxy:
+        self.frozen = False
         return self
 
     def stop(self) -> None:
@@ -206,6 +226,12 @@ class TcpProxy:
                 continue
             except OSError:
                 return
+            if self.frozen:  # accept, then never answer: the client's read timeout must fire
+                client.settimeout(None)
+                with self._lock:
+                    self._conns.add(client)
+                threading.Thread(target=self._pump, args=(client, None), daemon=True).start()
+                continue
             try:
                 server = socket.create_connection(self.upstream, timeout=5)
             except OSError:
@@ -218,15 +244,16 @@ class TcpProxy:
             for src, dst in ((client, server), (server, client)):
                 threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket | None) -> None:
         try:
             while data := src.recv(65536):
                 self._hold()
-                dst.sendall(data)
+                if dst is not None and not self.frozen:
+                    dst.sendall(data)
         except OSError:
             pass
         finally:
-            for sock in (src, dst):
+            for sock in (src, dst) if dst is not None else (src,):
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
                 sock.close()

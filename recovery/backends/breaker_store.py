@@ -31,6 +31,8 @@ from typing import Any
 import pybreaker
 import redis
 import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
 
 from recovery.backends import breaker_core as core
 from recovery.backends.breaker_core import (
@@ -44,6 +46,7 @@ from recovery.backends.breaker_core import (
 )
 from recovery.backends.keys import breaker_key, breaker_probe_key
 from recovery.backends.lua import script
+from recovery.backends.state import DEFAULT_TIMEOUT_SECONDS, redis_client
 from recovery.errors import StateUnavailable
 from recovery.redact import redact, redact_url
 
@@ -199,7 +202,7 @@ class RedisBreakerStore(BreakerStore):
         url: str,
         ttl_seconds: float,
         clock: Callable[[], float] = time.time,
-        timeout: float = 2.0,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
     ) -> None:
         super().__init__(target, ttl_seconds, clock, "redis")
         self.url = url
@@ -221,12 +224,7 @@ class RedisBreakerStore(BreakerStore):
     def _connect(self) -> redis.Redis:
         with self._init_lock:
             if self._client is None:
-                self._client = redis.Redis.from_url(
-                    self.url,
-                    decode_responses=True,
-                    socket_timeout=self.timeout,
-                    socket_connect_timeout=self.timeout,
-                )
+                self._client = redis_client(self.url, timeout=self.timeout)
                 self._scripts = {n: self._client.register_script(script(f"breaker_{n}")) for n in _SCRIPTS}
             return self._client
 
@@ -240,6 +238,8 @@ class RedisBreakerStore(BreakerStore):
                 decode_responses=True,
                 socket_timeout=self.timeout,
                 socket_connect_timeout=self.timeout,
+                # As the sync client's (backends.state.bounded_retry): never retry a timeout.
+                retry=AsyncRetry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
             )
             entry = (client, {n: client.register_script(script(f"breaker_{n}")) for n in _SCRIPTS})
             self._async[loop] = entry

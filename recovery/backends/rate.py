@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from recovery.backends.state import SharedState
+from recovery.backends.state import DEFAULT_TIMEOUT_SECONDS, SharedState
 from recovery.config.targets import RateLimitConfig
 
 # Fields an AIMD decrease writes and a return to the normal rate removes (reset_at and
@@ -121,10 +121,11 @@ class RateStore(ABC):
     def clear(self, target: str) -> None: ...
 
 
-def rate_store_for(state: SharedState | str | None) -> RateStore:
+def rate_store_for(state: SharedState | str | None, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> RateStore:
     """The rate store sharing ``state``'s Redis (or a Redis URL); in-process without one.
 
-    Cheap: a Redis store built on a ``RedisState`` shares its client and registered scripts.
+    Cheap: a Redis store built on a ``RedisState`` shares its client, registered scripts and
+    timeout; one built from a URL gets its own client timing out after ``timeout`` s.
     """
     # Imported here: both backends subclass RateStore, defined above.
     from recovery.backends.rate_memory import process_rates
@@ -134,5 +135,5 @@ def rate_store_for(state: SharedState | str | None) -> RateStore:
     if isinstance(state, RedisState):
         return RedisRateStore.on_state(state)
     if isinstance(state, str) and state:
-        return RedisRateStore.from_url(state)
+        return RedisRateStore.from_url(state, timeout)
     return process_rates()

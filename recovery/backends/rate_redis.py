@@ -14,7 +14,7 @@ import redis
 from recovery.backends.keys import rate_key, target_of
 from recovery.backends.lua import Scripts
 from recovery.backends.rate import Lowering, RateState, RateStore, parse_rate
-from recovery.backends.state import redis_client
+from recovery.backends.state import DEFAULT_TIMEOUT_SECONDS, redis_client
 from recovery.backends.state_redis import RedisState
 from recovery.config.targets import RateLimitConfig
 from recovery.errors import StateUnavailable
@@ -33,8 +33,8 @@ class RedisRateStore(RateStore):
         return cls(state.client, f"redis ({redact_url(state.url)})", state.scripts)
 
     @classmethod
-    def from_url(cls, url: str) -> RedisRateStore:
-        return cls(redis_client(url), f"redis ({redact_url(url)})")
+    def from_url(cls, url: str, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> RedisRateStore:
+        return cls(redis_client(url, timeout=timeout), f"redis ({redact_url(url)})")
 
     def _call(self, fn: Callable[[], Any]) -> Any:  # redis-py returns are loosely typed
         try:

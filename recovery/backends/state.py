@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from recovery.backends.keys import PROBE_HISTORY_SIZE, window_key
 
@@ -154,13 +156,28 @@ def parse_probe_history(newest_first: list[str]) -> list[bool]:
 # --- Redis plumbing ------------------------------------------------------------------------------
 
 
-def redis_client(url: str, *, decode: bool = True, timeout: float = 2.0) -> redis.Redis:
-    """A client with short timeouts: a dead Redis must fail a step, not hang a monitor cycle."""
+DEFAULT_TIMEOUT_SECONDS = 2.0  # RecoveryConfig.state_timeout_seconds' default
+
+
+def bounded_retry() -> Retry:
+    """One immediate retry, on a dropped connection only.
+
+    A pooled connection that a Redis restart closed fails its next command; one retry on a new
+    connection hides that. A *timeout* is never retried: a frozen Redis stays frozen, and
+    redis-py's default (10 retries with backoff) would turn a 2 s timeout into minutes.
+    """
+    return Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
+
+
+def redis_client(url: str, *, decode: bool = True, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> redis.Redis:
+    """A client whose every call ends within ~``timeout`` (x2 if a dropped connection is retried):
+    a dead or frozen Redis must fail a step, not hang a monitor cycle."""
     return redis.Redis.from_url(
         url,
         decode_responses=decode,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
+        retry=bounded_retry(),
         health_check_interval=30,
     )
 
@@ -179,8 +196,9 @@ def scan_delete(client: redis.Redis, pattern: str, batch: int = SCAN_BATCH) -> i
     return deleted
 
 
-def open_state(url: str | None) -> SharedState:
-    """Redis-backed state when ``url`` is set, else the process-wide in-memory state.
+def open_state(url: str | None, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> SharedState:
+    """Redis-backed state when ``url`` is set (calls time out after ``timeout`` s), else the
+    process-wide in-memory state.
 
     A cheap constructor (no round trip: scripts are registered on first use); whoever needs one
     instance per process caches it.
@@ -189,4 +207,4 @@ def open_state(url: str | None) -> SharedState:
     from recovery.backends.state_memory import process_state
     from recovery.backends.state_redis import RedisState
 
-    return RedisState(url) if url else process_state()
+    return RedisState(url, timeout=timeout) if url else process_state()

@@ -23,6 +23,7 @@ from recovery.backends.keys import (
 )
 from recovery.backends.lua import Scripts
 from recovery.backends.state import (
+    DEFAULT_TIMEOUT_SECONDS,
     HealthCounters,
     SharedState,
     parse_health,
@@ -35,10 +36,11 @@ from recovery.redact import redact, redact_url
 
 
 class RedisState(SharedState):
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
         self.url = url
         self.description = f"redis ({redact_url(url)})"
-        self.client = redis_client(url)
+        # Shared by the rate and window stores built on this state (one pool, one timeout).
+        self.client = redis_client(url, timeout=timeout)
         self.scripts = Scripts(self.client)  # shared with the stores built on this client
         self._windows: RedisWindow | None = None
 

@@ -23,6 +23,7 @@ import pybreaker
 from recovery.backends.breaker_core import CLOSED, HALF_OPEN, OPEN, BreakerSnapshot
 from recovery.backends.breaker_memory import MemoryBreakerStore
 from recovery.backends.breaker_store import BreakerStore, RedisBreakerStore
+from recovery.backends.state import DEFAULT_TIMEOUT_SECONDS
 from recovery.client.breaker_fleet import REDIS_RETRY_SECONDS, CircuitBreakerError, FleetBreaker
 from recovery.config.loader import BreakerConfig, RecoveryConfig
 
@@ -44,7 +45,7 @@ __all__ = [
 
 # --- the factory ---------------------------------------------------------------------------------
 
-_breakers: dict[tuple[str, str | None, BreakerConfig], FleetBreaker] = {}
+_breakers: dict[tuple[str, str | None, BreakerConfig, float], FleetBreaker] = {}
 _memory_stores: dict[str, MemoryBreakerStore] = {}
 _factory_lock = threading.Lock()
 
@@ -55,13 +56,15 @@ def breaker_for(
     state_url: str | None,
     *,
     clock: Callable[[], float] | None = None,
+    timeout: float = DEFAULT_TIMEOUT_SECONDS,
 ) -> FleetBreaker:
     """The breaker guarding ``target``; the same call in the application sees the same state.
 
-    Never raises for an unreachable Redis (nothing is sent before the first call). Instances are
-    cached per (target, state_url, config); pass ``clock`` (epoch seconds) only in tests.
+    Never raises for an unreachable Redis (nothing is sent before the first call); each Redis
+    call gives up after ``timeout`` s (``state_timeout_seconds``). Instances are cached per
+    (target, state_url, config, timeout); pass ``clock`` (epoch seconds) only in tests.
     """
-    key = (target, state_url, config)
+    key = (target, state_url, config, timeout)
     if clock is None:
         with _factory_lock:
             cached = _breakers.get(key)
@@ -69,7 +72,7 @@ def breaker_for(
                 return cached
     store: BreakerStore
     if state_url:
-        store = RedisBreakerStore(target, state_url, config.state_ttl_seconds, clock or time.time)
+        store = RedisBreakerStore(target, state_url, config.state_ttl_seconds, clock or time.time, timeout)
     else:
         with _factory_lock:
             memory = _memory_stores.get(target)
@@ -97,7 +100,9 @@ def breaker_for_target(config: RecoveryConfig, target: str) -> FleetBreaker:
     """The application's entry point: ``breaker_for_target(load_config(), "payments-api")``."""
     target_config = config.target(target)
     state_url = config.state_url.get_secret_value() if config.state_url else None
-    return breaker_for(target_config.name, target_config.breaker, state_url)
+    return breaker_for(
+        target_config.name, target_config.breaker, state_url, timeout=config.state_timeout_seconds
+    )
 
 
 def breaker_state(breaker: pybreaker.CircuitBreaker) -> str:

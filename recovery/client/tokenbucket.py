@@ -151,7 +151,7 @@ def token_bucket_for(
     state_url = config.state_url.get_secret_value() if config.state_url else None
     return TokenBucket(
         t.name,
-        rate_store_for(state_url),
+        rate_store_for(state_url, config.state_timeout_seconds),
         normal_rate=t.rate_limit.normal_rate_per_second,
         burst=burst,
         workers=workers,

@@ -92,6 +92,9 @@ __all__ = [
 ]
 
 
+MIN_CYCLE_SECONDS = 5.0
+
+
 class MonitorConfig(_Model):
     interval_seconds: float = Field(
         30.0, gt=0, le=MAX_INTERVAL, description="Seconds between monitor cycles."
@@ -116,12 +119,29 @@ class MonitorConfig(_Model):
     flap_high_threshold: float = Field(
         25.0, ge=0, le=100, description="A target starts flapping above this % state change (21 probes)."
     )
+    cycle_timeout_seconds: float | None = Field(
+        None,
+        ge=MIN_CYCLE_SECONDS,
+        le=MAX_INTERVAL,
+        description="Deadline of one cycle's probes and decisions (default: interval_seconds, at "
+        "least 5); targets not probed or decided by then are reported, not waited for.",
+    )
 
     @model_validator(mode="after")
     def _flap_thresholds(self) -> MonitorConfig:
         low, high = self.flap_low_threshold, self.flap_high_threshold
         check_not_above(low, high, "flap_low_threshold must not be above flap_high_threshold")
         return self
+
+    @property
+    def cycle_budget_seconds(self) -> float:
+        """How long one cycle may spend probing and deciding (``cycle_timeout_seconds``).
+
+        Never below ``MIN_CYCLE_SECONDS``, even with a shorter interval: on a busy machine
+        Prefect's own overhead per task is 0.1-0.3 s, and a tighter deadline would cut off
+        probes that are merely late, not hung.
+        """
+        return max(self.cycle_timeout_seconds or self.interval_seconds, MIN_CYCLE_SECONDS)
 
 
 class ManualTriggerConfig(_Model):
@@ -148,6 +168,13 @@ class RecoveryConfig(_Model):
     )
     audit_timeout_seconds: float = Field(
         5.0, gt=0, le=300, description="Bound on each audit store call (connect, statement, lock wait)."
+    )
+    state_timeout_seconds: float = Field(
+        2.0,
+        gt=0,
+        le=60,
+        description="Connect and read timeout of every shared-state Redis call (state, breakers, "
+        "rates, windows): a frozen Redis fails a call after this, never hangs a cycle.",
     )
     monitor: MonitorConfig = Field(default_factory=lambda: MonitorConfig())
     manual_triggers: ManualTriggerConfig = Field(default_factory=lambda: ManualTriggerConfig())

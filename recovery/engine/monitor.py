@@ -4,27 +4,43 @@ A target is recovered when its consecutive failures reach ``failure_threshold`` 
 monitor wins the target's lock. The lock is taken here, before any subflow starts, so two
 monitors started at the same moment run one recovery between them and the loser does nothing
 (no refused audit row for a race that is normal operation).
+
+Degraded, not silent: when shared state cannot be reached, or the cycle's deadline passes,
+the remaining targets are still decided, as ``deferred`` with a note saying why, and nothing
+more is asked of Redis this cycle (one timeout per cycle, not one per target).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from recovery.backends.rate import rate_store_for
+from recovery.backends.rate import RateStore, rate_store_for
 from recovery.backends.state import HealthCounters, SharedState
+from recovery.blocking import blocking, submit_detached
 from recovery.client.breakers import open_breaker
 from recovery.config.loader import RecoveryConfig
+from recovery.engine.probing import PROBE_TIMED_OUT
 from recovery.engine.workflows import select_workflow
 from recovery.enums import MonitorAction
 from recovery.errors import StateUnavailable
 from recovery.jsonable import to_json
 from recovery.kinds.base import ProbeResult
 from recovery.policy.flapping import FlapStatus, evaluate
+from recovery.redact import redact
 from recovery.services import services_for
+
+logger = logging.getLogger("recovery.monitor")
+
+STATE_UNAVAILABLE = "recovery deferred: state unavailable"
+CYCLE_DEADLINE = "recovery deferred: cycle deadline passed"
+PROBE_CUT_OFF = "recovery deferred: probe timed out"
 
 
 @dataclass(frozen=True)
@@ -42,9 +58,17 @@ class Decision:
     flap_percent: float = 0.0
     flap_started: bool = False  # this probe made the target flapping (escalate)
     resumed: bool = False  # healthy again with no recovery running: the monitor cleared "paused"
+    note: str | None = None  # why a ``deferred`` decision was deferred
 
     def as_json(self) -> dict[str, Any]:
         return to_json(self, exclude=("lock_token", "first_failure_at", "flap_started"))
+
+
+def deferred(result: ProbeResult, note: str) -> Decision:
+    """A target this cycle records nothing for: its probe is reported, its counters unknown."""
+    return Decision(
+        result.target, result.healthy, result.reason, 0, 0, MonitorAction.DEFERRED, note=note
+    )  # fmt: skip
 
 
 def _flap_status(
@@ -65,72 +89,106 @@ def _flap_status(
 
 
 def decide(
-    config: RecoveryConfig, state: SharedState, results: list[ProbeResult], now: float | None = None
+    config: RecoveryConfig,
+    state: SharedState,
+    results: list[ProbeResult],
+    now: float | None = None,
+    deadline: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> list[Decision]:
-    """Record every probe in shared state and decide which targets to recover now."""
+    """Record every probe in shared state and decide which targets to recover now.
+
+    ``deadline`` (``clock()`` time): targets not reached by then are deferred unrecorded. The
+    first ``StateUnavailable`` defers that target and every later one without another call.
+    """
     now = time.time() if now is None else now
     decisions: list[Decision] = []
     rates = rate_store_for(state)
     healthy: list[str] = []
+    skip: str | None = None  # set: defer every remaining target with this note
     for result in results:
-        counters: HealthCounters = state.record_probe(result.target, result.healthy, result.reason, now)
-        if result.healthy:
-            healthy.append(result.target)
-        elif result.rate_limited:
-            # Keep what the dependency announced (reset time, limit) for rate-limit-recovery.
-            ttl = getattr(config.target(result.target), "rate_limit", None)
-            rates.note_limited(
-                result.target,
-                now,
-                result.retry_after_seconds,
-                result.rate_limit_per_second,
-                ttl.ttl_seconds if ttl is not None else 86400.0,
-            )
-        flap = _flap_status(config, state, result, now)
-        base = Decision(
-            target=result.target,
-            healthy=result.healthy,
-            reason=result.reason,
-            failures=counters.failures,
-            successes=counters.successes,
-            action=MonitorAction.NONE,
-            first_failure_at=counters.first_failure_at,
-            flapping=flap.flapping if flap else False,
-            flap_percent=flap.percent if flap else 0.0,
-            flap_started=flap.started if flap else False,
-        )
-        if result.healthy:
-            # A paused flag whose recovery died (or never resumed) must not outlive the outage:
-            # success_threshold good probes in a row and no lock held clear it (invariant I3).
-            resumed = counters.successes >= config.monitor.success_threshold and state.resume_if_idle(
-                result.target
-            )
-            decisions.append(replace(base, resumed=resumed))
-            continue
-        if counters.failures < config.monitor.failure_threshold:
-            decisions.append(replace(base, action=MonitorAction.BELOW_THRESHOLD))
-            continue
-        if base.flapping:
-            # Recovering a flapping target again and again hides the real fault: hold off and
-            # let the flow escalate (target.flapping event) so a person looks.
-            decisions.append(replace(base, action=MonitorAction.FLAPPING))
-            continue
-        target = config.target(result.target)
-        token = str(uuid.uuid4())
-        if not state.acquire_lock(target.name, token, config.monitor.lock_ttl_seconds):
-            decisions.append(replace(base, action=MonitorAction.IN_PROGRESS))
-            continue
-        # The target is confirmed down: tell the application (paused flag, open breaker) so it
-        # degrades or fails fast instead of piling requests onto a failing dependency.
-        state.set_paused(target.name, f"monitor: {result.reason}")
-        # The breaker is advisory here; the recovery's reset step reports Redis trouble.
-        with contextlib.suppress(StateUnavailable):
-            open_breaker(services_for(config).breaker(target))
-        workflow = select_workflow(target, result).name
-        decisions.append(replace(base, action=MonitorAction.RECOVER, workflow=workflow, lock_token=token))
-    # AIMD: each healthy cycle raises a lowered request rate by one step (one round trip for all).
-    rates.raise_rates(healthy, now)
+        if skip is None and deadline is not None and clock() >= deadline:
+            skip = CYCLE_DEADLINE
+        if skip is not None:
+            decisions.append(deferred(result, skip))
+        elif result.reason == PROBE_TIMED_OUT and not result.healthy:
+            # The monitor stopped waiting, the target did not fail a probe: nothing to count.
+            decisions.append(deferred(result, PROBE_CUT_OFF))
+        else:
+            try:
+                decisions.append(_decide_one(config, state, rates, result, now))
+            except StateUnavailable as exc:
+                logger.warning("shared state unavailable, deferring recoveries: %s", redact(str(exc)))
+                skip = STATE_UNAVAILABLE
+                decisions.append(deferred(result, skip))
+                continue
+            if result.healthy:
+                healthy.append(result.target)
+    if skip is not STATE_UNAVAILABLE:
+        # AIMD: each healthy cycle raises a lowered request rate by one step (one round trip).
+        with contextlib.suppress(StateUnavailable):  # a missed raise is caught up next cycle
+            rates.raise_rates(healthy, now)
     return decisions
+
+
+def _decide_one(
+    config: RecoveryConfig, state: SharedState, rates: RateStore, result: ProbeResult, now: float
+) -> Decision:
+    counters: HealthCounters = state.record_probe(result.target, result.healthy, result.reason, now)
+    if not result.healthy and result.rate_limited:
+        # Keep what the dependency announced (reset time, limit) for rate-limit-recovery.
+        ttl = getattr(config.target(result.target), "rate_limit", None)
+        rates.note_limited(
+            result.target,
+            now,
+            result.retry_after_seconds,
+            result.rate_limit_per_second,
+            ttl.ttl_seconds if ttl is not None else 86400.0,
+        )
+    flap = _flap_status(config, state, result, now)
+    base = Decision(
+        target=result.target,
+        healthy=result.healthy,
+        reason=result.reason,
+        failures=counters.failures,
+        successes=counters.successes,
+        action=MonitorAction.NONE,
+        first_failure_at=counters.first_failure_at,
+        flapping=flap.flapping if flap else False,
+        flap_percent=flap.percent if flap else 0.0,
+        flap_started=flap.started if flap else False,
+    )
+    if result.healthy:
+        # A paused flag whose recovery died (or never resumed) must not outlive the outage:
+        # success_threshold good probes in a row and no lock held clear it (invariant I3).
+        resumed = counters.successes >= config.monitor.success_threshold and state.resume_if_idle(
+            result.target
+        )
+        return replace(base, resumed=resumed)
+    if counters.failures < config.monitor.failure_threshold:
+        return replace(base, action=MonitorAction.BELOW_THRESHOLD)
+    if base.flapping:
+        # Recovering a flapping target again and again hides the real fault: hold off and
+        # let the flow escalate (target.flapping event) so a person looks.
+        return replace(base, action=MonitorAction.FLAPPING)
+    target = config.target(result.target)
+    token = str(uuid.uuid4())
+    if not state.acquire_lock(target.name, token, config.monitor.lock_ttl_seconds):
+        return replace(base, action=MonitorAction.IN_PROGRESS)
+    # The target is confirmed down: tell the application (paused flag, open breaker) so it
+    # degrades or fails fast instead of piling requests onto a failing dependency.
+    try:
+        state.set_paused(target.name, f"monitor: {result.reason}")
+    except StateUnavailable:
+        # No recovery will start for this lock: give it back (or let its TTL expire).
+        with contextlib.suppress(StateUnavailable):
+            state.release_lock(target.name, token)
+        raise
+    # The breaker is advisory here; the recovery's reset step reports Redis trouble.
+    with contextlib.suppress(StateUnavailable):
+        open_breaker(services_for(config).breaker(target))
+    workflow = select_workflow(target, result).name
+    return replace(base, action=MonitorAction.RECOVER, workflow=workflow, lock_token=token)
 
 
 def release_recovery_lock(config: RecoveryConfig, decision: Decision) -> bool:
@@ -147,3 +205,38 @@ def release_recovery_lock(config: RecoveryConfig, decision: Decision) -> bool:
         return services_for(config).state.release_lock(decision.target, decision.lock_token)
     except StateUnavailable:  # the cycle goes on; the lock's TTL is the backstop
         return False
+
+
+def release_unstarted(config: RecoveryConfig, decisions: list[Decision]) -> None:
+    """Give back the locks of ``recover`` decisions no recovery will be started for."""
+    for d in decisions:
+        if d.action is MonitorAction.RECOVER:
+            release_recovery_lock(config, d)
+
+
+async def decide_by(
+    config: RecoveryConfig, state: SharedState, results: list[ProbeResult], deadline: float
+) -> list[Decision]:
+    """``decide`` on a worker thread, answered by ``deadline`` (``time.monotonic()``).
+
+    ``decide`` itself stops starting targets at the deadline; a state call already in flight
+    then ends within ``state_timeout_seconds``, so this waits that long again (twice: a dropped
+    connection is retried once). If even that passes, every target is reported deferred and the
+    decisions that arrive later have their locks released: no recovery is started for them.
+    """
+    grace = 2 * config.state_timeout_seconds
+    task = asyncio.ensure_future(blocking(decide, config, state, results, deadline=deadline))
+    try:
+        done, _ = await asyncio.wait({task}, timeout=max(deadline - time.monotonic(), 0.0) + grace)
+    finally:
+        if not task.done():
+            task.add_done_callback(lambda t: _release_late(config, t))
+    if task in done:
+        return task.result()
+    return [deferred(r, CYCLE_DEADLINE) for r in results]
+
+
+def _release_late(config: RecoveryConfig, task: asyncio.Future[list[Decision]]) -> None:
+    if task.cancelled() or task.exception() is not None:
+        return
+    submit_detached(release_unstarted, config, task.result())  # a callback must not block the loop

@@ -20,6 +20,11 @@ from recovery.config.loader import TargetConfig
 from recovery.kinds import kind_for
 from recovery.kinds.base import ProbeContext, ProbeResult
 
+# The reason of a probe cut off by the cycle's deadline. Not a prober's verdict ("timeout" is):
+# the monitor did not wait for it, so it is reported but not counted (engine.monitor.decide).
+PROBE_TIMED_OUT = "timed out"
+CANCEL_GRACE_SECONDS = 1.0
+
 
 @functools.cache
 def _ssl_context() -> ssl.SSLContext:
@@ -44,8 +49,19 @@ async def probe_one(target: TargetConfig, ctx: ProbeContext) -> ProbeResult:
         return ProbeResult(target.name, target.kind, False, f"probe error: {exc.__class__.__name__}", 0.0)
 
 
-async def probe_targets(targets: Sequence[TargetConfig], concurrency: int = 100) -> list[ProbeResult]:
-    """Probe all ``targets`` at most ``concurrency`` at a time; results keep the input order."""
+def timed_out(target: TargetConfig, seconds: float) -> ProbeResult:
+    """The result of a probe still running when the cycle's probing time ran out."""
+    return ProbeResult(target.name, target.kind, False, PROBE_TIMED_OUT, seconds * 1000)
+
+
+async def probe_targets(
+    targets: Sequence[TargetConfig], concurrency: int = 100, timeout: float | None = None
+) -> list[ProbeResult]:
+    """Probe all ``targets`` at most ``concurrency`` at a time; results keep the input order.
+
+    ``timeout``: probes still running (or not started) after that many seconds are cancelled
+    and reported as ``timed out`` (``PROBE_TIMED_OUT``); the others keep their results.
+    """
     if not targets:
         return []
     semaphore = asyncio.Semaphore(concurrency)
@@ -56,7 +72,18 @@ async def probe_targets(targets: Sequence[TargetConfig], concurrency: int = 100)
             async with semaphore:
                 return await probe_one(target, ctx)
 
-        return list(await asyncio.gather(*(bounded(t) for t in targets)))
+        tasks = [asyncio.ensure_future(bounded(t)) for t in targets]
+        try:
+            done, pending = await asyncio.wait(tasks, timeout=timeout)
+        finally:
+            for task in tasks:
+                task.cancel()  # no-op for finished probes; ends hung ones (and a cancelled caller's)
+        if pending:  # let them unwind before the shared HTTP client closes; a prober that
+            await asyncio.wait(pending, timeout=CANCEL_GRACE_SECONDS)  # ignores it is left behind
+        return [
+            t.result() if t in done else timed_out(target, timeout or 0.0)
+            for t, target in zip(tasks, targets, strict=True)
+        ]
 
 
 def probe_targets_sync(targets: Sequence[TargetConfig], concurrency: int = 100) -> list[ProbeResult]:

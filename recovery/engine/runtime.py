@@ -6,10 +6,15 @@ it is testable without Prefect. Order of one run:
     begin()     take the target's lock (or adopt the monitor's) -> audit row ``in_progress``
     run_step()  per step and attempt: audit attempt, refresh lock, act, audit outcome
     finish()    audit final state, release the lock
+
+Async callers (the flows) use ``abegin()`` and ``afinish()``, and ``run_step`` does its own
+bookkeeping the same way: every audit and state call runs on ``recovery.blocking``'s threads,
+so a slow or frozen store delays only this run, never the other recoveries in the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,7 +22,8 @@ from datetime import UTC, datetime
 from recovery.audit.records import PlannedStep
 from recovery.audit.store import AuditStore
 from recovery.backends.state import SharedState
-from recovery.client.breakers import FleetBreaker, breaker_for, breaker_for_target, open_breaker
+from recovery.blocking import CancelledAfter, blocking, blocking_to_end
+from recovery.client.breakers import FleetBreaker, breaker_for_target, open_breaker
 from recovery.config.loader import RecoveryConfig, TargetConfig
 from recovery.engine.probing import probe_once
 from recovery.engine.workflows import (
@@ -148,9 +154,24 @@ class RecoveryRuntime:
             raise
         return rt
 
-    async def run_step(self, name: str, attempt: int) -> Detail:
-        """Run one attempt of step ``name``; the caller (a Prefect task) retries on TemporaryError."""
-        planned = self.plans[name]
+    @classmethod
+    async def abegin(
+        cls,
+        config: RecoveryConfig,
+        request: RecoveryRequest,
+        run_id: str | None = None,
+        flow_run_id: str | None = None,
+    ) -> RecoveryRuntime:
+        """``begin`` off the event loop. A cancellation waits for it and finishes the run it
+        began as ``cancelled``: nobody else would ever finish that row or release that lock."""
+        try:
+            return await blocking_to_end(cls.begin, config, request, run_id, flow_run_id)
+        except CancelledAfter as exc:
+            if isinstance(exc.result, RecoveryRuntime):
+                await blocking_to_end(exc.result.finish, "cancelled", asyncio.CancelledError())
+            raise
+
+    def _start_attempt(self, name: str, attempt: int) -> None:
         self.audit.step_attempt(self.run_id, name, attempt)
         if not self.state.refresh_lock(self.target.name, self.owner, self.config.monitor.lock_ttl_seconds):
             error = PermanentError(f"lost the recovery lock of {self.target.name}; stopping")
@@ -161,19 +182,23 @@ class RecoveryRuntime:
         if self.breaker_closed_by_us:
             # The unverified close lives as long as the lock: extended together, lapsing together.
             self._close_lease("extend")
+
+    async def run_step(self, name: str, attempt: int) -> Detail:
+        """Run one attempt of step ``name``; the caller (a Prefect task) retries on TemporaryError."""
+        planned = self.plans[name]
+        await blocking(self._start_attempt, name, attempt)
         try:
             detail = await planned.step.run(self)
         except TemporaryError as exc:
             if attempt < planned.plan.max_attempts:
                 raise  # the step stays "running"; Prefect retries after the planned delay
-            self.audit.step_finished(self.run_id, name, "failed", exc)
+            await blocking(self.audit.step_finished, self.run_id, name, "failed", exc)
             raise
         except Exception as exc:
-            self.audit.step_finished(self.run_id, name, "failed", exc)
+            await blocking(self.audit.step_finished, self.run_id, name, "failed", exc)
             raise
-        self.audit.step_finished(
-            self.run_id, name, "skipped" if detail is None else "succeeded", detail=detail
-        )
+        outcome = "skipped" if detail is None else "succeeded"
+        await blocking(self.audit.step_finished, self.run_id, name, outcome, detail=detail)
         if name == "reset_circuit_breaker" and detail is not None:
             self.breaker_closed_by_us = True
         return detail
@@ -186,8 +211,11 @@ class RecoveryRuntime:
 
     def breaker(self) -> FleetBreaker:
         """The target's fleet-wide breaker (the same instance the application's factory returns)."""
-        state_url = self.config.state_url.get_secret_value() if self.config.state_url else None
-        return breaker_for(self.target.name, self.target.breaker, state_url)
+        return services_for(self.config).breaker(self.target)
+
+    async def afinish(self, state: str, error: BaseException | None = None) -> None:
+        """``finish`` off the event loop; completes even if the caller is being cancelled."""
+        await blocking_to_end(self.finish, state, error)
 
     def finish(self, state: str, error: BaseException | None = None) -> None:
         try:

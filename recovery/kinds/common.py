@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from recovery.client.breakers import breaker_state
+from recovery.blocking import blocking
+from recovery.client.breakers import FleetBreaker, breaker_state
 from recovery.errors import ProbeFailed
 from recovery.kinds.base import Detail, ProbeResult, StepContext, StepSpec, WorkflowSpec
 from recovery.testing import delay
@@ -21,13 +22,17 @@ async def check_service_health(ctx: StepContext) -> Detail:
     return {"healthy": result.healthy, "reason": result.reason, "latency_ms": round(result.latency_ms, 1)}
 
 
+def _close_unverified(breaker: FleetBreaker, owner: str, lease_seconds: float) -> Detail:
+    before = breaker_state(breaker)
+    breaker.close_unverified(owner, lease_seconds)
+    return {"before": before, "after": breaker_state(breaker)}
+
+
 async def reset_circuit_breaker(ctx: StepContext) -> Detail:
     """Close the breaker *unverified*: a lease of the lock's TTL that the run extends with its
     lock and confirms when it succeeds. If the run dies first, the breaker re-opens by itself."""
-    breaker = ctx.breaker()
-    before = breaker_state(breaker)
-    breaker.close_unverified(ctx.run_id, ctx.config.monitor.lock_ttl_seconds)
-    return {"before": before, "after": breaker_state(breaker)}
+    # Breaker transitions are synchronous Redis calls: off the event loop (recovery.blocking).
+    return await blocking(_close_unverified, ctx.breaker(), ctx.run_id, ctx.config.monitor.lock_ttl_seconds)
 
 
 async def test_connectivity(ctx: StepContext) -> Detail:
@@ -47,7 +52,7 @@ async def test_connectivity(ctx: StepContext) -> Detail:
 
 async def restore_operations(ctx: StepContext) -> Detail:
     """Clear the paused flag so the application sends traffic to the target again."""
-    was_paused = ctx.state.clear_paused(ctx.target.name)
+    was_paused = await blocking(ctx.state.clear_paused, ctx.target.name)
     return {"was_paused": was_paused}
 
 

@@ -14,6 +14,7 @@ import httpx
 import redis
 
 from recovery.backends.state import redis_client, scan_delete
+from recovery.blocking import blocking
 from recovery.config.keyspace import pattern_problem
 from recovery.config.loader import HttpTarget
 from recovery.errors import ConfigError, PermanentError, StateUnavailable
@@ -101,9 +102,11 @@ async def clear_error_cache(ctx: StepContext) -> Detail:
     if url_secret is None:
         return None
     url = url_secret.get_secret_value()
-    client = redis_client(url)
+    # Each Redis call times out like the state's; SCAN + UNLINK run on recovery.blocking's
+    # threads, so a frozen error cache delays this recovery only, not the others in the loop.
+    client = redis_client(url, timeout=ctx.config.state_timeout_seconds)
     try:
-        deleted = scan_delete(client, target.error_cache_pattern)
+        deleted = await blocking(scan_delete, client, target.error_cache_pattern)
     except redis.RedisError as exc:
         raise StateUnavailable(f"error cache {redact_url(url)}: {redact(str(exc))}") from None
     finally:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from recovery.backends.rate import rate_store_for
 from recovery.backends.state import SharedState
+from recovery.blocking import blocking
 from recovery.config.loader import HttpTarget, RecoveryConfig, TargetConfig
 from recovery.config.targets import RateLimitConfig
 from recovery.errors import EscalationRequired, PermanentError
@@ -129,7 +130,7 @@ async def wait_for_rate_limit_reset(
     else what one fresh ``probe`` announces. ``None`` (skipped) when nothing is limited any more."""
     http = _http(target)
     now = clock()
-    known = rate_store_for(state).read(http.name)
+    known = await blocking(rate_store_for(state).read, http.name)
     source = "monitor"
     reset_in = known.reset_at - now if known is not None and known.reset_at and known.reset_at > now else None
     if reset_in is None:
@@ -156,7 +157,7 @@ async def wait_for_rate_limit_reset(
 
 
 async def _adjust_step(ctx: StepContext) -> Detail:
-    return adjust_request_rate(ctx.config, ctx.state, ctx.target)
+    return await blocking(adjust_request_rate, ctx.config, ctx.state, ctx.target)
 
 
 async def _wait_step(ctx: StepContext) -> Detail:

@@ -27,7 +27,7 @@ from recovery.audit.store import AuditStore
 from recovery.backends.rate import rate_store_for
 from recovery.backends.state import SharedState
 from recovery.backends.window import RecoveryWindow, recovery_window
-from recovery.client.breakers import FleetBreaker, breaker_for
+from recovery.client.breakers import FleetBreaker, breaker_for_target
 from recovery.config.loader import RecoveryConfig, TargetConfig
 from recovery.errors import StateUnavailable
 from recovery.policy.strategies import (
@@ -110,15 +110,11 @@ def strategy_input(
         if rate is not None and rate.reset_at is not None and rate.reset_at > now:
             retry_after = rate.reset_at - now
     if "breaker_aligned" in kinds:
-        snap = breaker_for(target.name, target.breaker, _state_url(config)).snapshot()
+        snap = breaker_for_target(config, target.name).snapshot()
         breaker_view = BreakerView(
             snap.state, snap.opened_at, target.breaker.reset_timeout_seconds, snap.probe_holder
         )
     return StrategyInput(target.name, run_type, now, recent, history, breaker_view, retry_after)
-
-
-def _state_url(config: RecoveryConfig) -> str | None:
-    return config.state_url.get_secret_value() if config.state_url else None
 
 
 def admit(
@@ -140,7 +136,7 @@ def admit(
     if not decision.allowed:
         return admission
     if decision.probe_lease:
-        breaker = breaker_for(target.name, target.breaker, _state_url(config))
+        breaker = breaker_for_target(config, target.name)
         # A short lease (probe_lease_seconds), refreshed by every step attempt: a recovery that
         # crashed cannot keep the application's calls rejected for the lock's whole TTL.
         ticket = breaker.try_probe(owner)
