@@ -74,7 +74,9 @@ async def gate(
         if taken:
             await blocking(refuse, services.audit, request, workflow, taken, run_id, flow_run_id)
             raise RecoveryRefused(taken)
-        await blocking(admit, config, services.state, services.audit, request, workflow, run_id, flow_run_id=flow_run_id)
+        await blocking(
+            admit, config, services.state, services.audit, request, workflow, run_id, flow_run_id=flow_run_id
+        )
     except RecoveryRefused as exc:
         install_hooks()
         await emit(

@@ -13,11 +13,11 @@ from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run as current_flow_run
 
 from flows.admin import RequestedBy, TargetName, Text, gate
+from recovery.blocking import blocking
 from recovery.config.loader import load_config
 from recovery.engine.breaker_admin import RESET_WORKFLOW, breaker_statuses, reset_breaker
 from recovery.engine.runtime import RecoveryRequest
 from recovery.engine.triggers import validate_request
-from recovery.blocking import blocking
 from recovery.redact import install_log_redaction
 
 

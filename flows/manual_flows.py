@@ -23,11 +23,11 @@ from flows.admin import (
     trigger_type,
 )
 from flows.common import on_cancelled, on_crashed
+from recovery.blocking import blocking
 from recovery.config.loader import load_config
 from recovery.engine.runtime import RecoveryRequest, record_dry_run
 from recovery.engine.triggers import validate_request
 from recovery.engine.workflows import describe_plan, workflow_named
-from recovery.blocking import blocking
 from recovery.redact import install_log_redaction
 
 

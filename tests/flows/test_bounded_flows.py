@@ -84,6 +84,7 @@ async def test_a_frozen_dependency_of_one_recovery_does_not_delay_another(
     redis_proxy: tuple[TcpProxy, str],
     sqlite_url: str,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A and B recover in the same cycle (one event loop). A's error cache accepts connections
     and never answers, so A's clear_error_cache waits out its 6 s timeout. B's service heals the
@@ -124,7 +125,8 @@ async def test_a_frozen_dependency_of_one_recovery_does_not_delay_another(
     proxy.blackhole()
     healer.start()
     async with LoopWatch() as loop:
-        report = await monitor(config_path=path)
+        monkeypatch.setenv("RECOVERY_CONFIG", str(path))  # flows take the worker's config
+        report = await monitor()
     healer.join(1)
     assert sorted((r["target"], r["state"]) for r in report["recoveries"]) == [
         ("a", "succeeded"),
@@ -148,14 +150,21 @@ async def test_a_frozen_dependency_of_one_recovery_does_not_delay_another(
 
 
 async def test_a_hung_probe_is_cut_off_at_the_cycle_deadline_and_the_rest_is_decided(
-    prefect_api: str, fault_server: FaultServer, redis_url: str, sqlite_url: str, tmp_path: Path
+    prefect_api: str,
+    fault_server: FaultServer,
+    redis_url: str,
+    sqlite_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     path = write(
         tmp_path / "r.yaml",
         f"audit_url: {sqlite_url}\nstate_url: {redis_url}\nstate_timeout_seconds: 0.5\n"
         "monitor: {interval_seconds: 30, cycle_timeout_seconds: 5, failure_threshold: 1}\n"
         f"strategy: {ONE_ATTEMPT}\ntargets:\n"
-        + "  - {name: hung, kind: http, url: '" + fault_server.url + "/hang', timeout_seconds: 60}\n"
+        + "  - {name: hung, kind: http, url: '"
+        + fault_server.url
+        + "/hang', timeout_seconds: 60}\n"
         + http_target("down", f"{fault_server.url}/flaky/down?fail=1")
         + http_target("fine", f"{fault_server.url}/status/200"),
     )
@@ -163,7 +172,8 @@ async def test_a_hung_probe_is_cut_off_at_the_cycle_deadline_and_the_rest_is_dec
     token = REPORT_SINK.set(lambda r: reported.append((time.monotonic(), r)))
     try:
         started = time.monotonic()
-        report = await monitor(config_path=path)
+        monkeypatch.setenv("RECOVERY_CONFIG", str(path))  # flows take the worker's config
+        report = await monitor()
     finally:
         REPORT_SINK.reset(token)
     [(at, early)] = reported
@@ -187,6 +197,7 @@ async def test_a_frozen_state_redis_defers_every_target_within_the_deadline(
     redis_proxy: tuple[TcpProxy, str],
     sqlite_url: str,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     proxy, url = redis_proxy
     path = write(
@@ -197,7 +208,8 @@ async def test_a_frozen_state_redis_defers_every_target_within_the_deadline(
     )
     proxy.blackhole()
     started = time.monotonic()
-    report = await monitor(config_path=path)
+    monkeypatch.setenv("RECOVERY_CONFIG", str(path))  # flows take the worker's config
+    report = await monitor()
     took = time.monotonic() - started
     assert [(t["target"], t["action"], t["note"]) for t in report["targets"]] == [
         (f"t{i}", "deferred", STATE_UNAVAILABLE) for i in range(4)

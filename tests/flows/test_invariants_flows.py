@@ -23,7 +23,6 @@ from typing import Any
 import pytest
 from faultserver import FaultServer, free_port
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.sorting import FlowRunSort
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
 from prefect.states import Crashed
 
