@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 from faultserver import FaultServer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_rest_api import Api, _start_server, _stop
 
 from recovery.audit.store import AuditStore
@@ -182,3 +184,49 @@ def test_a_run_a_schedule_created_is_audited_as_scheduled(served: Served) -> Non
     assert api.wait(first["id"])["state"]["type"] == "COMPLETED"
     [record] = [r for r in AuditStore(ctx["audit"]).history() if r.flow_run_id == first["id"]]
     assert (record.type, record.requested_by, record.state) == ("scheduled", "nightly", "succeeded")
+
+
+# One invalid thing per request, the rest valid: each must be refused by the API's schema
+# check (409/422) before a flow run exists, whatever the invalid thing is.
+_CONTROL = st.characters(min_codepoint=0, max_codepoint=31)
+_bad_text = st.one_of(
+    st.text(alphabet=" \t", min_size=1, max_size=5),  # blank
+    st.builds(lambda a, c, b: a + c + b, st.text(max_size=5), _CONTROL, st.text(max_size=5)),
+    st.text(alphabet="x", min_size=201, max_size=300),  # too long
+)
+_mutations = st.one_of(
+    st.builds(lambda k, v: ("extra", k, v), st.from_regex(r"[a-z_]{1,12}", fullmatch=True), st.integers()),
+    st.builds(lambda v: ("requested_by", "requested_by", v), _bad_text),
+    st.builds(lambda v: ("target", "target", v), st.text(min_size=1, max_size=30)),
+    st.builds(lambda v: ("type", "type", v), st.sampled_from(["automatic", "scheduled", "EMERGENCY", ""])),
+    st.builds(lambda v: ("request_id", "request_id", v), st.text(min_size=37, max_size=60)),
+)
+
+
+@settings(
+    max_examples=int(os.environ.get("REST_FUZZ_EXAMPLES", "25")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],  # one server for every example
+)
+@given(mutation=_mutations)
+def test_fuzzed_bad_parameters_never_create_a_run(served: Served, mutation: tuple[str, str, Any]) -> None:
+    api, _ = served
+    recover = api.deployment_id("recover", "recover")
+    kind, key, value = mutation
+    if kind == "extra" and key in {
+        "target",
+        "requested_by",
+        "type",
+        "reason",
+        "workflow",
+        "dry_run",
+        "request_id",
+    }:
+        key = f"x_{key}"  # an unknown name, not a real parameter
+    if kind == "target" and value in {"payments-api", "sessions"}:
+        value = f"{value}-unknown"
+    parameters = {"target": "payments-api", "requested_by": "ops-bot", key: value}
+    api.call(
+        "POST", f"/deployments/{recover}/create_flow_run", expect=(409, 422), json={"parameters": parameters}
+    )
+    assert runs_of(api, recover) == [], f"{parameters!r} created a flow run"
