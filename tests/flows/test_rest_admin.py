@@ -203,30 +203,37 @@ _mutations = st.one_of(
 )
 
 
+_BASES = {  # a valid request per admin deployment; each example breaks exactly one thing
+    ("recover", "recover"): {"target": "payments-api", "requested_by": "ops-bot"},
+    ("clear-cache", "clear-cache"): {"target": "sessions", "requested_by": "ops-bot"},
+    ("reset-circuit-breaker", "reset-circuit-breaker"): {
+        "target": "payments-api",
+        "requested_by": "ops-bot",
+        "reason": "INC-1",
+    },
+}
+
+
 @settings(
     max_examples=int(os.environ.get("REST_FUZZ_EXAMPLES", "25")),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],  # one server for every example
 )
-@given(mutation=_mutations)
-def test_fuzzed_bad_parameters_never_create_a_run(served: Served, mutation: tuple[str, str, Any]) -> None:
+@given(which=st.sampled_from(sorted(_BASES)), mutation=_mutations)
+def test_fuzzed_bad_parameters_never_create_a_run(
+    served: Served, which: tuple[str, str], mutation: tuple[str, str, Any]
+) -> None:
     api, _ = served
-    recover = api.deployment_id("recover", "recover")
+    deployment = api.deployment_id(*which)
     kind, key, value = mutation
-    if kind == "extra" and key in {
-        "target",
-        "requested_by",
-        "type",
-        "reason",
-        "workflow",
-        "dry_run",
-        "request_id",
-    }:
-        key = f"x_{key}"  # an unknown name, not a real parameter
-    if kind == "target" and value in {"payments-api", "sessions"}:
-        value = f"{value}-unknown"
-    parameters = {"target": "payments-api", "requested_by": "ops-bot", key: value}
-    api.call(
-        "POST", f"/deployments/{recover}/create_flow_run", expect=(409, 422), json={"parameters": parameters}
-    )
-    assert runs_of(api, recover) == [], f"{parameters!r} created a flow run"
+    base = _BASES[which]
+    if kind == "extra":
+        key = f"x_{key}"  # never a real parameter name
+    if kind == "target":
+        value = f"{value}-unknown"  # never a configured target
+    if kind in ("type", "request_id") and which[0] != "recover":
+        key = f"x_{key}"  # not a parameter of this deployment: an unknown one
+    parameters = {**base, key: value}
+    path = f"/deployments/{deployment}/create_flow_run"
+    api.call("POST", path, expect=(409, 422), json={"parameters": parameters})
+    assert runs_of(api, deployment) == [], f"{parameters!r} created a flow run"
