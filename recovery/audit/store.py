@@ -123,6 +123,7 @@ class AuditStore:
         run_id: str | None = None,
         now: datetime | None = None,
         lock_owner: str | None = None,
+        refused_because: str | None = None,
     ) -> str:
         """Write the run row and its planned steps before anything is touched.
 
@@ -145,6 +146,7 @@ class AuditStore:
             flow_run_id=flow_run_id,
             state=state,
             lock_owner=lock_owner,
+            refused_because=refused_because,
         )
         self._write(op)
         return op.run_id
@@ -167,25 +169,19 @@ class AuditStore:
         ``reason`` is why it was refused (stored as the error); ``request_reason`` is the
         requester's own reason for asking.
         """
-        op = start_run_op(
-            run_id=run_id or str(uuid.uuid4()),
-            now=now or utcnow(),
+        return self.start_run(
             target=target,
             workflow=workflow,
             run_type=run_type,
             steps=(),
             requested_by=requested_by,
             reason=request_reason,
-            detected_reason=None,
-            first_failure_at=None,
-            detected_at=None,
-            dry_run=False,
             flow_run_id=flow_run_id,
             state="refused",
+            run_id=run_id,
+            now=now,
             refused_because=reason,
         )
-        self._write(op)
-        return op.run_id
 
     def step_attempt(self, run_id: str, name: str, attempt: int) -> None:
         """Mark a step running and count the attempt (called at the start of every attempt)."""

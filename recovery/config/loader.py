@@ -49,6 +49,7 @@ DEFAULT_SPOOL_DIR = ".recovery-spool"
 NO_FILE = "config"  # parse_config's source when the data did not come from a file
 
 # Target models live in recovery.config.targets; re-exported here, where callers have always found them.
+from recovery.config.fields import _audit_secret, _optional_redis_secret  # noqa: E402
 from recovery.config.targets import (  # noqa: E402
     NAME_PATTERN,
     TARGET_KINDS,
@@ -62,9 +63,7 @@ from recovery.config.targets import (  # noqa: E402
     SqlSource,
     TargetConfig,
     VerifyConfig,
-    _audit_secret,
     _Model,
-    _optional_redis_secret,
     check_state_keyspace,
     url_secrets,
 )

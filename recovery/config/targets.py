@@ -10,7 +10,6 @@ import re
 import string
 from collections.abc import Sequence
 from typing import Annotated, Literal
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import (
     BaseModel,
@@ -21,6 +20,14 @@ from pydantic import (
     model_validator,
 )
 
+from recovery.config.fields import (
+    _confined_pattern,
+    _database_secret,
+    _http_url,
+    _optional_redis_secret,
+    _sqlalchemy_secret,
+    split_userinfo,
+)
 from recovery.config.keyspace import pattern_problem, same_redis_database
 from recovery.config.limits import (
     MAX_CACHE_TTL,
@@ -34,11 +41,7 @@ from recovery.config.limits import (
 )
 from recovery.config.strategy import StrategyConfig, check_not_above
 from recovery.config.urls import (
-    AUDIT_DIALECTS,
-    DATABASE_DIALECTS,
-    check_http_url,
     check_redis_url,
-    check_sql_url,
 )
 from recovery.errors import ConfigError, clip
 from recovery.redact import url_secret_parts
@@ -53,56 +56,6 @@ _HEADER_VALUE_BAD_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 class _Model(BaseModel):
     # allow_inf_nan=False: .inf or .nan in any number field is an error, never a lock TTL of forever.
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-def _http_url(value: str) -> str:
-    """Field validator: an http(s) URL (``recovery.config.urls.check_http_url``)."""
-    check_http_url(value)
-    return value
-
-
-def _confined_pattern(value: str | None) -> str | None:
-    """Field validator: a pattern deleted from must name a key space (recovery.config.keyspace)."""
-    problem = None if value is None else pattern_problem(value)
-    if problem is not None:
-        raise ValueError(problem)
-    return value
-
-
-def split_userinfo(url: str) -> tuple[str, tuple[str, str] | None]:
-    """``https://u:p@h/x`` -> (``https://h/x``, (u, p)): HTTP clients send Basic auth from the
-    pair; aiohttp refuses a URL with credentials next to an Authorization header."""
-    parts = urlsplit(url)
-    userinfo, at, hostport = parts.netloc.rpartition("@")
-    if not at:
-        return url, None
-    user, _, password = userinfo.partition(":")
-    return urlunsplit(parts._replace(netloc=hostport)), (unquote(user), unquote(password))
-
-
-def _sqlalchemy_secret(value: SecretStr) -> SecretStr:
-    """Field validator: a SQLAlchemy URL of a dialect SQLAlchemy can load."""
-    check_sql_url(value.get_secret_value())
-    return value
-
-
-def _database_secret(value: SecretStr) -> SecretStr:
-    """Field validator: a SQLAlchemy URL of a database the database kind supports."""
-    check_sql_url(value.get_secret_value(), DATABASE_DIALECTS)
-    return value
-
-
-def _audit_secret(value: SecretStr) -> SecretStr:
-    """Field validator of ``RecoveryConfig.audit_url``: a dialect the audit store supports."""
-    check_sql_url(value.get_secret_value(), AUDIT_DIALECTS)
-    return value
-
-
-def _optional_redis_secret(value: SecretStr | None) -> SecretStr | None:
-    """Field validator (also of ``RecoveryConfig``): absent or a Redis URL."""
-    if value is not None:
-        check_redis_url(value.get_secret_value())
-    return value
 
 
 class RateLimitConfig(BaseModel):

@@ -12,8 +12,12 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from dbcache_services import TcpProxy
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,3 +63,16 @@ def run_cli(cli_env: dict[str, str]) -> CliRunner:
         )
 
     return run
+
+
+@pytest.fixture
+def redis_proxy(redis_url: str) -> Iterator[tuple[TcpProxy, str]]:
+    """A TCP proxy in front of the test Redis DB (its URL): ``blackhole()`` it to make Redis hang."""
+    from dbcache_services import TcpProxy
+
+    db = redis_url.rsplit("/", 1)[1]
+    proxy = TcpProxy(("127.0.0.1", 6379)).start()
+    try:
+        yield proxy, f"redis://127.0.0.1:{proxy.port}/{db}"
+    finally:
+        proxy.stop()

@@ -12,68 +12,33 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import redis
+from bounded_helpers import (
+    ONE_ATTEMPT,
+    ONE_PROBE,
+    PATIENT,
+    SLOW_VERIFY,
+    http_target,
+    only_run,
+    wait_for,
+    write,
+)
 from dbcache_services import RedisServer, TcpProxy
 from faultserver import FaultServer, free_port
 from loopwatch import LoopWatch
 
 from flows.monitor import REPORT_SINK, monitor
-from recovery.audit.records import RunRecord
 from recovery.audit.store import AuditStore
 from recovery.backends.state_redis import RedisState
 from recovery.engine.monitor import PROBE_CUT_OFF, STATE_UNAVAILABLE
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "recovery_cli.main"]
-ONE_ATTEMPT = "{kind: exponential, max_attempts: 1, jitter: none}"
-PATIENT = (  # retries every 0.2 s for about 20 s
-    "{kind: exponential, base_seconds: 0.1, factor: 2, max_delay_seconds: 0.2, max_attempts: 100,"
-    " jitter: none}"
-)
-ONE_PROBE = "verify: {consecutive_successes: 1, interval_seconds: 0}"
-SLOW_VERIFY = ", verify: {consecutive_successes: 2, interval_seconds: 120}"  # a recovery that waits
-
-
-def write(path: Path, text: str) -> str:
-    path.write_text(text)
-    return str(path)
-
-
-def http_target(name: str, url: str, extra: str = "") -> str:
-    return f"  - {{name: {name}, kind: http, url: '{url}', timeout_seconds: 1{extra}}}\n"
-
-
-def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def only_run(audit_url: str, target: str) -> RunRecord | None:
-    runs = AuditStore(audit_url).history(target, 5)
-    return runs[0] if runs else None
-
-
-@pytest.fixture
-def redis_proxy(redis_url: str) -> Iterator[tuple[TcpProxy, str]]:
-    db = redis_url.rsplit("/", 1)[1]
-    proxy = TcpProxy(("127.0.0.1", 6379)).start()
-    try:
-        yield proxy, f"redis://127.0.0.1:{proxy.port}/{db}"
-    finally:
-        proxy.stop()
-
-
 # --- 2. nothing synchronous blocks the event loop ------------------------------------------------
 
 

@@ -15,11 +15,20 @@ from importlib import resources
 import redis
 from redis.commands.core import Script
 
+_INCLUDE = "-- include: "
+
 
 @cache
 def script(name: str) -> str:
-    """The source of ``lua/{name}.lua`` (``name`` without the extension)."""
-    return resources.files(__name__).joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    """The source of ``lua/{name}.lua`` (``name`` without the extension), with every
+    ``-- include: other`` line replaced by ``other.lua``: the breaker transitions share one
+    prelude instead of six copies of it (Redis has no ``require``)."""
+    text = resources.files(__name__).joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    lines = [
+        script(line.removeprefix(_INCLUDE).strip()) if line.startswith(_INCLUDE) else line
+        for line in text.splitlines(keepends=True)
+    ]
+    return "".join(lines)
 
 
 class Scripts:

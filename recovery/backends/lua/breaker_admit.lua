@@ -2,14 +2,8 @@
 -- KEYS[1] breaker hash, KEYS[2] probe lease; ARGV: now, reset_timeout, lease_ms, owner, ttl_ms.
 -- Returns {verdict, state seen, number, holder}: number is fail_counter (pass) or the seconds
 -- until the reset timeout elapses (reject while open).
--- A close lease past its end is an open breaker, opened when the lease ended (breaker_core._lapse):
--- the recovery that closed it died unverified. The same check starts every transition.
-local lease_until = redis.call('HGET', KEYS[1], 'close_lease_until')
-if lease_until and tonumber(lease_until) <= tonumber(ARGV[1]) then
-  redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', lease_until, 'success_counter', 0,
-             'changed_at', lease_until)
-  redis.call('HDEL', KEYS[1], 'close_lease_owner', 'close_lease_until')
-end
+-- include: breaker_lapse
+lapse(ARGV[1])
 local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
 if state == 'closed' then
   return {'pass', state, redis.call('HGET', KEYS[1], 'fail_counter') or '0', ''}

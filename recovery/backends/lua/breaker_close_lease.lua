@@ -2,14 +2,8 @@
 -- revokes an unverified close. KEYS[1] breaker hash, KEYS[2] probe lease (unused);
 -- ARGV: now, owner, action ('extend' | 'confirm' | 'revoke'), new end (extend), ttl_ms.
 -- Returns 1 if the owner held the lease, else 0 (lapsed, confirmed, or the breaker moved since).
--- A close lease past its end is an open breaker, opened when the lease ended (breaker_core._lapse):
--- the recovery that closed it died unverified. The same check starts every transition.
-local lease_until = redis.call('HGET', KEYS[1], 'close_lease_until')
-if lease_until and tonumber(lease_until) <= tonumber(ARGV[1]) then
-  redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', lease_until, 'success_counter', 0,
-             'changed_at', lease_until)
-  redis.call('HDEL', KEYS[1], 'close_lease_owner', 'close_lease_until')
-end
+-- include: breaker_lapse
+lapse(ARGV[1])
 if redis.call('HGET', KEYS[1], 'close_lease_owner') ~= ARGV[2] then return 0 end
 if ARGV[3] == 'extend' then
   redis.call('HSET', KEYS[1], 'close_lease_until', ARGV[4])

@@ -1,14 +1,8 @@
 -- Breaker failure (mirrors recovery/backends/breaker_core.py: failed).
 -- KEYS[1] breaker hash, KEYS[2] probe lease; ARGV: now, owner, probe ('1'/'0'), fail_max, ttl_ms.
 -- Returns {state after, 1 if this failure opened the breaker else 0}.
--- A close lease past its end is an open breaker, opened when the lease ended (breaker_core._lapse):
--- the recovery that closed it died unverified. The same check starts every transition.
-local lease_until = redis.call('HGET', KEYS[1], 'close_lease_until')
-if lease_until and tonumber(lease_until) <= tonumber(ARGV[1]) then
-  redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', lease_until, 'success_counter', 0,
-             'changed_at', lease_until)
-  redis.call('HDEL', KEYS[1], 'close_lease_owner', 'close_lease_until')
-end
+-- include: breaker_lapse
+lapse(ARGV[1])
 local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
 local function trip()
   redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', ARGV[1], 'success_counter', 0,

@@ -3,14 +3,8 @@
 -- (closing unverified) the close lease's owner and end (epoch seconds, as given).
 -- 'trip' leaves an open breaker alone: re-opening every monitor cycle must not move opened_at.
 -- Returns the previous state.
--- A close lease past its end is an open breaker, opened when the lease ended (breaker_core._lapse):
--- the recovery that closed it died unverified. The same check starts every transition.
-local lease_until = redis.call('HGET', KEYS[1], 'close_lease_until')
-if lease_until and tonumber(lease_until) <= tonumber(ARGV[2]) then
-  redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', lease_until, 'success_counter', 0,
-             'changed_at', lease_until)
-  redis.call('HDEL', KEYS[1], 'close_lease_owner', 'close_lease_until')
-end
+-- include: breaker_lapse
+lapse(ARGV[2])
 local prev = redis.call('HGET', KEYS[1], 'state') or 'closed'
 if ARGV[4] == 'trip' and prev == 'open' then return prev end
 if ARGV[1] == 'open' then

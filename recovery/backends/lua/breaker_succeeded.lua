@@ -1,14 +1,8 @@
 -- Breaker success (mirrors recovery/backends/breaker_core.py: succeeded).
 -- KEYS[1] breaker hash, KEYS[2] probe lease; ARGV: now, owner, probe ('1'/'0'),
 -- success_threshold, ttl_ms. Returns the state after the success.
--- A close lease past its end is an open breaker, opened when the lease ended (breaker_core._lapse):
--- the recovery that closed it died unverified. The same check starts every transition.
-local lease_until = redis.call('HGET', KEYS[1], 'close_lease_until')
-if lease_until and tonumber(lease_until) <= tonumber(ARGV[1]) then
-  redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', lease_until, 'success_counter', 0,
-             'changed_at', lease_until)
-  redis.call('HDEL', KEYS[1], 'close_lease_owner', 'close_lease_until')
-end
+-- include: breaker_lapse
+lapse(ARGV[1])
 local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
 if ARGV[3] == '1' then
   -- Only the lease holder's success counts: a probe whose lease lapsed may race a newer probe.
