@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import service_unavailable
+from service_guard import service_unavailable
 
 
 @pytest.mark.parametrize("value", ["true", "TRUE", "1", "yes"])
