@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-import httpx
+import aiohttp
 
 from recovery.backends.state import SharedState
 from recovery.client.breakers import FleetBreaker
@@ -46,9 +46,13 @@ class ProbeResult:
 
 @dataclass
 class ProbeContext:
-    """Shared resources for one probe batch (one HTTP client for all HTTP targets)."""
+    """Shared resources for one probe batch (one HTTP session for all HTTP targets).
 
-    http: httpx.AsyncClient
+    ``http`` is an ``aiohttp.ClientSession``, not the httpx client the rest of the project uses:
+    the probe batch is the one hot path (N targets every cycle), see ``recovery.engine.probing``.
+    """
+
+    http: aiohttp.ClientSession
     extras: dict[str, Any] = field(default_factory=dict)
 
 

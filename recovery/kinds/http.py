@@ -1,8 +1,9 @@
 """HTTP targets: the probe, clearing cached error responses, and the api-failure workflow.
 
-The probe uses the batch's shared ``httpx.AsyncClient`` (``ProbeContext.http``; aiohttp transport,
-see ``recovery.engine.probing``). A 429 or ``X-RateLimit-Remaining: 0`` is reported as
-``rate_limited`` so selection picks rate-limit-recovery instead of "repairing" the API.
+The probe uses the batch's shared ``aiohttp.ClientSession`` (``ProbeContext.http``): aiohttp
+directly, not httpx, because probing is the hot path (why: ``recovery.engine.probing``). A 429
+or ``X-RateLimit-Remaining: 0`` is reported as ``rate_limited`` so selection picks
+rate-limit-recovery instead of "repairing" the API.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-import httpx
+import aiohttp
 import redis
 
 from recovery.backends.state import redis_client, scan_delete
@@ -31,7 +32,9 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 
 def _classify_exception(exc: BaseException) -> str:
-    """Map transport errors to a stable reason; aiohttp's cause says more than httpx's wrapper."""
+    """Map transport errors to a stable reason; the cause chain says more than the wrapper.
+
+    Only fixed words and an exception's class name: never its text, which can hold the URL."""
     chain: list[BaseException] = []
     current: BaseException | None = exc
     while current is not None and len(chain) < 10:
@@ -40,9 +43,7 @@ def _classify_exception(exc: BaseException) -> str:
     for err in chain:
         if isinstance(err, ConnectionRefusedError):
             return "connection refused"
-        if isinstance(err, TimeoutError | httpx.TimeoutException) and not isinstance(
-            err, httpx.ConnectTimeout
-        ):
+        if isinstance(err, TimeoutError):  # asyncio.timeout's, and aiohttp's ServerTimeoutError
             return "timeout"
     text = " ".join(str(e) for e in chain).lower()
     if "connect call failed" in text or "connection refused" in text:
@@ -56,26 +57,31 @@ def _classify_exception(exc: BaseException) -> str:
 
 async def probe_http(target: HttpTarget, ctx: ProbeContext) -> ProbeResult:
     headers = {k: v.get_secret_value() for k, v in target.headers.items()}
-    url, auth = target.endpoint()  # userinfo -> Basic auth: aiohttp refuses credentials in URLs
+    url, userinfo = target.endpoint()  # userinfo -> Basic auth: aiohttp refuses credentials in URLs
+    auth = aiohttp.BasicAuth(*userinfo) if userinfo is not None else None
     started = time.perf_counter()
     try:
-        # asyncio.timeout is the hard stop: a server that accepts and then never answers must
-        # not hold the batch longer than the target's timeout.
-        async with asyncio.timeout(target.timeout_seconds):
-            response = await ctx.http.request(
-                target.method, url, headers=headers, auth=auth, timeout=target.timeout_seconds
-            )
-            await response.aread()
+        # asyncio.timeout is the one bound (the session has none): it covers connect, the
+        # response and its body, so a server that accepts and then never answers cannot hold
+        # the batch longer than the target's timeout.
+        async with (
+            asyncio.timeout(target.timeout_seconds),
+            ctx.http.request(
+                target.method, url, headers=headers, auth=auth, allow_redirects=False
+            ) as response,
+        ):
+            await response.read()
     except Exception as exc:
         latency = (time.perf_counter() - started) * 1000
         return ProbeResult(target.name, "http", False, _classify_exception(exc), latency)
     latency = (time.perf_counter() - started) * 1000
-    status = response.status_code
-    remaining = response.headers.get("x-ratelimit-remaining")
+    status = response.status
+    response_headers = response.headers  # case-insensitive
+    remaining = response_headers.get("x-ratelimit-remaining")
     if status == 429 or (remaining is not None and remaining.strip() == "0"):
         # Retry-After (seconds or HTTP date), else X-RateLimit-Reset (epoch or seconds).
-        retry_after = reset_after_seconds(response.headers)
-        limit = observed_limit(response.headers, target.rate_limit.limit_window_seconds)
+        retry_after = reset_after_seconds(response_headers)
+        limit = observed_limit(response_headers, target.rate_limit.limit_window_seconds)
         return ProbeResult(
             target.name, "http", False, f"rate limited ({status})", latency, status, True, retry_after, limit
         )
