@@ -4,9 +4,11 @@ deadline for probes never started, redirects, TLS verification. Real servers on 
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import ssl
 import time
+import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -66,6 +68,18 @@ async def test_probes_not_started_by_the_deadline_are_timed_out(fault_server: Fa
 async def test_redirects_are_not_followed(fault_server: FaultServer) -> None:
     [result] = await probe_targets([http("api", f"{fault_server.url}/status/302")])
     assert (result.healthy, result.reason, result.status) == (False, "status 302", 302)
+
+
+async def test_url_credentials_replace_a_configured_authorization_header(fault_server: FaultServer) -> None:
+    # httpx's auth= replaced the header; aiohttp would send both or refuse: one Basic header only.
+    fault_server.app.basic_auth = "svc:pw"
+    url = f"http://svc:pw@127.0.0.1:{fault_server.port}/private/x"
+    target = http("api", url, headers={"authorization": "Bearer stale", "X-Probe": "1"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # aiohttp's auth= is deprecated: a warning per probe
+        [result] = await probe_targets([target])
+    assert (result.healthy, result.reason) == (True, "ok")
+    assert fault_server.app.authorizations == ["Basic " + base64.b64encode(b"svc:pw").decode()]
 
 
 def _self_signed(directory: Path) -> ssl.SSLContext:

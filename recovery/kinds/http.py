@@ -9,9 +9,9 @@ rate-limit-recovery instead of "repairing" the API.
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 
-import aiohttp
 import redis
 
 from recovery.backends.state import redis_client, scan_delete
@@ -55,10 +55,24 @@ def _classify_exception(exc: BaseException) -> str:
     return f"connection error: {redact(exc.__class__.__name__)}"
 
 
-async def probe_http(target: HttpTarget, ctx: ProbeContext) -> ProbeResult:
+def _request_parts(target: HttpTarget) -> tuple[str, dict[str, str]]:
+    """The URL without userinfo and the headers to send, userinfo as Basic ``Authorization``.
+
+    aiohttp refuses credentials in a URL, and its ``auth=``/``BasicAuth`` are deprecated (a
+    warning per call); UTF-8 credentials, as httpx encoded them.
+    The URL's credentials replace a configured Authorization header, as httpx's ``auth=`` did.
+    """
     headers = {k: v.get_secret_value() for k, v in target.headers.items()}
-    url, userinfo = target.endpoint()  # userinfo -> Basic auth: aiohttp refuses credentials in URLs
-    auth = aiohttp.BasicAuth(*userinfo) if userinfo is not None else None
+    url, userinfo = target.endpoint()
+    if userinfo is not None:
+        headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+        user, password = userinfo
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    return url, headers
+
+
+async def probe_http(target: HttpTarget, ctx: ProbeContext) -> ProbeResult:
+    url, headers = _request_parts(target)
     started = time.perf_counter()
     try:
         # asyncio.timeout is the one bound (the session has none): it covers connect, the
@@ -66,9 +80,7 @@ async def probe_http(target: HttpTarget, ctx: ProbeContext) -> ProbeResult:
         # the batch longer than the target's timeout.
         async with (
             asyncio.timeout(target.timeout_seconds),
-            ctx.http.request(
-                target.method, url, headers=headers, auth=auth, allow_redirects=False
-            ) as response,
+            ctx.http.request(target.method, url, headers=headers, allow_redirects=False) as response,
         ):
             await response.read()
     except Exception as exc:
