@@ -40,6 +40,12 @@ from recovery.config.strategy import (
     StrategyConfig,
     check_not_above,
 )
+from recovery.config.workflows import (
+    MAX_WORKFLOWS,
+    WorkflowConfig,
+    check_workflow_names,
+    run_config_checks,
+)
 from recovery.errors import ConfigError, clip
 from recovery.redact import register_secrets, register_url
 
@@ -182,6 +188,9 @@ class RecoveryConfig(_Model):
     )
     # fail_fast: one bad target is enough to report; the others need no error objects.
     targets: list[TargetConfig] = Field(default_factory=list, max_length=MAX_TARGETS, fail_fast=True)
+    workflows: dict[str, WorkflowConfig] = Field(
+        default_factory=dict, max_length=MAX_WORKFLOWS, description="Custom workflows by name."
+    )
     # Targets set aside because a ${VAR} of theirs is unset: name -> the error naming it.
     _unresolved: dict[str, ConfigError] = PrivateAttr(default_factory=dict)
 
@@ -195,6 +204,16 @@ class RecoveryConfig(_Model):
             if target.name in seen:
                 raise ConfigError(f"targets[{i}].name", f"duplicate target name '{clip(target.name)}'")
             seen.add(target.name)
+        return self
+
+    @model_validator(mode="after")
+    def _known_workflows(self) -> RecoveryConfig:
+        try:
+            check_workflow_names(list(self.workflows))
+        except ValueError as exc:
+            raise ConfigError("workflows", str(exc)) from None
+        for target in self.targets:  # select_workflow(target) finds the target's custom workflow
+            target._workflows = self.workflows
         return self
 
     def target(self, name: str) -> TargetConfig:
@@ -300,6 +319,7 @@ def parse_config(data: Any, source: str = NO_FILE) -> RecoveryConfig:
         raise ConfigError("targets", f"duplicate target name '{clip(name)}'")
     config._unresolved = unresolved
     _register_config_secrets(config)
+    run_config_checks(config)  # builtin step names, workflow names (recovery.engine.custom)
     state_url = config.state_url.get_secret_value() if config.state_url else None
     check_state_keyspace(state_url, config.targets)  # destructive patterns stay off the state keys
     return _resolve_spool(config, source)
@@ -311,6 +331,13 @@ def _register_config_secrets(config: RecoveryConfig) -> None:
     for target in config.targets:
         urls += target.urls()
         register_secrets(target.secret_values())
+    for workflow in config.workflows.values():  # a hook's token, a command's env
+        for step in workflow.steps:
+            if step.http is not None:
+                urls.append(step.http.url)
+                register_secrets(step.http.headers.values())
+            if step.command is not None and step.command.env:
+                register_secrets(step.command.env.values())
     for url in urls:
         register_url(url)
 
