@@ -211,7 +211,17 @@ class RecoveryConfig(_Model):
         try:
             check_workflow_names(list(self.workflows))
         except ValueError as exc:
-            raise ConfigError("workflows", str(exc)) from None
+            why = "a workflow name is 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"
+            raise ConfigError(f"workflows.{clip(exc.args[0])}", why) from None
+        ttl = self.monitor.lock_ttl_seconds
+        for name, workflow in self.workflows.items():
+            for i, step in enumerate(workflow.steps):
+                action = getattr(step, step.step_type)
+                # Each step attempt refreshes the target's lock once: a longer wait would let it
+                # expire under the run (reconcile would call the run orphaned).
+                if getattr(action, "timeout_seconds", 0) >= ttl:
+                    where = f"workflows.{name}.steps[{i}].{step.step_type}.timeout_seconds"
+                    raise ConfigError(where, f"must be below monitor.lock_ttl_seconds ({ttl:g})")
         for target in self.targets:  # select_workflow(target) finds the target's custom workflow
             target._workflows = self.workflows
         return self
@@ -253,7 +263,7 @@ def format_loc(loc: Sequence[int | str]) -> str:
             out += f"[{part}]"
         elif not isinstance(part, str):  # a non-string key of a dict given to parse_config
             out += f".{clip(part)}" if out else clip(part)
-        elif i > 0 and isinstance(items[i - 1], int) and part in TARGET_KINDS:
+        elif i > 0 and isinstance(items[i - 1], int) and part in TARGET_KINDS and items[0] == "targets":
             continue  # pydantic inserts the discriminator tag; users never wrote it
         elif i > 0 and part in STRATEGY_KINDS and items[i - 1] == "strategy":
             continue  # the strategy union's tag: strategy.<kind>

@@ -25,6 +25,8 @@ from recovery.config.urls import check_http_url
 PLACEHOLDERS = ("target", "reason", "run_id", "workflow")
 PLACEHOLDER_RE = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 PYTHON_REF_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+DEPLOYMENT_RE = re.compile(r"[^/\x00-\x1f\x7f]{1,200}/[^/\x00-\x1f\x7f]{1,200}")
+STEP_NAME_RE = re.compile(r"[a-z0-9_][a-z0-9_-]{0,62}")
 STEP_TYPES = ("builtin", "command", "http", "python", "deployment", "approval")
 MAX_ARG_CHARS = 4096
 MAX_STEPS = 50
@@ -94,11 +96,16 @@ class HttpStep(_Model):
 
 
 class DeploymentStep(_Model):
-    name: str = Field(
-        ..., pattern=r"^[^/\x00-\x1f]{1,200}/[^/\x00-\x1f]{1,200}$", description="'<flow>/<deployment>'."
-    )
+    name: str = Field(..., max_length=401, description="'<flow>/<deployment>'.")
     parameters: dict[str, Any] = Field(default_factory=dict, max_length=MAX_KEYS)
     timeout_seconds: float = Field(600.0, gt=0, le=MAX_TIMEOUT, description="Wait for its final state.")
+
+    @field_validator("name")
+    @classmethod
+    def _flow_slash_deployment(cls, value: str) -> str:
+        if not DEPLOYMENT_RE.fullmatch(value):
+            raise ValueError("expected '<flow name>/<deployment name>'")
+        return value
 
 
 class ApprovalStep(_Model):
@@ -107,7 +114,7 @@ class ApprovalStep(_Model):
 
 
 class StepConfig(_Model):
-    name: str = Field(..., pattern=r"^[a-z0-9_][a-z0-9_-]{0,62}$", description="Step name (audit row).")
+    name: str = Field(..., max_length=63, description="Step name (audit row), [a-z0-9_-].")
     description: str | None = Field(None, max_length=200)
     optional: bool = Field(False, description="A failure is audited but does not fail the run.")
     builtin: str | None = Field(None, max_length=63)
@@ -127,6 +134,13 @@ class StepConfig(_Model):
             rest = {k: v for k, v in data.items() if k not in extra}
             return {**rest, "command": {"argv": data["command"], **extra}}
         return data
+
+    @field_validator("name")
+    @classmethod
+    def _step_name(cls, value: str) -> str:
+        if not STEP_NAME_RE.fullmatch(value):
+            raise ValueError("must be 1-63 characters of a-z, 0-9, '_' and '-', not starting with '-'")
+        return value
 
     @field_validator("python")
     @classmethod
@@ -162,9 +176,10 @@ class WorkflowConfig(_Model):
 
 
 def check_workflow_names(names: list[str]) -> None:
+    """``ValueError(name)`` for the first name that is not a valid workflow name."""
     for name in names:
-        if not re.fullmatch(NAME_PATTERN, name):
-            raise ValueError(f"'{name[:63]}': a workflow name is 1-63 characters of a-z, 0-9 and '-'")
+        if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
+            raise ValueError(name)
 
 
 # Checks that need layers above config (the kinds registry): registered by them, run by
