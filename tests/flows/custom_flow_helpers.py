@@ -61,8 +61,9 @@ def paused_run(api: str, target: str, timeout: float = 60) -> str:
     deadline = time.monotonic() + timeout
     body = {"flow_runs": {"state": {"type": {"any_": ["PAUSED"]}}}, "sort": "START_TIME_DESC", "limit": 20}
     while time.monotonic() < deadline:
-        runs = httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10).json()
-        for run in runs:
+        answer = httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10)
+        # The shared test server answers 503 "database is locked" under load now and then: ask again.
+        for run in answer.json() if answer.status_code == 200 else []:
             if run["parameters"].get("target") == target:
                 return str(run["id"])
         time.sleep(0.3)
@@ -77,9 +78,10 @@ def resume(api: str, flow_run_id: str, run_input: dict[str, Any], timeout: float
         answer = httpx.post(
             f"{api}/flow_runs/{flow_run_id}/resume", json={"run_input": run_input}, timeout=10
         )
-        answer.raise_for_status()
-        if answer.json()["status"] == "ACCEPT":
-            return
+        if answer.status_code < 500:  # 503 "database is locked" from the shared test server: again
+            answer.raise_for_status()
+            if answer.json()["status"] == "ACCEPT":
+                return
         if time.monotonic() > deadline:
             raise AssertionError(f"resume not accepted: {answer.text}")
         time.sleep(0.3)
