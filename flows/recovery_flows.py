@@ -16,8 +16,8 @@ from prefect.client.schemas.objects import State
 
 from flows.admin import RequestedBy, TargetName, Text, run_operation
 from flows.common import RunType, execute_workflow, on_cancelled, on_crashed
-from recovery.config.loader import RecoveryConfig, load_config
-from recovery.config.workflows import add_config_check
+from recovery.config.loader import load_config
+from recovery.config.workflows import on_workflow_names
 from recovery.engine.runtime import RecoveryRequest
 
 
@@ -121,11 +121,11 @@ def flow_for_workflow(name: str) -> Flow[..., Any]:
     return found
 
 
-def _add_config_flows(config: RecoveryConfig) -> None:
-    """Every loaded config's workflows get their flow in ``RECOVERY_FLOWS``, where the monitor
-    looks a decision's workflow up (registered as a config check: runs on every load)."""
-    for name in config.workflows:
+def _add_config_flows(names: list[str]) -> None:
+    """The workflows of every loaded config get their flow in ``RECOVERY_FLOWS``, where the
+    monitor looks a decision's workflow up (configs loaded before this module was imported too)."""
+    for name in names:
         flow_for_workflow(name)
 
 
-add_config_check(_add_config_flows)
+on_workflow_names(_add_config_flows)

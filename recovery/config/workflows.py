@@ -186,6 +186,11 @@ def check_workflow_names(names: list[str]) -> None:
 # ``parse_config`` on every loaded config. Each raises ``ConfigError`` naming the field.
 ConfigCheck = Callable[[Any], None]
 _CHECKS: list[ConfigCheck] = []
+# Layers above that keep something per workflow name (the flows layer: one flow per workflow)
+# hear of every name a valid config defined, including those loaded before they registered.
+NamesListener = Callable[[list[str]], None]
+_LISTENERS: list[NamesListener] = []
+_SEEN: dict[str, None] = {}  # insertion-ordered set of the workflow names of every valid config
 
 
 def add_config_check(check: ConfigCheck) -> None:
@@ -193,6 +198,17 @@ def add_config_check(check: ConfigCheck) -> None:
         _CHECKS.append(check)
 
 
+def on_workflow_names(listener: NamesListener) -> None:
+    """Call ``listener`` with the workflow names seen so far, then with each new name."""
+    if listener not in _LISTENERS:
+        _LISTENERS.append(listener)
+        listener(list(_SEEN))
+
+
 def run_config_checks(config: Any) -> None:
     for check in list(_CHECKS):
         check(config)
+    new = [name for name in config.workflows if name not in _SEEN]
+    _SEEN.update(dict.fromkeys(new))
+    for listener in list(_LISTENERS) if new else ():
+        listener(new)

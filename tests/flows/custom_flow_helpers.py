@@ -15,7 +15,9 @@ REPO = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "recovery_cli.main"]
 
 
-def write_config(path: Path, audit_url: str, url: str, steps: list[dict[str, Any]], name: str) -> Path:
+def write_config(
+    path: Path, audit_url: str, url: str, steps: list[dict[str, Any]], name: str, **extra: Any
+) -> Path:
     """One http target ``name`` whose workflow ``custom`` is ``steps`` (JSON is valid YAML)."""
     config = {
         "audit_url": audit_url,
@@ -31,6 +33,7 @@ def write_config(path: Path, audit_url: str, url: str, steps: list[dict[str, Any
                 "verify": {"consecutive_successes": 2, "interval_seconds": 0.05},
             }
         ],
+        **extra,
     }
     path.write_text(json.dumps(config, indent=1))
     return path

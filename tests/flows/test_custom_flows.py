@@ -16,6 +16,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -81,6 +82,27 @@ def test_command_step_restarts_a_dead_service(
     assert restart["detail"]["stdout"] == f"started on port {port}\n"
     assert step(row, "test_connectivity")["state"] == "succeeded"
     assert healthy(port) and int(pidfile.read_text()) != old_pid  # a new process serves it
+
+
+def test_monitor_recovers_with_the_targets_own_workflow(
+    service: tuple[int, Path], run_cli: Any, sqlite_url: str, tmp_path: Path
+) -> None:
+    """``workflow:`` on a target replaces its kind's default for automatic recoveries too."""
+    port, pidfile = service
+    os.kill(int(pidfile.read_text()), 9)
+    restart = {
+        "name": "restart",
+        "command": [sys.executable, str(SERVICE), str(port), str(pidfile), "--start"],
+    }
+    url = f"http://127.0.0.1:{port}/health"
+    monitor = {"interval_seconds": 1, "failure_threshold": 1}
+    config = write_config(
+        tmp_path / "m.yaml", sqlite_url, url, [restart, *VERIFY], "payments-api", monitor=monitor
+    )
+    result = run_cli("--config", str(config), "monitor", "--once")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "custom of payments-api: succeeded" in result.stdout
+    assert healthy(port)
 
 
 def test_failing_command_is_retried_then_fails_the_run(
