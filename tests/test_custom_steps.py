@@ -7,6 +7,7 @@ and reads the audit rows back.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
@@ -24,8 +25,9 @@ from custom_steps_helpers import (
     step_row,
 )
 
+from recovery.config.workflows import CommandStep
 from recovery.errors import PermanentError, StepFailed
-from recovery.kinds.custom import substitute, substitute_json
+from recovery.kinds.custom import run_command, substitute, substitute_json
 
 SECRET = "s3cr3t-hook-token-4711"
 
@@ -162,3 +164,20 @@ async def test_python_steps_sync_off_the_loop_and_async(sqlite_url: str) -> None
         ("promote", "succeeded"),
         ("broken", "failed"),
     ]
+
+
+async def test_cancelling_a_command_kills_its_process_group(tmp_path: Path) -> None:
+    pidfile = tmp_path / "leader.pid"
+    script = f"import os, time\nopen({str(pidfile)!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)\n"
+    spec = CommandStep(argv=[sys.executable, "-c", script], timeout_seconds=120)
+    values = {"target": "t", "reason": "", "run_id": "r", "workflow": "w"}
+    running = asyncio.ensure_future(run_command(spec, values))
+    deadline = time.monotonic() + 20
+    while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    pid = int(pidfile.read_text())
+    assert alive(pid)
+    running.cancel()  # the flow run was cancelled (or the CLI got SIGTERM)
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert not alive(pid)
