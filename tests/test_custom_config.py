@@ -184,3 +184,22 @@ def test_cli_exits_2_naming_the_field(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "workflows.restart-api.steps[4].builtin: unknown builtin step 'test_connectivty'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_recover_deployment_offers_config_workflows_for_the_kinds_they_recover() -> None:
+    from deployments.schemas import caller_schema
+
+    config = parse_config({**with_steps(VERIFY), "targets": [HTTP, DB]})
+    flow_schema = {
+        "properties": {
+            "target": {"type": "string"},
+            "workflow": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+        }
+    }
+    schema = caller_schema(flow_schema, config)
+    assert "restart-api" in schema["properties"]["workflow"]["anyOf"][0]["enum"]
+    by_target = {
+        r["if"]["properties"]["target"]["enum"][0]: r["then"]["properties"]["workflow"]["enum"]
+        for r in schema["allOf"]
+    }
+    assert "restart-api" in by_target["payments-api"] and "restart-api" in by_target["orders-db"]

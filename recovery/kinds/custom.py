@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import importlib
 import inspect
+import json
 import logging
 import os
 import signal
@@ -270,7 +271,7 @@ def deployment_step(spec: DeploymentStep) -> tuple[StepFn, Shows]:
         return await orchestrator("deployment").run_deployment(spec.name, params, spec.timeout_seconds)
 
     def shows(values: Mapping[str, str]) -> str:
-        params = redact(str(substitute_json(spec.parameters, values)))
+        params = redact(json.dumps(substitute_json(spec.parameters, values), default=str))
         return f"deployment: {spec.name} {params} (timeout {spec.timeout_seconds:g}s)"
 
     return run, shows
