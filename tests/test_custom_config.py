@@ -203,3 +203,15 @@ def test_recover_deployment_offers_config_workflows_for_the_kinds_they_recover()
         for r in schema["allOf"]
     }
     assert "restart-api" in by_target["payments-api"] and "restart-api" in by_target["orders-db"]
+
+
+def test_env_values_in_workflows_are_secrets_in_the_plan(monkeypatch: pytest.MonkeyPatch) -> None:
+    from recovery.engine.workflows import describe_plan
+
+    monkeypatch.setenv("DEPLOY_TOKEN", "tok-argv-secret-8812")
+    argv = ["deployctl", "--token", "${DEPLOY_TOKEN}", "restart", "{target}", "{reason}"]
+    config = parse_config(with_steps({"name": "restart", "command": argv}, workflow="restart-api"))
+    target = config.targets[0]
+    plan = "\n".join(describe_plan(config, target, select_workflow(target), reason="oom"))
+    assert "command: deployctl --token *** restart payments-api oom (timeout 60s)" in plan
+    assert "tok-argv-secret-8812" not in plan

@@ -314,6 +314,8 @@ def parse_config(data: Any, source: str = NO_FILE) -> RecoveryConfig:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(clip(source), "expected a mapping at the top level")
+    # ``${VAR}`` values in workflows (a token in argv, a JSON body) are secrets wherever they land.
+    register_secrets(os.environ.get(name) for name in ENV_NAME_RE.findall(str(data.get("workflows", ""))))
     data, unresolved = expand_lazily(data, clip(source))
     try:
         config = RecoveryConfig.model_validate(data)
