@@ -181,3 +181,13 @@ async def test_cancelling_a_command_kills_its_process_group(tmp_path: Path) -> N
     with pytest.raises(asyncio.CancelledError):
         await running
     assert not alive(pid)
+
+
+async def test_http_step_percent_encodes_placeholders_in_the_url(sqlite_url: str) -> None:
+    with recording_server() as (base, requests):
+        config = config_with(
+            sqlite_url, [{"name": "notify", "http": {"url": base + "/incident/{reason}?t={target}"}}]
+        )
+        rt = begin(config, reason="../admin?drop=1#x")
+        await rt.run_step("notify", 1)
+    assert requests[0]["path"] == "/incident/..%2Fadmin%3Fdrop%3D1%23x?t=payments-api"

@@ -24,6 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -170,8 +171,14 @@ def command_step(spec: CommandStep) -> tuple[StepFn, Shows]:
 # --- http ----------------------------------------------------------------------------------------
 
 
+def url_with(template: str, values: Mapping[str, str]) -> str:
+    """The URL with the placeholders filled in percent-encoded: a reason holding ``/``, ``?``
+    or ``#`` stays one path segment or value, never another path or query."""
+    return substitute(template, {k: quote(v, safe="") for k, v in values.items()})
+
+
 async def send_request(spec: HttpStep, values: Mapping[str, str]) -> Detail:
-    url = substitute(spec.url, values)
+    url = url_with(spec.url, values)
     kwargs: dict[str, Any] = {"headers": spec.headers}
     if spec.json_ is not None:
         kwargs["json"] = substitute_json(spec.json_, values)
@@ -200,7 +207,7 @@ def http_step(spec: HttpStep) -> tuple[StepFn, Shows]:
         return await send_request(spec, placeholder_values(ctx))
 
     def shows(values: Mapping[str, str]) -> str:
-        return f"http: {spec.method} {redact_url(substitute(spec.url, values))}"
+        return f"http: {spec.method} {redact_url(url_with(spec.url, values))}"
 
     return run, shows
 
