@@ -43,8 +43,9 @@ from recovery.config.strategy import (
 from recovery.config.workflows import (
     MAX_WORKFLOWS,
     WorkflowConfig,
-    check_workflow_names,
+    check_workflows,
     run_config_checks,
+    workflow_secrets,
 )
 from recovery.errors import ConfigError, clip
 from recovery.redact import register_secrets, register_url
@@ -208,20 +209,7 @@ class RecoveryConfig(_Model):
 
     @model_validator(mode="after")
     def _known_workflows(self) -> RecoveryConfig:
-        try:
-            check_workflow_names(list(self.workflows))
-        except ValueError as exc:
-            why = "a workflow name is 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"
-            raise ConfigError(f"workflows.{clip(exc.args[0])}", why) from None
-        ttl = self.monitor.lock_ttl_seconds
-        for name, workflow in self.workflows.items():
-            for i, step in enumerate(workflow.steps):
-                action = getattr(step, step.step_type)
-                # Each step attempt refreshes the target's lock once: a longer wait would let it
-                # expire under the run (reconcile would call the run orphaned).
-                if getattr(action, "timeout_seconds", 0) >= ttl:
-                    where = f"workflows.{name}.steps[{i}].{step.step_type}.timeout_seconds"
-                    raise ConfigError(where, f"must be below monitor.lock_ttl_seconds ({ttl:g})")
+        check_workflows(self.workflows, self.monitor.lock_ttl_seconds)
         for target in self.targets:  # select_workflow(target) finds the target's custom workflow
             target._workflows = self.workflows
         return self
@@ -343,13 +331,9 @@ def _register_config_secrets(config: RecoveryConfig) -> None:
     for target in config.targets:
         urls += target.urls()
         register_secrets(target.secret_values())
-    for workflow in config.workflows.values():  # a hook's token, a command's env
-        for step in workflow.steps:
-            if step.http is not None:
-                urls.append(step.http.url)
-                register_secrets(step.http.headers.values())
-            if step.command is not None and step.command.env:
-                register_secrets(step.command.env.values())
+    step_urls, step_secrets = workflow_secrets(config.workflows)  # a hook's URL, a command's env
+    urls += step_urls
+    register_secrets(step_secrets)
     for url in urls:
         register_url(url)
 

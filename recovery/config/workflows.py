@@ -20,6 +20,7 @@ from pydantic import Field, field_validator, model_validator
 from recovery.config.limits import MAX_KEYS, MAX_LIST, MAX_TIMEOUT
 from recovery.config.targets import NAME_PATTERN, _Model
 from recovery.config.urls import check_http_url
+from recovery.errors import ConfigError, clip
 
 # The four names substituted in argv, url, json/body strings and messages; nothing else is.
 PLACEHOLDERS = ("target", "reason", "run_id", "workflow")
@@ -175,11 +176,33 @@ class WorkflowConfig(_Model):
         return self
 
 
-def check_workflow_names(names: list[str]) -> None:
-    """``ValueError(name)`` for the first name that is not a valid workflow name."""
-    for name in names:
+def check_workflows(workflows: dict[str, WorkflowConfig], lock_ttl_seconds: float) -> None:
+    """``ConfigError`` for a bad workflow name or a step that may wait as long as the lock lives:
+    each step attempt refreshes the target's lock once, so a longer wait would let it expire
+    under the run (reconcile would call the run orphaned)."""
+    for name, workflow in workflows.items():
         if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
-            raise ValueError(name)
+            why = "a workflow name is 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"
+            raise ConfigError(f"workflows.{clip(name)}", why)
+        for i, step in enumerate(workflow.steps):
+            if getattr(getattr(step, step.step_type), "timeout_seconds", 0) >= lock_ttl_seconds:
+                where = f"workflows.{name}.steps[{i}].{step.step_type}.timeout_seconds"
+                raise ConfigError(where, f"must be below monitor.lock_ttl_seconds ({lock_ttl_seconds:g})")
+
+
+def workflow_secrets(workflows: dict[str, WorkflowConfig]) -> tuple[list[str], list[str]]:
+    """The URLs (their paths and queries are secrets) and the header and env values of the
+    steps, for ``recovery.redact``."""
+    urls: list[str] = []
+    values: list[str] = []
+    for workflow in workflows.values():
+        for step in workflow.steps:
+            if step.http is not None:
+                urls.append(step.http.url)
+                values += step.http.headers.values()
+            if step.command is not None and step.command.env:
+                values += step.command.env.values()
+    return urls, values
 
 
 # Checks that need layers above config (the kinds registry): registered by them, run by
