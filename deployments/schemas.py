@@ -43,10 +43,10 @@ def _choices(props: dict[str, Any], name: str, values: list[Any]) -> None:
 
 
 def _kind_workflows(config: RecoveryConfig) -> dict[str, list[str]]:
-    """Configured kinds -> their workflows, in registry order."""
+    """Configured kinds -> their workflows, in registry order, then the config's own (``workflows:``)."""
     present = {t.kind for t in config.targets}
     out: dict[str, list[str]] = {}
-    for spec in workflows().values():
+    for spec in workflows(config).values():
         for kind in spec.kinds:
             if kind in present:
                 out.setdefault(kind, []).append(spec.name)

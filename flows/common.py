@@ -13,6 +13,7 @@ from prefect.runtime import flow_run as current_flow_run
 from prefect.states import Failed
 
 from flows import signals
+from flows.orchestration import install_orchestrator
 from recovery.blocking import blocking_to_end
 from recovery.config.loader import RecoveryConfig, load_config
 from recovery.engine.lifecycle import Phase, RunDetails, add_hook, emit
@@ -61,6 +62,7 @@ async def board_hook(details: RunDetails) -> None:
 
 def install_hooks() -> None:
     install_log_redaction()
+    install_orchestrator()  # deployment and approval steps (recovery.kinds.orchestrator)
     add_hook(log_hook)
     add_hook(board_hook)
     signals.install_hooks()
@@ -110,6 +112,7 @@ async def execute_workflow(
             raise
         state: RunState = RunState.FAILED
         error: BaseException | None = None
+        refusal: RecoveryRefused | None = None
         try:
             # Inside the try: a cancellation while the start is reported still finishes the run.
             await emit(RunDetails(Phase.STARTED, rt.target.name, workflow, run_type, rt.run_id))
@@ -117,11 +120,15 @@ async def execute_workflow(
                 try:
                     detail = await step_task(planned)(rt, name)
                     logger.info("step %s: %s", name, "skipped" if detail is None else detail)
+                except RecoveryRefused:
+                    raise  # an approval said no, or nobody answered: never skipped as optional
                 except Exception as exc:
                     if not planned.step.optional:
                         raise
                     logger.warning("optional step %s failed, continuing: %s", name, redact(str(exc)))
             state = RunState.SUCCEEDED
+        except RecoveryRefused as exc:  # ApprovalRefused: the run ends refused, with the reason
+            state, error, refusal = RunState.REFUSED, exc, exc
         except asyncio.CancelledError as exc:
             state, error = RunState.CANCELLED, exc
             raise
@@ -129,8 +136,11 @@ async def execute_workflow(
             error = exc
             raise
         finally:
-            final = outcome(state, error=error)
+            why = {"reason": refusal.reason} if refusal is not None else {}
+            final = outcome(state, error=error, **why)
             await rt.afinish(state, error)  # off the loop; completes even while cancelled
+        if refusal is not None:
+            return refused_state(refusal.reason)
         return {"run_id": rt.run_id, "target": rt.target.name, "workflow": workflow, "state": "succeeded"}
     finally:
         if final is not None:

@@ -62,9 +62,8 @@ async def recover(
     if dry_run:
         workflow_name = validate_request(config, request)
         run_id = await blocking(record_dry_run, config, request)
-        plan = describe_plan(
-            config, config.target(target), workflow_named(workflow_name, config.target(target))
-        )
+        chosen = config.target(target)
+        plan = describe_plan(config, chosen, workflow_named(workflow_name, chosen, config), reason)
         logger.info("dry run of %s:\n%s", target, "\n".join(plan))
         return {
             "run_id": run_id,

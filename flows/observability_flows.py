@@ -38,7 +38,9 @@ async def recovery_stats(since: Window = "24h") -> list[dict[str, Any]]:
     """
     install_log_redaction()
     until = datetime.now(UTC)
-    report = await compute_stats(load_config(), until - parse_window(since), until, RECOVERY_FLOW_NAMES)
+    config = load_config()
+    flow_names = [*RECOVERY_FLOW_NAMES, *config.workflows]  # + the flows of config-defined workflows
+    report = await compute_stats(config, until - parse_window(since), until, flow_names)
     await publish_stats(report)
     unaudited = sum(g.unaudited for g in report.groups)
     get_run_logger().info(

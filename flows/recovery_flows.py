@@ -17,6 +17,7 @@ from prefect.client.schemas.objects import State
 from flows.admin import RequestedBy, TargetName, Text, run_operation
 from flows.common import RunType, execute_workflow, on_cancelled, on_crashed
 from recovery.config.loader import load_config
+from recovery.config.workflows import on_workflow_names
 from recovery.engine.runtime import RecoveryRequest
 
 
@@ -109,3 +110,22 @@ OPERATION_FLOWS: dict[str, Flow[..., Any]] = {
     "clear-cache": clear_cache,
     "reconnect-database": reconnect_database,
 }
+
+
+def flow_for_workflow(name: str) -> Flow[..., Any]:
+    """The automatic-recovery flow of workflow ``name``: a built-in one, or (made once per name)
+    the flow of a config-defined workflow (``workflows:``), same signature, same hooks."""
+    found = RECOVERY_FLOWS.get(name)
+    if found is None:
+        found = RECOVERY_FLOWS[name] = _workflow_flow(name, f"Config-defined workflow {name}.")
+    return found
+
+
+def _add_config_flows(names: list[str]) -> None:
+    """The workflows of every loaded config get their flow in ``RECOVERY_FLOWS``, where the
+    monitor looks a decision's workflow up (configs loaded before this module was imported too)."""
+    for name in names:
+        flow_for_workflow(name)
+
+
+on_workflow_names(_add_config_flows)

@@ -4,11 +4,13 @@
     ├── ConfigError               bad config/argument; ``field`` names the offending path (CLI exit 2)
     ├── TemporaryError            a step failed but may succeed if retried (Prefect retries it)
     │   ├── ProbeFailed           a verification probe did not pass
+    │   ├── StepFailed            a custom step's command/request/deployment failed (+ detail)
     │   └── StateUnavailable      shared state (Redis) could not be reached
     ├── PermanentError            retrying cannot help; the recovery fails at once
     │   ├── IntegrityCheckFailed  a post-recovery check found damage (never "fixed" blindly)
     │   └── EscalationRequired    a person must act (rate-limit reset beyond max_wait_seconds)
     └── RecoveryRefused           a recovery was not started (lock held, budget exhausted, ...)
+        └── ApprovalRefused       an approval step was rejected or timed out (+ detail)
 
 Temporary vs permanent follows kopf: the task wrapper retries only ``TemporaryError``; anything
 else (including ``PermanentError``) fails the step on its first attempt.
@@ -88,6 +90,15 @@ class StateUnavailable(TemporaryError):
     """The shared state backend (Redis) is unreachable."""
 
 
+class StepFailed(TemporaryError):
+    """A custom step's action failed (exit code, HTTP status, deployment state); retried with the
+    target's strategy. ``detail`` (redacted: exit code, output tail...) goes into its step row."""
+
+    def __init__(self, message: str, detail: dict[str, Any]) -> None:
+        self.detail = detail
+        super().__init__(message)
+
+
 class PermanentError(RecoveryError):
     """A failure that retrying cannot fix; the step fails on its first attempt."""
 
@@ -110,4 +121,13 @@ class RecoveryRefused(RecoveryError):
     def __init__(self, reason: str, escalate: bool = False) -> None:
         self.reason = redact(reason)
         self.escalate = escalate
+        super().__init__(reason)
+
+
+class ApprovalRefused(RecoveryRefused):
+    """An approval step was rejected or timed out: the run ends ``refused``; ``detail`` (approver,
+    comment) goes into the step row."""
+
+    def __init__(self, reason: str, detail: dict[str, Any]) -> None:
+        self.detail = detail
         super().__init__(reason)

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import recovery.engine.custom  # noqa: F401  (registers the workflows: checks every config load runs)
 from recovery.errors import ConfigError, RecoveryError, clip
 from recovery.redact import redact
 from recovery_cli.common import (

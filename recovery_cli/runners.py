@@ -150,7 +150,8 @@ def cmd_recover(args: argparse.Namespace) -> int:
     target = config.target(args.target)
     if args.dry_run:
         run_id = record_dry_run(config, request)
-        print("\n".join(describe_plan(config, target, workflow_named(workflow, target))))
+        spec = workflow_named(workflow, target, config)
+        print("\n".join(describe_plan(config, target, spec, args.reason)))
         print(f"dry run recorded as {run_id}; nothing was touched")
         return EXIT_OK
     prefect_environment()

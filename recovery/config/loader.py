@@ -40,6 +40,13 @@ from recovery.config.strategy import (
     StrategyConfig,
     check_not_above,
 )
+from recovery.config.workflows import (
+    MAX_WORKFLOWS,
+    WorkflowConfig,
+    check_workflows,
+    run_config_checks,
+    workflow_secrets,
+)
 from recovery.errors import ConfigError, clip
 from recovery.redact import register_secrets, register_url
 
@@ -182,6 +189,9 @@ class RecoveryConfig(_Model):
     )
     # fail_fast: one bad target is enough to report; the others need no error objects.
     targets: list[TargetConfig] = Field(default_factory=list, max_length=MAX_TARGETS, fail_fast=True)
+    workflows: dict[str, WorkflowConfig] = Field(
+        default_factory=dict, max_length=MAX_WORKFLOWS, description="Custom workflows by name."
+    )
     # Targets set aside because a ${VAR} of theirs is unset: name -> the error naming it.
     _unresolved: dict[str, ConfigError] = PrivateAttr(default_factory=dict)
 
@@ -195,6 +205,13 @@ class RecoveryConfig(_Model):
             if target.name in seen:
                 raise ConfigError(f"targets[{i}].name", f"duplicate target name '{clip(target.name)}'")
             seen.add(target.name)
+        return self
+
+    @model_validator(mode="after")
+    def _known_workflows(self) -> RecoveryConfig:
+        check_workflows(self.workflows, self.monitor.lock_ttl_seconds)
+        for target in self.targets:  # select_workflow(target) finds the target's custom workflow
+            target._workflows = self.workflows
         return self
 
     def target(self, name: str) -> TargetConfig:
@@ -234,7 +251,7 @@ def format_loc(loc: Sequence[int | str]) -> str:
             out += f"[{part}]"
         elif not isinstance(part, str):  # a non-string key of a dict given to parse_config
             out += f".{clip(part)}" if out else clip(part)
-        elif i > 0 and isinstance(items[i - 1], int) and part in TARGET_KINDS:
+        elif i > 0 and isinstance(items[i - 1], int) and part in TARGET_KINDS and items[0] == "targets":
             continue  # pydantic inserts the discriminator tag; users never wrote it
         elif i > 0 and part in STRATEGY_KINDS and items[i - 1] == "strategy":
             continue  # the strategy union's tag: strategy.<kind>
@@ -285,6 +302,8 @@ def parse_config(data: Any, source: str = NO_FILE) -> RecoveryConfig:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(clip(source), "expected a mapping at the top level")
+    # ``${VAR}`` values in workflows (a token in argv, a JSON body) are secrets wherever they land.
+    register_secrets(os.environ.get(name) for name in ENV_NAME_RE.findall(str(data.get("workflows", ""))))
     data, unresolved = expand_lazily(data, clip(source))
     try:
         config = RecoveryConfig.model_validate(data)
@@ -300,6 +319,7 @@ def parse_config(data: Any, source: str = NO_FILE) -> RecoveryConfig:
         raise ConfigError("targets", f"duplicate target name '{clip(name)}'")
     config._unresolved = unresolved
     _register_config_secrets(config)
+    run_config_checks(config)  # builtin step names, workflow names (recovery.engine.custom)
     state_url = config.state_url.get_secret_value() if config.state_url else None
     check_state_keyspace(state_url, config.targets)  # destructive patterns stay off the state keys
     return _resolve_spool(config, source)
@@ -311,6 +331,9 @@ def _register_config_secrets(config: RecoveryConfig) -> None:
     for target in config.targets:
         urls += target.urls()
         register_secrets(target.secret_values())
+    step_urls, step_secrets = workflow_secrets(config.workflows)  # a hook's URL, a command's env
+    urls += step_urls
+    register_secrets(step_secrets)
     for url in urls:
         register_url(url)
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Sequence
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     field_validator,
     model_validator,
@@ -139,6 +140,8 @@ class _TargetBase(_Model):
     strategy: StrategyConfig | None = Field(None, description="Retry strategy; default: top level.")
     verify: VerifyConfig = Field(default_factory=lambda: VerifyConfig())
     breaker: BreakerConfig = Field(default_factory=lambda: BreakerConfig())
+    workflow: str | None = Field(None, max_length=63, description="Replaces the kind's default workflow.")
+    _workflows: Any = PrivateAttr(None)  # the config's ``workflows:``, set by RecoveryConfig
 
 
 class HttpTarget(_TargetBase):

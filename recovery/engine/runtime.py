@@ -81,6 +81,8 @@ class RecoveryRuntime:
         self.run_id = run_id
         self.owner = owner
         self.options: dict[str, str] = {}  # the request's workflow parameters
+        self.workflow = spec.name
+        self.reason: str | None = None  # the request's reason, else what the monitor detected
         self.breaker_closed_by_us = False  # set when our reset step closed the breaker
         # ``plan``: what admission computed from the target's history (adaptive strategies).
         self.plans: dict[str, PlannedStepRetry] = {
@@ -100,7 +102,11 @@ class RecoveryRuntime:
         if request.run_type not in RunType.__members__.values():
             raise PermanentError(f"invalid recovery type {request.run_type!r}")
         target = config.target(request.target)
-        spec = workflow_named(request.workflow, target) if request.workflow else select_workflow(target)
+        spec = (
+            workflow_named(request.workflow, target, config)
+            if request.workflow
+            else select_workflow(target, config=config)
+        )
         services = services_for(config)
         audit, state = services.audit, services.state
         run_id = run_id or str(uuid.uuid4())
@@ -131,6 +137,7 @@ class RecoveryRuntime:
         rt = cls(config, target, spec, state, audit, run_id, owner, plan=admission.plan)
         rt.admission = admission
         rt.options = dict(request.options or {})
+        rt.reason = request.reason or request.detected_reason
         try:
             audit.start_run(
                 run_id=run_id,
@@ -192,10 +199,13 @@ class RecoveryRuntime:
         except TemporaryError as exc:
             if attempt < planned.plan.max_attempts:
                 raise  # the step stays "running"; Prefect retries after the planned delay
-            await blocking(self.audit.step_finished, self.run_id, name, "failed", exc)
+            detail = getattr(exc, "detail", None)
+            await blocking(self.audit.step_finished, self.run_id, name, "failed", exc, detail=detail)
             raise
         except Exception as exc:
-            await blocking(self.audit.step_finished, self.run_id, name, "failed", exc)
+            # A custom step's failure carries its detail (exit code, output tail, approver).
+            detail = getattr(exc, "detail", None)
+            await blocking(self.audit.step_finished, self.run_id, name, "failed", exc, detail=detail)
             raise
         outcome = "skipped" if detail is None else "succeeded"
         await blocking(self.audit.step_finished, self.run_id, name, outcome, detail=detail)
@@ -284,7 +294,11 @@ def record_dry_run(
     """Audit a dry run: the plan is recorded, nothing is locked or touched. ``details``: what a
     step found without acting (clear-cache's count), kept on its skipped step row."""
     target = config.target(request.target)
-    spec = workflow_named(request.workflow, target) if request.workflow else select_workflow(target)
+    spec = (
+        workflow_named(request.workflow, target, config)
+        if request.workflow
+        else select_workflow(target, config=config)
+    )
     audit = services_for(config).audit
     # Written in_progress first when steps carry details: a finished row's steps are final.
     run_id = audit.start_run(

@@ -59,7 +59,11 @@ def validate_request(config: RecoveryConfig, request: RecoveryRequest) -> str:
     for field in ("requested_by", "reason"):
         if (value := getattr(request, field)) is not None:
             check_text(field, value)
-    spec = workflow_named(request.workflow, target) if request.workflow else select_workflow(target)
+    spec = (
+        workflow_named(request.workflow, target, config)
+        if request.workflow
+        else select_workflow(target, config=config)
+    )
     return spec.name
 
 

@@ -82,6 +82,12 @@ class StepContext(Protocol):
     @property
     def run_id(self) -> str: ...
 
+    @property
+    def workflow(self) -> str: ...  # the running workflow's name
+
+    @property
+    def reason(self) -> str | None: ...  # the request's reason, else what the monitor detected
+
     async def probe(self) -> ProbeResult:
         """Probe this target once, with the same prober the monitor uses."""
         ...
@@ -102,6 +108,9 @@ class StepSpec:
     run: StepFn = field(repr=False, compare=False)
     optional: bool = False  # an optional step's failure is audited but does not fail the run
     retryable: bool = True  # False: one attempt only (diagnostics)
+    # Config-defined steps: what ``--dry-run`` shows of the resolved action (argv, URL, deployment;
+    # redacted), given the placeholder values (``recovery.kinds.custom``).
+    shows: Callable[[Mapping[str, str]], str] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
