@@ -69,13 +69,16 @@ class Api:
             time.sleep(0.5)
 
 
-def _start_server(home: Path, auth: bool) -> tuple[subprocess.Popen[bytes], str]:
+def _start_server(home: Path, auth: bool, ui: bool = False) -> tuple[subprocess.Popen[bytes], str]:
+    """A `prefect server start` on a free loopback port; ``ui``: also serve the UI (which calls
+    the API at ``PREFECT_SERVER_UI_API_URL``)."""
     port = free_port()
     env = {
         **os.environ,
         "PREFECT_HOME": str(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_UI_ENABLED": str(ui).lower(),
+        "PREFECT_SERVER_UI_API_URL": f"http://127.0.0.1:{port}/api",
         "PREFECT_API_URL": "",
     }
     if auth:
