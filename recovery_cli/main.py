@@ -122,7 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--reason", type=text, required=reason_required, help="why (audited)")
         return p
 
-    admin("reset-breaker", "close TARGET's circuit breaker now (audited)", cmd_reset_breaker, True)
+    p = admin(
+        "reset-breaker", "close TARGET's circuit breaker if it answers (audited)", cmd_reset_breaker, True
+    )
+    p.add_argument("--force", action="store_true", help="reset even though TARGET's probe fails (audited)")
     p = admin("clear-cache", "delete a cache target's keys (audited manual operation)", cmd_clear_cache)
     p.add_argument(
         "--pattern",

@@ -282,7 +282,7 @@ def cmd_reset_breaker(args: argparse.Namespace) -> int:
     prefect_environment()
     from flows.breaker_flows import reset_circuit_breaker
 
-    return _run_flow(args, config, reset_circuit_breaker, "reset-circuit-breaker", None)
+    return _run_flow(args, config, reset_circuit_breaker, "reset-circuit-breaker", None, force=args.force)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
