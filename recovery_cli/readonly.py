@@ -69,8 +69,10 @@ def cmd_history(args: argparse.Namespace) -> int:
     from recovery.services import services_for
 
     config = load_config(args.config)
-    if args.target:
-        config.target(args.target)  # unknown target -> exit 2 naming it
+    # An unknown target -> exit 2 naming it. A target with an unset ${VAR} is known: its history
+    # is audit rows only, which need none of its secrets.
+    if args.target and args.target not in config.unresolved:
+        config.target(args.target)
     runs = services_for(config).audit.history(args.target, args.limit)
     if args.json:
         print_json([r.as_json() for r in runs])
