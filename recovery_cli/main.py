@@ -46,6 +46,7 @@ from recovery_cli.runners import (
     cmd_clear_cache,
     cmd_demo,
     cmd_monitor,
+    cmd_publish_schemas,
     cmd_reconnect_database,
     cmd_recover,
     cmd_reset_breaker,
@@ -143,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=port_number, help="expose Prometheus metrics on this port")
     p.add_argument(
         "--metrics-host", type=host, help=f"address the metrics port binds (default {DEFAULT_METRICS_HOST})"
+    )
+    command(
+        "publish-schemas",
+        "after `prefect deploy`: publish the config's choices and rules in the deployments' schemas",
+        cmd_publish_schemas,
     )
     p = command("demo", "watch a flaky local service fail and be recovered", cmd_demo, json=False)
     p.add_argument("--keep", action="store_true", help="keep the demo's temp directory")
