@@ -56,6 +56,9 @@ def format_run(run: Any) -> list[str]:
     duration = f"{run.duration_seconds:.2f}s" if run.duration_seconds is not None else "-"
     flag = " (dry run)" if run.dry_run else ""
     lines = [f"{started}  {run.target}  {run.workflow}  {run.type}  {run.state}{flag}  {duration}"]
+    attempt = run.id.rpartition(".")[2] if "." in run.id else None
+    if attempt and run.flow_run_id:  # a retry (the UI's Retry): its link to the earlier attempts
+        lines[0] += f"  attempt {attempt} of flow run {run.flow_run_id}"
     if run.error_message:
         lines.append(f"    error: {run.error_type}: {run.error_message}")
     for step in run.steps:
