@@ -146,8 +146,23 @@ def test_recover_custom_run_form_in_chromium(browser: Any, ui: tuple[Api, str], 
     assert options == ["payments-api", "search-api"]
     Select(select).select_by_value("payments-api")
     d.find_element(By.XPATH, _prop("requested_by") + "//textarea").send_keys("browser-admin")
-    # Every field shows its help text (the flow docstring's Args, through the schema).
+    # Every field shows its help text (the flow docstring's Args, through the schema), `type` is a
+    # choice of manual/emergency, and no internal parameter is on the form.
     assert "Who asks (audited)" in d.find_element(By.XPATH, _prop("requested_by")).text
+    kinds = Select(d.find_element(By.XPATH, _prop("type") + "//select[option]"))
+    assert [o.get_attribute("value") for o in kinds.options] == ["manual", "emergency"]
+    labels = [
+        e.text for e in d.find_elements(By.XPATH, "//span[contains(@class,'schema-form-property__label')]")
+    ]
+    assert [label.split(" ")[0] for label in labels] == [
+        "target",
+        "requested_by",
+        "type",
+        "reason",
+        "workflow",
+        "dry_run",
+        "request_id",
+    ]
     run_name = d.find_element(By.XPATH, "//label[normalize-space()='Run Name']/following::input[1]")
     run_name = run_name.get_attribute("value")
     d.save_screenshot(str(tmp_path / "recover-form.png"))
