@@ -73,7 +73,12 @@ def ui(
         "     verify: {consecutive_successes: 1, interval_seconds: 0}}\n"
         f"  - {{name: search-api, kind: http, url: '{fault_server.url}/health', timeout_seconds: 1}}\n"
     )
-    env = {**os.environ, "PREFECT_API_URL": base, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": base,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_RUNNER_POLL_FREQUENCY": "2",  # pick the submitted run up in 2 s, not 10
+    }
     env.pop("RECOVERY_CONFIG", None)
     worker = subprocess.Popen(
         [sys.executable, "-m", "recovery_cli.main", "--config", str(config), "serve", "--limit", "2"],
@@ -108,10 +113,12 @@ def _text(text: str) -> str:
 
 
 def _prop(name: str) -> str:
-    """XPath of the schema form's field ``name`` (label and input share this block)."""
+    """XPath of the schema form's field ``name`` (label and input share this block); an optional
+    field's label reads ``name (Optional)``."""
     return (
-        "//div[contains(@class,'schema-form-property')][.//span[contains(@class,"
-        f"'schema-form-property__label') and normalize-space()='{name}']]"
+        "//div[contains(concat(' ', @class, ' '), ' schema-form-property ')][.//span[contains(@class,"
+        f"'schema-form-property__label') and (normalize-space()='{name}' or "
+        f"starts-with(normalize-space(), '{name} ('))]]"
     )
 
 
