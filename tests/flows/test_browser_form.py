@@ -208,3 +208,15 @@ def test_recover_custom_run_form_in_chromium(browser: Any, ui: tuple[Api, str], 
         "browser-admin",
         "succeeded",
     )
+
+
+def test_missing_chromium_fails_under_ci_and_skips_elsewhere(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "CHROMIUM", tmp_path / "no-chromium")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="no-chromium missing"):
+        _driver()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="no-chromium missing"):
+        _driver()
