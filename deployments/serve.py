@@ -62,7 +62,7 @@ DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
     DeploymentSpec(
         "reset-circuit-breaker",
         "flows.breaker_flows:reset_circuit_breaker",
-        "Close a target's circuit breaker, audited (/circuit-breaker/reset).",
+        "Close a target's circuit breaker if its probe passes (or forced), audited (/circuit-breaker/reset).",
     ),
     DeploymentSpec(
         "circuit-breaker-status",

@@ -94,6 +94,28 @@ async def gate(
     return run_id, None
 
 
+async def refuse_admitted(
+    config: RecoveryConfig, request: RecoveryRequest, workflow: str, run_id: str, reason: str
+) -> State[Any]:
+    """Audit a request the gate let through as ``refused`` after all (e.g. the target failed a
+    pre-check), announce it, and return the ``Refused`` state the run ends in."""
+    flow_run_id = str(current_flow_run.id)
+    await blocking(refuse, services_for(config).audit, request, workflow, reason, run_id, flow_run_id)
+    install_hooks()
+    await emit(
+        RunDetails(
+            Phase.FINISHED,
+            request.target,
+            workflow,
+            RunType(request.run_type),
+            run_id,
+            RunState.REFUSED,
+            reason=reason,
+        )
+    )
+    return refused_state(reason)
+
+
 async def run_operation(
     config: RecoveryConfig, request: RecoveryRequest, request_id: str | None = None
 ) -> dict[str, Any] | State[Any]:

@@ -47,6 +47,7 @@ from recovery_cli.runners import (
     cmd_clear_cache,
     cmd_demo,
     cmd_monitor,
+    cmd_publish_schemas,
     cmd_reconnect_database,
     cmd_recover,
     cmd_reset_breaker,
@@ -123,7 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--reason", type=text, required=reason_required, help="why (audited)")
         return p
 
-    admin("reset-breaker", "close TARGET's circuit breaker now (audited)", cmd_reset_breaker, True)
+    p = admin(
+        "reset-breaker", "close TARGET's circuit breaker if it answers (audited)", cmd_reset_breaker, True
+    )
+    p.add_argument("--force", action="store_true", help="reset even though TARGET's probe fails (audited)")
     p = admin("clear-cache", "delete a cache target's keys (audited manual operation)", cmd_clear_cache)
     p.add_argument(
         "--pattern",
@@ -141,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=port_number, help="expose Prometheus metrics on this port")
     p.add_argument(
         "--metrics-host", type=host, help=f"address the metrics port binds (default {DEFAULT_METRICS_HOST})"
+    )
+    command(
+        "publish-schemas",
+        "after `prefect deploy`: publish the config's choices and rules in the deployments' schemas",
+        cmd_publish_schemas,
     )
     p = command("demo", "watch a flaky local service fail and be recovered", cmd_demo, json=False)
     p.add_argument("--keep", action="store_true", help="keep the demo's temp directory")

@@ -56,6 +56,9 @@ def format_run(run: Any) -> list[str]:
     duration = f"{run.duration_seconds:.2f}s" if run.duration_seconds is not None else "-"
     flag = " (dry run)" if run.dry_run else ""
     lines = [f"{started}  {run.target}  {run.workflow}  {run.type}  {run.state}{flag}  {duration}"]
+    attempt = run.id.rpartition(".")[2] if "." in run.id else None
+    if attempt and run.flow_run_id:  # a retry (the UI's Retry): its link to the earlier attempts
+        lines[0] += f"  attempt {attempt} of flow run {run.flow_run_id}"
     if run.error_message:
         lines.append(f"    error: {run.error_type}: {run.error_message}")
     for step in run.steps:
@@ -69,8 +72,10 @@ def cmd_history(args: argparse.Namespace) -> int:
     from recovery.services import services_for
 
     config = load_config(args.config)
-    if args.target:
-        config.target(args.target)  # unknown target -> exit 2 naming it
+    # An unknown target -> exit 2 naming it. A target with an unset ${VAR} is known: its history
+    # is audit rows only, which need none of its secrets.
+    if args.target and args.target not in config.unresolved:
+        config.target(args.target)
     runs = services_for(config).audit.history(args.target, args.limit)
     if args.json:
         print_json([r.as_json() for r in runs])

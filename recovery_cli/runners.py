@@ -283,7 +283,28 @@ def cmd_reset_breaker(args: argparse.Namespace) -> int:
     prefect_environment()
     from flows.breaker_flows import reset_circuit_breaker
 
-    return _run_flow(args, config, reset_circuit_breaker, "reset-circuit-breaker", None)
+    return _run_flow(args, config, reset_circuit_breaker, "reset-circuit-breaker", None, force=args.force)
+
+
+def cmd_publish_schemas(args: argparse.Namespace) -> int:
+    """Publish the caller schemas on the deployments `prefect deploy` created (deployments/publish.py)."""
+    import asyncio
+
+    from recovery.config.loader import load_config
+
+    config = load_config(args.config).require_resolved()  # every target is a choice
+    prefect_environment()
+    from deployments.publish import publish_schemas
+
+    updated, missing = asyncio.run(publish_schemas(config))
+    if args.json:
+        print_json({"updated": updated, "missing": missing})
+    else:
+        for name in updated:
+            print(f"{name}: schema published")
+        for name in missing:
+            print(f"{name}: not deployed (run `prefect deploy --all` first)")
+    return EXIT_FAILED if missing else EXIT_OK
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ on ``POST /deployments/{id}/create_flow_run`` before a flow run exists.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -135,3 +136,20 @@ def test_internal_recovery_flows_are_not_deployments() -> None:
 def test_readme_deployments_table_is_the_generated_one() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert render() in readme, "README's deployments table is stale: python -m deployments.table"
+
+
+def test_security_doc_parameter_table_lists_the_real_parameters() -> None:
+    """docs/security.md's "the caller chooses" column names exactly each deployment's parameters."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "security.md").read_text()
+    header = "| deployment | the caller chooses | fixed by the deployment |"
+    rows = doc[doc.index(header) :].split("\n\n", 1)[0].splitlines()[2:]
+    params = {s.name: set(schema(s.name)["properties"]) for s in DEPLOYMENTS}
+    every = set().union(*params.values())
+    documented: set[str] = set()
+    for row in rows:
+        _, names, chooses, _fixed, _ = row.split("|")
+        for name in re.findall(r"`([^`]+)`", names):
+            documented.add(name)
+            # Backticked words that are some deployment's parameter names (values are not).
+            assert set(re.findall(r"`([^`]+)`", chooses)) & every == params[name], (name, chooses)
+    assert documented == set(params), "a deployment is missing from docs/security.md's table"

@@ -3,6 +3,11 @@
 Used by the ``circuit-breaker-status`` / ``reset-circuit-breaker`` flows and by the CLI
 (``recovery breaker-status`` reads without Prefect). Both raise ``StateUnavailable`` when the
 breaker state cannot be read or written: an operator must not mistake "unknown" for "closed".
+
+A reset probes the target first (the monitor's prober, bounded by ``RESET_PROBE_SECONDS``):
+closing the breaker in front of a target that still fails would just send traffic into the
+failure. An unhealthy target's reset is refused (``reset_refusal``) unless the caller forces it,
+and a forced reset is audited as such (its step detail: ``forced`` and the probe's reason).
 """
 
 from __future__ import annotations
@@ -17,10 +22,23 @@ from recovery.audit.records import PlannedStep
 from recovery.client.breakers import OPEN, breaker_for
 from recovery.config.loader import RecoveryConfig
 from recovery.jsonable import to_json
+from recovery.kinds.base import ProbeResult
 from recovery.services import services_for
 
 RESET_WORKFLOW = "reset-circuit-breaker"
 RESET_STEP = "reset_circuit_breaker"
+# The outer bound of the pre-reset probe (each prober also has its target's own timeouts).
+RESET_PROBE_SECONDS = 15.0
+
+
+def reset_refusal(probe: ProbeResult) -> str | None:
+    """Why a reset is refused after ``probe`` of its target (None: healthy, go ahead)."""
+    if probe.healthy:
+        return None
+    return (
+        f"{probe.target} is unhealthy ({probe.reason}): breaker not reset "
+        "(force: true, with a reason, resets it anyway)"
+    )
 
 
 @dataclass(frozen=True)
@@ -89,11 +107,13 @@ def reset_breaker(
     reason: str | None,
     run_id: str | None = None,
     flow_run_id: str | None = None,
+    probe: ProbeResult | None = None,
 ) -> dict[str, Any]:
     """Close ``target``'s breaker by hand, audited as a one-step ``reset-circuit-breaker`` run.
 
     The target's recovery lock is not taken: a reset is an operator override, and it is
-    recorded (who, why, state before and after) like any recovery.
+    recorded (who, why, state before and after) like any recovery. ``probe``: the pre-reset
+    probe; an unhealthy one makes this a forced reset, audited ``forced`` with its reason.
     """
     t = config.target(target)
     audit = services_for(config).audit  # durable: spooled while the audit store is down
@@ -117,7 +137,13 @@ def reset_breaker(
         audit.step_finished(run_id, RESET_STEP, "failed", exc)
         audit.finish_run(run_id, "failed", exc)
         raise
-    detail = {"before": before.state, "after": after.state, "fail_counter_before": before.fail_counter}
+    detail: dict[str, Any] = {
+        "before": before.state,
+        "after": after.state,
+        "fail_counter_before": before.fail_counter,
+    }
+    if probe is not None:
+        detail.update(forced=not probe.healthy, probe=probe.reason)
     audit.step_finished(run_id, RESET_STEP, "succeeded", detail=detail)
     audit.finish_run(run_id, "succeeded")
     return {"run_id": run_id, "target": t.name, "state": "succeeded", **detail}

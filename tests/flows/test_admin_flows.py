@@ -40,7 +40,7 @@ async def test_manual_trigger_window_covers_every_admin_operation(
     assert first["state"] == "succeeded"
     cleared: Any = await clear_cache(target="sessions", pattern="nothing:*", return_state=True, **who)
     assert cleared.name == "Refused" and "manual trigger rate limit" in cleared.message
-    await reset_circuit_breaker(target="orders-db", **who)
+    await reset_circuit_breaker(target="orders-db", force=True, **who)  # port 9: forced
     reconnect: Any = await reconnect_database(target="orders-db", return_state=True, **who)
     assert reconnect.name == "Refused" and "manual trigger rate limit" in reconnect.message
     again: Any = await reset_circuit_breaker(target="sessions", return_state=True, **who)

@@ -67,8 +67,10 @@ async def test_breaker_status_and_audited_reset_flows(
     [one] = await circuit_breaker_status(target="payments-api")
     assert one["state"] == "open" and one["half_open_in_seconds"] > 0
 
+    # The target (port 9) does not answer: only a forced reset closes its breaker
+    # (test_breaker_reset_probe.py covers the probe's verdicts).
     result = await reset_circuit_breaker(
-        target="payments-api", requested_by="alice", reason="provider confirmed the fix"
+        target="payments-api", requested_by="alice", reason="provider confirmed the fix", force=True
     )
     assert (result["before"], result["after"]) == ("open", "closed")
     run = AuditStore(sqlite_url).run(result["run_id"])
@@ -128,12 +130,14 @@ def test_cli_reset_breaker_is_audited(run_cli: Any, redis_url: str, sqlite_url: 
     breaker_for_target(load_config(path), "payments-api").open()
     missing = run_cli("--config", path, "reset-breaker", "payments-api")
     assert missing.returncode == 2 and "--reason" in missing.stderr
-    result = run_cli(
-        "--config", path, "reset-breaker", "payments-api", "--reason", "fixed", "--requested-by", "bob"
-    )
+    who = ("--reason", "fixed", "--requested-by", "bob")
+    refused = run_cli("--config", path, "reset-breaker", "payments-api", *who)  # port 9: unhealthy
+    assert refused.returncode == 1 and "is unhealthy" in refused.stdout + refused.stderr
+    assert breaker_for_target(load_config(path), "payments-api").current_state == "open"
+    result = run_cli("--config", path, "reset-breaker", "payments-api", *who, "--force")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "reset-circuit-breaker" in result.stdout and '"before": "open"' in result.stdout
-    [run] = AuditStore(sqlite_url).history("payments-api")
+    [run, _] = AuditStore(sqlite_url).history("payments-api")  # newest first: forced, refused
     assert (run.workflow, run.state, run.requested_by, run.reason) == (
         "reset-circuit-breaker",
         "succeeded",

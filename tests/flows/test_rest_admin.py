@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from test_rest_api import Api, _start_server, _stop
 
 from recovery.audit.store import AuditStore
+from recovery_cli.readonly import format_run
 
 Served = tuple[Api, dict[str, Any]]
 
@@ -166,6 +167,8 @@ def test_ui_retry_of_a_failed_recover_run_is_a_second_audited_attempt(served: Se
         (f"{uuid.UUID(run_id).hex}.2", "succeeded"),
     ]
     assert {(r.requested_by, r.type) for r in attempts} == {("ops-bot", "manual")}
+    # `recovery history` shows the retry's link to the first attempt (the same flow run).
+    assert f"attempt 2 of flow run {run_id}" in format_run(attempts[1])[0]
 
 
 def test_a_run_a_schedule_created_is_audited_as_scheduled(served: Served) -> None:

@@ -7,6 +7,7 @@ retrying the 503 "database is locked" a SQLite-backed Prefect server answers und
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -21,8 +22,10 @@ import httpx
 import pytest
 from faultserver import FaultServer, free_port
 
+from deployments.serve import DEPLOYMENTS, deployment_schema, load_flow
 from recovery.audit.store import AuditStore
 from recovery.backends.state_redis import RedisState
+from recovery.config.loader import load_config
 
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 AUTH = ("admin", "Sup3rSecretAuth")
@@ -69,13 +72,16 @@ class Api:
             time.sleep(0.5)
 
 
-def _start_server(home: Path, auth: bool) -> tuple[subprocess.Popen[bytes], str]:
+def _start_server(home: Path, auth: bool, ui: bool = False) -> tuple[subprocess.Popen[bytes], str]:
+    """A `prefect server start` on a free loopback port; ``ui``: also serve the UI (which calls
+    the API at ``PREFECT_SERVER_UI_API_URL``)."""
     port = free_port()
     env = {
         **os.environ,
         "PREFECT_HOME": str(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_UI_ENABLED": str(ui).lower(),
+        "PREFECT_SERVER_UI_API_URL": f"http://127.0.0.1:{port}/api",
         "PREFECT_API_URL": "",
     }
     if auth:
@@ -290,5 +296,34 @@ def test_prefect_deploy_all_accepts_prefect_yaml(tmp_path: Path, sqlite_url: str
         # Prefect 3 reports a deployment's concurrency limit as a global concurrency limit.
         monitor_limit = by_name["monitor"].get("global_concurrency_limit") or {}
         assert monitor_limit.get("limit") == 1, by_name["monitor"]
+
+        # `prefect deploy` publishes the signature's schema only; `recovery publish-schemas`
+        # adds the config's choices and rules: afterwards each schema is the one `serve` uses.
+        assert "allOf" not in by_name["recover"]["parameter_openapi_schema"]
+        published = subprocess.run(
+            [sys.executable, "-m", "recovery_cli.main", "--config", str(config), "publish-schemas", "--json"],
+            env=env,
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert published.returncode == 0, published.stdout + published.stderr
+        assert json.loads(published.stdout)["missing"] == []
+        for spec in DEPLOYMENTS:
+            got = api.call("GET", f"/deployments/name/{load_flow(spec.entrypoint).name}/{spec.name}")
+            assert got["parameter_openapi_schema"] == deployment_schema(spec, load_config(config)), spec.name
+        ok = {"target": "payments-api", "requested_by": "ops"}
+        for deployment, bad in (
+            ("recover", {**ok, "type": "emergency"}),  # an emergency needs a reason
+            ("recover", {**ok, "target": "no-such-target"}),
+            ("recover", {**ok, "config_path": "/etc/passwd"}),
+            ("clear-cache", ok),  # payments-api is no cache target
+        ):
+            path = f"/deployments/{by_name[deployment]['id']}/create_flow_run"
+            api.call("POST", path, expect=(409, 422), json={"parameters": bad})
+        admin = [by_name[n]["id"] for n in ("recover", "clear-cache")]  # (schedules make monitor runs)
+        runs = api.call("POST", "/flow_runs/filter", json={"deployments": {"id": {"any_": admin}}})
+        assert runs == [], "a refused request created a run"
     finally:
         _stop(server)
