@@ -103,7 +103,9 @@ async def execute_workflow(
         try:
             rt = await RecoveryRuntime.abegin(config, request, run_id=audit_id, flow_run_id=flow_run_id)
         except RecoveryRefused as exc:
-            final = outcome(RunState.REFUSED, reason=exc.reason, escalate=exc.escalate)
+            final = outcome(
+                RunState.REFUSED, reason=exc.reason, escalate=exc.escalate, rung=exc.rung, rungs=exc.rungs
+            )
             return refused_state(exc.reason)
         except BaseException as exc:  # audit or state store down before anything was done
             final = outcome(RunState.FAILED, error=exc)
@@ -129,7 +131,7 @@ async def execute_workflow(
             error = exc
             raise
         finally:
-            final = outcome(state, error=error)
+            final = outcome(state, error=error, rung=rt.rung, rungs=rt.rungs)
             await rt.afinish(state, error)  # off the loop; completes even while cancelled
         return {"run_id": rt.run_id, "target": rt.target.name, "workflow": workflow, "state": "succeeded"}
     finally:
