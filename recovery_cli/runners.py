@@ -66,8 +66,10 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     and recovery in flight is cancelled (audited ``cancelled``, locks released), exit 130/143.
     """
     from recovery.config.loader import load_config
+    from recovery.engine.escalation import check_escalation
 
     config = load_config(args.config).require_resolved()  # fail fast (exit 2) before paying for Prefect
+    check_escalation(config)  # every rung a workflow that can recover its target's kind
     use_config(args.config)
     prefect_environment()
     from flows.monitor import REPORT_SINK, monitor
@@ -290,7 +292,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.metrics_host and not args.metrics_port:
         raise ConfigError("--metrics-host", "needs --metrics-port")
-    load_config(args.config).require_resolved()  # bad config -> exit 2 before Prefect starts
+    from recovery.engine.escalation import check_escalation
+
+    check_escalation(load_config(args.config).require_resolved())  # bad config -> exit 2 before Prefect
     prefect_environment()
     if args.metrics_port:
         from recovery.reporting.metrics import start_metrics_server
