@@ -40,7 +40,11 @@ def _print_targets(report: dict[str, Any]) -> None:
         if t["action"] == MonitorAction.DEFERRED:
             print(f"{t['target']}: {state}, action deferred ({t['note']})", flush=True)
         else:
-            print(f"{t['target']}: {state}, failures {t['failures']}, action {t['action']}", flush=True)
+            extra = f" ({t['note']})" if t.get("blocked_by") else ""  # blocked by <dependency>
+            extra += f", rung {t['rung']}/{t['rungs']}" if t.get("rung") else ""  # escalation ladder
+            print(
+                f"{t['target']}: {state}, failures {t['failures']}, action {t['action']}{extra}", flush=True
+            )
 
 
 def _print_recoveries(report: dict[str, Any]) -> None:
