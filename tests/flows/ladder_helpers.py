@@ -12,8 +12,8 @@ from typing import Any
 from prefect.client.orchestration import get_client
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
 
-FAST = "{kind: exponential, base_seconds: 0.1, factor: 1.5, max_delay_seconds: 0.3, max_attempts: 2}"
-PATIENT = "{kind: exponential, base_seconds: 0.3, factor: 1.5, max_delay_seconds: 1, max_attempts: 40}"
+FAST = "{kind: exponential, base_seconds: 0.1, max_delay_seconds: 0.3, max_attempts: 2, jitter: none}"
+PATIENT = "{kind: exponential, base_seconds: 0.3, max_delay_seconds: 1, max_attempts: 40, jitter: none}"
 
 
 def write_config(
