@@ -170,8 +170,9 @@ def _decide_one(
     flap = _flap_status(config, state, result, now)
     target = config.target(result.target)
     # A dependency down explains this failure: no recovery, no flap or ladder escalation for it.
+    settled = result.healthy and counters.successes >= config.monitor.success_threshold
     waiting = None
-    if target.depends_on:
+    if target.depends_on and not settled:  # settled: reset_incident below clears the mark
         waiting = None if result.healthy else waiting_for(config, state, target, decided)
         note_blocked(config, state, target, waiting)
     base = Decision(
@@ -191,7 +192,6 @@ def _decide_one(
     if result.healthy:
         # A paused flag whose recovery died (or never resumed) must not outlive the outage:
         # success_threshold good probes in a row and no lock held clear it (invariant I3).
-        settled = counters.successes >= config.monitor.success_threshold
         resumed = settled and state.resume_if_idle(result.target)
         if settled:
             escalation.reset_incident(state, target)  # the next failure is a new incident
