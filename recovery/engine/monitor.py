@@ -306,7 +306,9 @@ async def _reprobe(
             for dep in config.target(r.target).depends_on
         )
     ]
-    left = deadline - time.monotonic() - 2 * config.state_timeout_seconds  # keep time to record
+    # Half of what is left: the other half records them (a state call takes milliseconds; a
+    # frozen one is cut off by decide_by's grace, not by this reserve).
+    left = (deadline - time.monotonic()) / 2
     if not again or left <= 0:
         return batch
     fresh = await probe_targets([config.target(n) for n in again], config.monitor.probe_concurrency, left)

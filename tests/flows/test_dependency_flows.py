@@ -103,7 +103,7 @@ def test_database_down_one_recovery_three_dependents_wait_then_all_healthy(
         second = run_cli("--config", str(config), "monitor", "--once", "--json")
         assert second.returncode == 0, second.stdout + second.stderr
         report = json.loads(second.stdout)
-        assert {(t["healthy"], t["action"]) for t in report["targets"]} == {(True, "none")}
+        assert {(t["healthy"], t["action"]) for t in report["targets"]} == {(True, "none")}, report
         assert report["recoveries"] == []
         assert [s.app.requests["/health"] for s in apis] == [3, 3, 3]  # 1 + (failed + again)
         assert sum(len(audit.history(n)) for n in [db, *names]) == 4
