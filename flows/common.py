@@ -105,7 +105,9 @@ async def execute_workflow(
         try:
             rt = await RecoveryRuntime.abegin(config, request, run_id=audit_id, flow_run_id=flow_run_id)
         except RecoveryRefused as exc:
-            final = outcome(RunState.REFUSED, reason=exc.reason, escalate=exc.escalate)
+            final = outcome(
+                RunState.REFUSED, reason=exc.reason, escalate=exc.escalate, rung=exc.rung, rungs=exc.rungs
+            )
             return refused_state(exc.reason)
         except BaseException as exc:  # audit or state store down before anything was done
             final = outcome(RunState.FAILED, error=exc)
@@ -137,7 +139,7 @@ async def execute_workflow(
             raise
         finally:
             why = {"reason": refusal.reason} if refusal is not None else {}
-            final = outcome(state, error=error, **why)
+            final = outcome(state, error=error, rung=rt.rung, rungs=rt.rungs, **why)
             await rt.afinish(state, error)  # off the loop; completes even while cancelled
         if refusal is not None:
             return refused_state(refusal.reason)

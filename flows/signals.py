@@ -10,6 +10,10 @@ Prefect automation can page someone (docs/automations.md):
                        same error repeating: ``RecoveryRefused.escalate``); a refusal because
                        another run holds the lock is normal operation and emits nothing
     target.flapping    a target started flapping, or a recovery was held off because it flaps
+    recovery.escalation-exhausted
+                       the last rung of a target's escalation ladder ended failed, cancelled or
+                       refused: nothing automatic is left for this incident (once per incident:
+                       the monitor starts no more rungs until the target is healthy again)
 
 Neither metrics nor events may break a flow: failures here are logged and swallowed.
 
@@ -77,7 +81,13 @@ def events_hook(details: RunDetails) -> None:
     refusal a person must see. Exactly once per run: the event id is the run's."""
     if details.phase is not Phase.FINISHED:
         return
-    base = {"target": details.target, "workflow": details.workflow, "type": details.run_type}
+    base: dict[str, Any] = {"target": details.target, "workflow": details.workflow, "type": details.run_type}
+    if details.rung is not None:
+        base.update(rung=details.rung, rungs=details.rungs)
+    if details.ladder_exhausted:
+        exhausted = {**base, "state": details.state, "run_id": details.run_id}
+        event = "recovery.escalation-exhausted"
+        _emit(event, details.target, exhausted, run_event_id(event, details.run_id))
     if details.state in (RunState.FAILED, RunState.CANCELLED):
         _emit(
             "recovery.failed",

@@ -58,6 +58,8 @@ class MonitorAction(StrEnum):
     RECOVER = "recover"  # locked: a recovery flow starts now
     IN_PROGRESS = "in-progress"  # another recovery holds the target's lock
     FLAPPING = "flapping"  # flapping: escalated, no automatic recovery meanwhile
+    BLOCKED = "blocked"  # a dependency (depends_on) is unhealthy or recovering: waiting for it
+    EXHAUSTED = "escalation-exhausted"  # every rung of the escalation ladder ran; a person must act
     # Nothing recorded or decided this cycle (shared state unavailable, the cycle's deadline
     # passed, the probe did not finish in time); the decision's ``note`` says which. Next cycle.
     DEFERRED = "deferred"

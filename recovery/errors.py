@@ -118,9 +118,11 @@ class RecoveryRefused(RecoveryError):
     error repeating), as opposed to a normal race (another run holds the lock).
     """
 
-    def __init__(self, reason: str, escalate: bool = False) -> None:
+    def __init__(self, reason: str, escalate: bool = False, rung: int | None = None, rungs: int = 0) -> None:
         self.reason = redact(reason)
         self.escalate = escalate
+        self.rung = rung  # the escalation ladder's rung this refused run was (None: not a ladder run)
+        self.rungs = rungs  # how many rungs the target's ladder has
         super().__init__(reason)
 
 

@@ -16,8 +16,10 @@ from recovery_cli.common import (
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from recovery.config.loader import load_config, resolve_config_path
+    from recovery.engine.escalation import check_escalation
 
     config = load_config(args.config).require_resolved()  # validate: every ${VAR} must be set
+    check_escalation(config)  # ladder rungs need the workflow registry (engine), not just the file
     kinds: dict[str, int] = {}
     for target in config.targets:
         kinds[target.kind] = kinds.get(target.kind, 0) + 1

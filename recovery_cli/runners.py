@@ -40,7 +40,11 @@ def _print_targets(report: dict[str, Any]) -> None:
         if t["action"] == MonitorAction.DEFERRED:
             print(f"{t['target']}: {state}, action deferred ({t['note']})", flush=True)
         else:
-            print(f"{t['target']}: {state}, failures {t['failures']}, action {t['action']}", flush=True)
+            extra = f" ({t['note']})" if t.get("blocked_by") else ""  # blocked by <dependency>
+            extra += f", rung {t['rung']}/{t['rungs']}" if t.get("rung") else ""  # escalation ladder
+            print(
+                f"{t['target']}: {state}, failures {t['failures']}, action {t['action']}{extra}", flush=True
+            )
 
 
 def _print_recoveries(report: dict[str, Any]) -> None:
@@ -66,8 +70,10 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     and recovery in flight is cancelled (audited ``cancelled``, locks released), exit 130/143.
     """
     from recovery.config.loader import load_config
+    from recovery.engine.escalation import check_escalation
 
     config = load_config(args.config).require_resolved()  # fail fast (exit 2) before paying for Prefect
+    check_escalation(config)  # every rung a workflow that can recover its target's kind
     use_config(args.config)
     prefect_environment()
     from flows.monitor import REPORT_SINK, monitor
@@ -312,7 +318,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.metrics_host and not args.metrics_port:
         raise ConfigError("--metrics-host", "needs --metrics-port")
-    load_config(args.config).require_resolved()  # bad config -> exit 2 before Prefect starts
+    from recovery.engine.escalation import check_escalation
+
+    check_escalation(load_config(args.config).require_resolved())  # bad config -> exit 2 before Prefect
     prefect_environment()
     if args.metrics_port:
         from recovery.reporting.metrics import start_metrics_server

@@ -19,7 +19,7 @@ from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
 
 from recovery.audit.deadline import track
 
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 DEFAULT_TIMEOUT_SECONDS = 5.0
 

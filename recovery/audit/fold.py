@@ -109,6 +109,7 @@ def _start_run(runs: dict[str, _Run], op: AuditOp) -> None:
         "error_message": d["error_message"],
         "flow_run_id": d["flow_run_id"],
         "lock_owner": d.get("lock_owner"),  # absent from records spooled before revision 0003
+        "rung": d.get("rung"),  # absent from records spooled before revision 0004
     }
     steps = [
         {

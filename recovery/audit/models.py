@@ -45,6 +45,8 @@ class RecoveryRun(Base):
     flow_run_id: Mapped[str | None] = mapped_column(String(36))
     # Revision 0003: the token the run holds its target's lock under (reconcile compares it).
     lock_owner: Mapped[str | None] = mapped_column(String(128))
+    # Revision 0004: the escalation ladder's rung (1-based) this run was; NULL: not a ladder run.
+    rung: Mapped[int | None] = mapped_column(Integer)
 
     steps: Mapped[list[RecoveryStep]] = relationship(
         back_populates="run", order_by="RecoveryStep.position", cascade="all, delete-orphan"

@@ -104,6 +104,7 @@ def start_run_op(
     state: str,
     refused_because: str | None = None,
     lock_owner: str | None = None,
+    rung: int | None = None,
 ) -> AuditOp:
     if state not in RUN_STATES:
         raise ValueError(f"invalid run state {state}")
@@ -120,6 +121,7 @@ def start_run_op(
         "detected_at": _iso(detected_at),
         "flow_run_id": flow_run_id,
         "lock_owner": lock_owner,  # reconcile tells a dead run's row from a live one's by it
+        "rung": rung,  # escalation ladder (revision 0004)
         "steps": [[s.name, s.optional, s.max_attempts] for s in steps],
         "error_type": "RecoveryRefused" if refused_because is not None else None,
         "error_message": error_text(refused_because),

@@ -117,6 +117,7 @@ class RunRecord:
     flow_run_id: str | None
     steps: tuple[StepRecord, ...]
     lock_owner: str | None = None  # bookkeeping for reconcile; a lock token is not for display
+    rung: int | None = None  # escalation ladder rung (1-based); None: not a ladder run
 
     def as_json(self) -> dict[str, Any]:
         return to_json(self, exclude=("lock_owner",), naive_tz=UTC)
@@ -161,4 +162,5 @@ def run_record(row: RecoveryRun) -> RunRecord:
         row.flow_run_id,
         steps,
         row.lock_owner,
+        row.rung,
     )

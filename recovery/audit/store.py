@@ -124,6 +124,7 @@ class AuditStore:
         now: datetime | None = None,
         lock_owner: str | None = None,
         refused_because: str | None = None,
+        rung: int | None = None,
     ) -> str:
         """Write the run row and its planned steps before anything is touched.
 
@@ -147,6 +148,7 @@ class AuditStore:
             state=state,
             lock_owner=lock_owner,
             refused_because=refused_because,
+            rung=rung,
         )
         self._write(op)
         return op.run_id
@@ -163,6 +165,7 @@ class AuditStore:
         run_id: str | None = None,
         request_reason: str | None = None,
         now: datetime | None = None,
+        rung: int | None = None,
     ) -> str:
         """Record a recovery that was not started (lock held, budget exhausted...).
 
@@ -181,6 +184,7 @@ class AuditStore:
             run_id=run_id,
             now=now,
             refused_because=reason,
+            rung=rung,
         )
 
     def step_attempt(self, run_id: str, name: str, attempt: int) -> None:

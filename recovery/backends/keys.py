@@ -50,6 +50,16 @@ flapping_key = _suffix_key("flapping")
 rate_key = _suffix_key("rate")
 # sorted set, PX TTL: start times of recent recoveries (time_window strategy).
 recoveries_key = _suffix_key("recoveries")
+# string (JSON), PX TTL: the escalation ladder of the current incident: rung (1-based), the
+# monitor's lock token it was started under, its outcome (recovery/engine/escalation.py).
+ladder_key = _suffix_key("ladder")
+# string, PX TTL: the dependency this target waits for (status board: "blocked by ...").
+blocked_key = _suffix_key("blocked")
+# string, PX TTL: the run id of this incident's "waiting for ..." refusal (audited once).
+waiting_key = _suffix_key("waiting")
+
+# Ladder and waiting marks outlive any incident worth remembering, then expire on their own.
+INCIDENT_TTL_SECONDS = 7 * 86400.0
 
 
 def window_key(name: str) -> str:

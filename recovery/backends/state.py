@@ -126,6 +126,21 @@ class SharedState(ABC):
     def flapping_since(self, target: str) -> float | None:
         """When ``target`` started flapping, or None if it is not flapping."""
 
+    # --- marks: small TTL'd strings at keys of ``recovery.backends.keys`` (ladders, waits) ---
+
+    @abstractmethod
+    def put_mark(self, key: str, value: str, ttl_seconds: float, only_new: bool = False) -> bool:
+        """Set ``key`` to ``value`` for ``ttl_seconds``; with ``only_new``, only if it is unset
+        (atomic: one caller of many wins). True if it was written."""
+
+    @abstractmethod
+    def get_marks(self, keys: list[str]) -> list[str | None]:
+        """The values of ``keys`` (None: unset or expired), in one round trip."""
+
+    @abstractmethod
+    def clear_marks(self, keys: list[str]) -> int:
+        """Delete ``keys``; how many existed."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 

@@ -30,6 +30,7 @@ class MemoryState(SharedState):
         self._generations: dict[str, int] = {}
         self._probe_history: dict[str, list[bool]] = {}
         self._flapping: dict[str, float] = {}
+        self._marks: dict[str, tuple[str, float]] = {}  # key -> (value, expires at, clock time)
 
     def record_probe(self, target: str, healthy: bool, reason: str, now: float) -> HealthCounters:
         with self._mutex:
@@ -132,6 +133,28 @@ class MemoryState(SharedState):
     def flapping_since(self, target: str) -> float | None:
         with self._mutex:
             return self._flapping.get(target)
+
+    def _live_mark(self, key: str) -> str | None:
+        held = self._marks.get(key)
+        if held is None or held[1] > self._clock():
+            return None if held is None else held[0]
+        del self._marks[key]
+        return None
+
+    def put_mark(self, key: str, value: str, ttl_seconds: float, only_new: bool = False) -> bool:
+        with self._mutex:
+            if only_new and self._live_mark(key) is not None:
+                return False
+            self._marks[key] = (value, self._clock() + ttl_seconds)
+            return True
+
+    def get_marks(self, keys: list[str]) -> list[str | None]:
+        with self._mutex:
+            return [self._live_mark(k) for k in keys]
+
+    def clear_marks(self, keys: list[str]) -> int:
+        with self._mutex:
+            return sum(self._live_mark(k) is not None and self._marks.pop(k) is not None for k in keys)
 
 
 # One MemoryState per process: the monitor and the recovery subflows it starts run in the same

@@ -131,5 +131,17 @@ class RedisState(SharedState):
         value = self._call(lambda: self.client.get(flapping_key(target)))
         return float(value) if value is not None else None
 
+    def put_mark(self, key: str, value: str, ttl_seconds: float, only_new: bool = False) -> bool:
+        ttl = max(1, int(ttl_seconds * 1000))
+        return bool(self._call(lambda: self.client.set(key, value, px=ttl, nx=only_new)))
+
+    def get_marks(self, keys: list[str]) -> list[str | None]:
+        if not keys:
+            return []
+        return [None if v is None else str(v) for v in self._call(lambda: self.client.mget(keys))]
+
+    def clear_marks(self, keys: list[str]) -> int:
+        return int(self._call(lambda: self.client.delete(*keys))) if keys else 0
+
     def close(self) -> None:
         self.client.close()

@@ -35,3 +35,7 @@ MAX_RATE = 1_000_000.0  # requests/second
 MAX_SEED = 2**63 - 1  # |seed| of jitter
 MAX_TARGETS = 5000
 MAX_LIST = 100  # expect_status, required_fields, headers, composite strategies
+
+# --- escalation ladders and dependencies (docs/runbooks/dependency-outage.md) ------------------
+MAX_RUNGS = 10  # workflows in one target's escalation ladder
+MAX_DEPENDS_ON = 32  # direct dependencies of one target (the transitive set is bounded by MAX_TARGETS)

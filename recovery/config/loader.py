@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from recovery.config.expand import ENV_NAME_RE, expand_lazily
+from recovery.config.graph import check_dependencies
 from recovery.config.limits import MAX_COUNT, MAX_INTERVAL, MAX_TARGETS, MAX_TIMEOUT, MAX_WINDOW
 from recovery.config.source import parse_yaml, read_config_text
 from recovery.config.strategy import (
@@ -318,6 +319,7 @@ def parse_config(data: Any, source: str = NO_FILE) -> RecoveryConfig:
     for name in unresolved.keys() & {t.name for t in config.targets}:
         raise ConfigError("targets", f"duplicate target name '{clip(name)}'")
     config._unresolved = unresolved
+    check_dependencies(config.targets, unresolved.keys())  # unknown names, cycles (config/graph.py)
     _register_config_secrets(config)
     run_config_checks(config)  # builtin step names, workflow names (recovery.engine.custom)
     state_url = config.state_url.get_secret_value() if config.state_url else None

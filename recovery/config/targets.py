@@ -29,6 +29,8 @@ from recovery.config.fields import (
     _sqlalchemy_secret,
     split_userinfo,
 )
+from recovery.config.graph import NAME_PATTERN as NAME_PATTERN
+from recovery.config.graph import DependencyFields
 from recovery.config.keyspace import pattern_problem, same_redis_database
 from recovery.config.limits import (
     MAX_CACHE_TTL,
@@ -47,7 +49,6 @@ from recovery.config.urls import (
 from recovery.errors import ConfigError, clip
 from recovery.redact import url_secret_parts
 
-NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 # RFC 9110 field-name token; a value may hold tab but no other control character (a CR/LF in a
 # header would be refused by the HTTP client at every probe).
 _HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
@@ -135,7 +136,7 @@ class BreakerConfig(_Model):
         return self
 
 
-class _TargetBase(_Model):
+class _TargetBase(_Model, DependencyFields):
     name: str = Field(..., pattern=NAME_PATTERN, description="Unique target name, [a-z0-9-].")
     strategy: StrategyConfig | None = Field(None, description="Retry strategy; default: top level.")
     verify: VerifyConfig = Field(default_factory=lambda: VerifyConfig())

@@ -49,7 +49,15 @@ class RunDetails:
     error: BaseException | str | None = None
     reason: str | None = None  # a refusal's reason
     escalate: bool = False  # a refusal a person must act on (budget spent, same error repeating)
+    rung: int | None = None  # escalation ladder: the rung (1-based) this run was; None: no ladder
+    rungs: int = 0  # escalation ladder: the target's number of rungs
     extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def ladder_exhausted(self) -> bool:
+        """The last rung of an escalation ladder ended without recovering the target."""
+        ended = self.state in (RunState.FAILED, RunState.CANCELLED, RunState.REFUSED)
+        return self.phase is Phase.FINISHED and ended and self.rung is not None and self.rung >= self.rungs
 
     @property
     def error_type(self) -> str | None:

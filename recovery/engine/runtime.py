@@ -15,6 +15,7 @@ so a slow or frozen store delays only this run, never the other recoveries in th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from recovery.backends.state import SharedState
 from recovery.blocking import CancelledAfter, blocking, blocking_to_end
 from recovery.client.breakers import FleetBreaker, breaker_for_target, open_breaker
 from recovery.config.loader import RecoveryConfig, TargetConfig
+from recovery.engine import escalation
 from recovery.engine.probing import probe_once
 from recovery.engine.workflows import (
     PlannedStepRetry,
@@ -34,7 +36,7 @@ from recovery.engine.workflows import (
     workflow_named,
 )
 from recovery.enums import RunType
-from recovery.errors import PermanentError, RecoveryRefused, TemporaryError
+from recovery.errors import PermanentError, RecoveryRefused, StateUnavailable, TemporaryError
 from recovery.kinds.base import Detail, ProbeResult
 from recovery.policy.admission import Admission, admit
 from recovery.policy.strategies import RetryPlan
@@ -89,6 +91,8 @@ class RecoveryRuntime:
             p.step.name: p for p in step_plans(config, target, spec, plan)
         }
         self.admission: Admission | None = None  # the strategy decision; settled by finish()
+        self.rung: int | None = None  # escalation ladder: which rung this run is (None: none)
+        self.rungs = len(target.escalation)
 
     @classmethod
     def begin(
@@ -111,10 +115,13 @@ class RecoveryRuntime:
         audit, state = services.audit, services.state
         run_id = run_id or str(uuid.uuid4())
         owner = request.lock_token or run_id
+        # The monitor recorded the rung it started under its token (engine/escalation.py).
+        rung = escalation.rung_of(state, target, request.lock_token)
 
         def refused(reason: str, escalate: bool = False) -> RecoveryRefused:
-            refuse(audit, request, spec.name, reason, run_id, flow_run_id)
-            return RecoveryRefused(reason, escalate=escalate)
+            refuse(audit, request, spec.name, reason, run_id, flow_run_id, rung=rung)
+            escalation.end_rung(state, target, request.lock_token, "refused")  # next detection: next rung
+            return RecoveryRefused(reason, escalate=escalate, rung=rung, rungs=len(target.escalation))
 
         if request.lock_token is None:
             if not state.acquire_lock(target.name, owner, config.monitor.lock_ttl_seconds):
@@ -136,6 +143,7 @@ class RecoveryRuntime:
             raise refused(admission.decision.reason, admission.decision.escalate)
         rt = cls(config, target, spec, state, audit, run_id, owner, plan=admission.plan)
         rt.admission = admission
+        rt.rung = rung
         rt.options = dict(request.options or {})
         rt.reason = request.reason or request.detected_reason
         try:
@@ -154,6 +162,7 @@ class RecoveryRuntime:
                 detected_at=datetime.now(UTC) if request.run_type == "automatic" else None,
                 flow_run_id=flow_run_id,
                 lock_owner=owner,  # reconcile: the row is alive exactly while this token holds the lock
+                rung=rung,
             )
         except Exception:
             admission.settle("not-started")
@@ -237,6 +246,10 @@ class RecoveryRuntime:
                 self._reopen_breaker()
             elif self.breaker_closed_by_us:
                 self._close_lease("confirm")  # verified: the close stands (else it lapses to open)
+            if self.rung is not None:  # before the lock goes: the next detection reads it
+                # Never keep the lock for it: an unrecorded end counts as failed.
+                with contextlib.suppress(StateUnavailable):
+                    escalation.end_rung(self.state, self.target, self.owner, state)
             self.state.release_lock(self.target.name, self.owner)
 
     def _close_lease(self, action: str) -> None:
@@ -274,6 +287,7 @@ def refuse(
     reason: str,
     run_id: str | None,
     flow_run_id: str | None = None,
+    rung: int | None = None,
 ) -> None:
     """Audit a refused request (state ``refused``, the reason as its error message)."""
     audit.refuse(
@@ -285,6 +299,7 @@ def refuse(
         flow_run_id=flow_run_id,
         run_id=run_id,
         request_reason=request.reason,
+        rung=rung,
     )
 
 

@@ -14,6 +14,7 @@ read as "all fine".
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,7 +27,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from recovery.audit.models import RecoveryRun
 from recovery.audit.records import AuditUnavailable, error_text
 from recovery.audit.store import AuditStore
-from recovery.backends.keys import flapping_key, health_key, lock_key, paused_key, probe_history_key
+from recovery.backends.keys import (
+    blocked_key,
+    flapping_key,
+    health_key,
+    ladder_key,
+    lock_key,
+    paused_key,
+    probe_history_key,
+)
 from recovery.backends.rate import rate_store_for
 from recovery.backends.state import HealthCounters, SharedState, parse_health, parse_probe_history
 from recovery.backends.state_redis import RedisState
@@ -75,6 +84,10 @@ class TargetStatus(Jsonable):
     # replayed): the same number on every row, since the JSON board is a list of rows; above 0,
     # ``last_recovery`` may lag behind what really happened.
     audit_spool_pending: int = 0
+    blocked_by: str | None = None  # the dependency (depends_on) whose outage this target waits for
+    rung: int | None = None  # escalation ladder: the rung last started in this incident
+    rungs: int = 0  # escalation ladder: how many rungs (0: no ladder)
+    rung_outcome: str | None = None  # running, or how that rung's run ended
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -152,6 +165,17 @@ class _Shared:
     flapping: bool
     paused: str | None
     locked: bool
+    blocked_by: str | None = None
+    ladder: str | None = None  # the raw ladder mark (JSON; engine/escalation.py)
+
+
+def _ladder(raw: str | None) -> tuple[int | None, str | None]:
+    """(rung, outcome) of a ladder mark (the reporting layer reads what the engine wrote)."""
+    try:
+        d = json.loads(raw) if raw else None
+        return (int(d["rung"]), str(d["outcome"])) if isinstance(d, dict) else (None, None)
+    except (ValueError, KeyError, TypeError):
+        return None, None
 
 
 def _read_shared(state: SharedState, names: Sequence[str]) -> dict[str, _Shared]:
@@ -162,11 +186,13 @@ def _read_shared(state: SharedState, names: Sequence[str]) -> dict[str, _Shared]
                 history, flapping = state.probe_history(name), state.flapping_since(name) is not None
             except NotImplementedError:
                 history, flapping = [], False
+            blocked, ladder = state.get_marks([blocked_key(name), ladder_key(name)])
+            locked = state.lock_owner(name) is not None
             out[name] = _Shared(
-                state.health(name), history, flapping, state.paused(name), state.lock_owner(name) is not None
+                state.health(name), history, flapping, state.paused(name), locked, blocked, ladder
             )
         return out
-    # Redis: five reads per target, pipelined (1,000 targets: one round trip per chunk, not 5,000).
+    # Redis: seven reads per target, pipelined (1,000 targets: one round trip per chunk, not 7,000).
     out = {}
     try:
         for i in range(0, len(names), PIPELINE_CHUNK):
@@ -178,15 +204,19 @@ def _read_shared(state: SharedState, names: Sequence[str]) -> dict[str, _Shared]
                     pipe.get(flapping_key(name))
                     pipe.get(paused_key(name))
                     pipe.exists(lock_key(name))
+                    pipe.get(blocked_key(name))
+                    pipe.get(ladder_key(name))
                 flat = pipe.execute()
             for j, name in enumerate(chunk):
-                raw, history, flapping, paused, locked = flat[5 * j : 5 * j + 5]
+                raw, history, flapping, paused, locked, blocked, ladder = flat[7 * j : 7 * j + 7]
                 out[name] = _Shared(
                     parse_health(raw),
                     parse_probe_history(history),
                     flapping is not None,
                     paused,
                     bool(locked),
+                    blocked,
+                    ladder,
                 )
     except (redis.RedisError, OSError) as exc:
         raise StateUnavailable(f"shared state {redact_url(state.url)}: {redact(str(exc))}") from None
@@ -204,6 +234,7 @@ def _row(
     counters = shared.counters
     rate, lowered = _rate(state, target)
     health = "unknown" if counters is None else "healthy" if counters.healthy else "unhealthy"
+    rung, rung_outcome = _ladder(shared.ladder) if target.escalation else (None, None)
     return TargetStatus(
         target=target.name,
         kind=target.kind,
@@ -220,6 +251,10 @@ def _row(
         recovery_in_progress=shared.locked,
         last_recovery=last,
         audit_spool_pending=spool_pending,
+        blocked_by=shared.blocked_by,
+        rung=rung,
+        rungs=len(target.escalation),
+        rung_outcome=rung_outcome,
     )
 
 
@@ -270,6 +305,15 @@ def _outcome(last: LastRecovery | None) -> str:
     return f"{last.state} ({last.error_type})" if last.error_type else last.state
 
 
+def _escalation(row: TargetStatus) -> str:
+    if not row.rungs:
+        return NONE
+    if row.rung is None:
+        return f"0/{row.rungs}"
+    exhausted = row.rung >= row.rungs and row.rung_outcome not in ("running", "succeeded")
+    return f"{row.rung}/{row.rungs} ({row.rung_outcome}{', exhausted' if exhausted else ''})"
+
+
 def status_table(rows: Sequence[TargetStatus]) -> list[dict[str, str]]:
     """The board as the ``recovery-status`` table artifact: strings only, secrets redacted."""
     table = []
@@ -287,6 +331,8 @@ def status_table(rows: Sequence[TargetStatus]) -> list[dict[str, str]]:
                 "paused": row.paused or "no",
                 "flapping": f"yes ({row.flap_percent:g}%)" if row.flapping else f"no ({row.flap_percent:g}%)",
                 "recovery in progress": "yes" if row.recovery_in_progress else "no",
+                "blocked": f"blocked by {row.blocked_by}" if row.blocked_by else "no",
+                "escalation": _escalation(row),
                 "last recovery": f"{last.workflow} {_when(last.started_at)}" if last else NONE,
                 "outcome": _outcome(last),
             }
