@@ -215,3 +215,14 @@ def test_env_values_in_workflows_are_secrets_in_the_plan(monkeypatch: pytest.Mon
     plan = "\n".join(describe_plan(config, target, select_workflow(target), reason="oom"))
     assert "command: deployctl --token *** restart payments-api oom (timeout 60s)" in plan
     assert "tok-argv-secret-8812" not in plan
+
+
+def test_a_ladder_rung_may_name_a_config_workflow() -> None:
+    from recovery.engine.escalation import check_escalation
+
+    steps = [{"name": "restart", "command": ["true"]}, VERIFY]
+    config = parse_config(with_steps(*steps, escalation=["api-failure-recovery", "restart-api"]))
+    check_escalation(config)  # the config's own workflow is a valid rung
+    other = parse_config({"targets": [{**HTTP, "escalation": ["api-failure-recovery", "restart-api"]}]})
+    with pytest.raises(ConfigError, match="restart-api"):
+        check_escalation(other)  # ...but not in a config that does not define it
