@@ -50,6 +50,9 @@ _known_secrets: set[str] = set()
 # "/test" or a value "require" does not eat "/test_run" or "required" in ordinary text.
 _url_parts: set[str] = set()
 _url_parts_re: re.Pattern[str] | None = None
+# Compiled on the first redact() after a registration, not per registration: recompiling the
+# whole alternation for each of N config URLs made loading N targets O(N^2) (300 targets: 8 s).
+_url_parts_dirty = False
 # host:port of every config URL: any URL on one of them in free text is cut to its redact_url form.
 _authorities: set[str] = set()
 _lock = threading.Lock()
@@ -160,15 +163,24 @@ def register_url(url: str | None) -> None:
         return
     anywhere, tokens = url_secret_parts(url)
     register_secrets(anywhere)
-    global _url_parts_re
+    global _url_parts_dirty
     with _lock:
         if parts[2]:
             _authorities.add(_authority(parts[0], parts[2]))
         new = {t for t in tokens if len(t) >= MIN_URL_PART} - _url_parts
         if new:
             _url_parts.update(new)
-            ordered = sorted(_url_parts, key=len, reverse=True)  # longest first: no visible tail
-            _url_parts_re = re.compile("|".join(_as_token(t) for t in ordered))
+            _url_parts_dirty = True
+
+
+def _url_parts_pattern() -> re.Pattern[str] | None:
+    """The URL-part alternation, compiled once per batch of registrations (caller holds _lock)."""
+    global _url_parts_re, _url_parts_dirty
+    if _url_parts_dirty:
+        ordered = sorted(_url_parts, key=len, reverse=True)  # longest first: no visible tail
+        _url_parts_re = re.compile("|".join(_as_token(t) for t in ordered))
+        _url_parts_dirty = False
+    return _url_parts_re
 
 
 def _as_token(value: str) -> str:
@@ -208,7 +220,7 @@ def redact(text: str) -> str:
     with _lock:
         secrets = sorted(_known_secrets, key=len, reverse=True)
         authorities = set(_authorities)
-        parts_re = _url_parts_re
+        parts_re = _url_parts_pattern()
     # Config URLs first, while they are still whole: masking a part first would leave a URL
     # this pass no longer recognises.
     out = _cut_config_urls(text, authorities) if authorities else text
