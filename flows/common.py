@@ -10,9 +10,10 @@ from typing import Any, Literal
 from prefect import Flow, get_run_logger
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.runtime import flow_run as current_flow_run
-from prefect.states import Failed
+from prefect.states import Cancelled, Failed
 
 from flows import signals
+from flows.takeover import ExpectedFailures, cancel_taken_over
 from recovery.blocking import blocking_to_end
 from recovery.config.loader import RecoveryConfig, load_config
 from recovery.engine.lifecycle import Phase, RunDetails, add_hook, emit
@@ -21,7 +22,7 @@ from recovery.engine.runtime import RecoveryRequest, RecoveryRuntime
 from recovery.engine.triggers import attempt_id
 from recovery.enums import RunState
 from recovery.enums import RunType as RunType_
-from recovery.errors import RecoveryRefused
+from recovery.errors import LockLost, RecoveryError, RecoveryRefused
 from recovery.redact import install_log_redaction, redact
 from recovery.services import services_for
 from tasks.status import publish_status
@@ -49,6 +50,8 @@ def log_hook(details: RunDetails) -> None:
         logger.error("%s failed: %s", what, details.error_text)
     elif details.state is RunState.SUCCEEDED:
         logger.info("%s succeeded", what)
+    elif details.state is RunState.CANCELLED and details.reason:  # taken over by an emergency
+        logger.warning("%s stopped: %s", what, details.reason)
 
 
 async def board_hook(details: RunDetails) -> None:
@@ -61,6 +64,7 @@ async def board_hook(details: RunDetails) -> None:
 
 def install_hooks() -> None:
     install_log_redaction()
+    ExpectedFailures.install()
     add_hook(log_hook)
     add_hook(board_hook)
     signals.install_hooks()
@@ -110,26 +114,40 @@ async def execute_workflow(
             raise
         state: RunState = RunState.FAILED
         error: BaseException | None = None
+        taken_over: str | None = None
         try:
             # Inside the try: a cancellation while the start is reported still finishes the run.
             await emit(RunDetails(Phase.STARTED, rt.target.name, workflow, run_type, rt.run_id))
+            if rt.took_over is not None:
+                await cancel_taken_over(rt.took_over, logger)
             for name, planned in rt.plans.items():
                 try:
                     detail = await step_task(planned)(rt, name)
                     logger.info("step %s: %s", name, "skipped" if detail is None else detail)
                 except Exception as exc:
-                    if not planned.step.optional:
+                    if isinstance(exc, LockLost) or not planned.step.optional:
                         raise
                     logger.warning("optional step %s failed, continuing: %s", name, redact(str(exc)))
             state = RunState.SUCCEEDED
         except asyncio.CancelledError as exc:
             state, error = RunState.CANCELLED, exc
             raise
+        except LockLost as exc:
+            error = exc
+            taken_over = await blocking_to_end(rt.taken_over_by)
+            if taken_over is None:
+                return Failed(message=redact(str(exc)))
+            state = RunState.CANCELLED  # an emergency took over: its run acts now, not this one
+            return Cancelled(message=redact(taken_over))
+        except RecoveryError as exc:  # an expected failure (verification, a step's own check):
+            error = exc  # one line in the state and the log, no traceback (ExpectedFailures)
+            return Failed(message=f"{workflow} of {rt.target.name} failed: {redact(str(exc))}")
         except BaseException as exc:
             error = exc
             raise
         finally:
-            final = outcome(state, error=error)
+            extra = {"taken_over": True} if taken_over else {}
+            final = outcome(state, error=error, reason=taken_over, extra=extra)
             await rt.afinish(state, error)  # off the loop; completes even while cancelled
         return {"run_id": rt.run_id, "target": rt.target.name, "workflow": workflow, "state": "succeeded"}
     finally:

@@ -208,11 +208,13 @@ class AuditStore:
         """Set the final state; ``now`` (default: the current time) becomes ``finished_at``."""
         self._write(finish_run_op(run_id, state, error, error_type, now or utcnow()))
 
-    def orphan_run(self, run_id: str, error_type: str, message: str, now: datetime | None = None) -> bool:
-        """Finish a run whose process died: ``failed`` with ``error_type``, its running step
-        ``failed``, steps never started ``skipped``. Only a row still ``in_progress`` changes, so
-        of two reconcilers (or a reconciler and the run's own late ``finish``) one wins; True if
-        this call finished the row."""
+    def orphan_run(
+        self, run_id: str, error_type: str, message: str, now: datetime | None = None, state: str = "failed"
+    ) -> bool:
+        """Finish a run whose process died (or that an emergency took over: ``state``
+        ``cancelled``): ``state`` with ``error_type``, its running step ``failed``, steps never
+        started ``skipped``. Only a row still ``in_progress`` changes, so of two reconcilers (or
+        a reconciler and the run's own late ``finish``) one wins; True if this call finished it."""
         now = now or utcnow()
         message = error_text(message) or ""
         with self._session() as session:
@@ -220,7 +222,7 @@ class AuditStore:
             claimed = session.execute(
                 update(RecoveryRun)
                 .where(RecoveryRun.id == run_id, RecoveryRun.state == "in_progress")
-                .values(state="failed", finished_at=now, error_type=error_type, error_message=message)
+                .values(state=state, finished_at=now, error_type=error_type, error_message=message)
             )
             if not getattr(claimed, "rowcount", 0):
                 return False
