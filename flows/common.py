@@ -99,7 +99,8 @@ async def execute_workflow(
     def outcome(state: RunState, **extra: Any) -> RunDetails:
         return RunDetails(
             Phase.FINISHED, request.target, workflow, run_type, audit_id, state,
-            duration_seconds=None if state is RunState.REFUSED else time.monotonic() - started, **extra,
+            duration_seconds=None if state is RunState.REFUSED else time.monotonic() - started,
+            first_failure_at=request.first_failure_at, **extra,
         )  # fmt: skip
 
     final: RunDetails | None = None
@@ -200,5 +201,6 @@ async def on_crashed(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any])
             run_id=_audit_id(flow_run),
             state=RunState.FAILED,
             error=Crashed(state.message or "flow run crashed"),
+            first_failure_at=params.get("first_failure_at"),
         )
     )

@@ -27,12 +27,16 @@ from typing import Any
 
 from prefect.events import emit_event
 
+from recovery.blocking import blocking
+from recovery.config.loader import load_config
+from recovery.engine.incidents import first_report, incident_id, reason_tag
 from recovery.engine.lifecycle import Phase, RunDetails, add_hook
 from recovery.engine.monitor import Decision
 from recovery.enums import RunState
 from recovery.redact import redact
 from recovery.reporting import metrics
 from recovery.reporting.status import TargetStatus
+from recovery.services import services_for
 
 logger = logging.getLogger("recovery.signals")
 
@@ -45,14 +49,24 @@ def run_event_id(event: str, run_id: str | None) -> uuid.UUID | None:
     return uuid.uuid5(EVENT_ID_NAMESPACE, f"{event}:{run_id}") if run_id else None
 
 
-def target_resource(target: str) -> dict[str, str]:
-    return {"prefect.resource.id": f"{RESOURCE_PREFIX}{target}", "prefect.resource.name": target}
+def target_resource(target: str, incident: str | None = None) -> dict[str, str]:
+    resource = {"prefect.resource.id": f"{RESOURCE_PREFIX}{target}", "prefect.resource.name": target}
+    if incident:  # automations may group on it (docs/automations.md)
+        resource["recovery.incident"] = incident
+    return resource
 
 
-def _emit(event: str, target: str, payload: dict[str, Any], event_id: uuid.UUID | None = None) -> None:
+def _emit(
+    event: str,
+    target: str,
+    payload: dict[str, Any],
+    event_id: uuid.UUID | None = None,
+    incident: str | None = None,
+) -> None:
     clean = {k: redact(v) if isinstance(v, str) else v for k, v in payload.items()}
     try:
-        emit_event(event=event, resource=target_resource(target), payload=clean, id=event_id)
+        resource = target_resource(target, incident)
+        emit_event(event=event, resource=resource, payload=clean, id=event_id)
     except Exception as exc:  # an escalation problem must not fail the recovery it reports
         logger.warning("could not emit %s for %s: %s", event, target, redact(str(exc)))
 
@@ -72,28 +86,48 @@ def metrics_hook(details: RunDetails) -> None:
         )
 
 
-def events_hook(details: RunDetails) -> None:
-    """``recovery.failed`` for a run that ended failed or cancelled; ``recovery.refused`` for a
-    refusal a person must see. Exactly once per run: the event id is the run's."""
-    if details.phase is not Phase.FINISHED:
-        return
-    base = {"target": details.target, "workflow": details.workflow, "type": details.run_type}
-    if details.state in (RunState.FAILED, RunState.CANCELLED):
-        _emit(
-            "recovery.failed",
-            details.target,
-            {
-                **base,
-                "state": details.state,
-                "run_id": details.run_id,
-                "error_type": details.error_type or "Error",
-                "error": details.error_text,
-            },
-            run_event_id("recovery.failed", details.run_id),
+def _first_report(details: RunDetails) -> bool:
+    """Whether this end is its incident's first of its kind (engine/incidents.py); True when
+    the audit store cannot say (better a second page than none)."""
+    try:
+        audit = services_for(load_config()).audit
+        return first_report(
+            audit, details.target, details.first_failure_at, details.run_id, details.state, details.reason
         )
-    elif details.state is RunState.REFUSED and details.escalate:
-        payload = {**base, "reason": details.reason}
-        _emit("recovery.refused", details.target, payload, run_event_id("recovery.refused", details.run_id))
+    except Exception as exc:
+        logger.warning("incident of %s not checked: %s", details.target, redact(str(exc)))
+        return True
+
+
+async def events_hook(details: RunDetails) -> None:
+    """``recovery.failed`` for a run that ended failed or cancelled; ``recovery.refused`` for a
+    refusal a person must see. Once per incident: the first such end of the incident emits
+    (``incident`` in the payload and on the resource), later ones of the same outage do not;
+    the event id is the incident's, so two processes reporting one end still make one event."""
+    if details.phase is not Phase.FINISHED or details.extra.get("taken_over"):
+        return  # a person's emergency took this run over: nothing to page about
+    failed = details.state in (RunState.FAILED, RunState.CANCELLED)
+    if not (failed or (details.state is RunState.REFUSED and details.escalate)):
+        return
+    if not await blocking(_first_report, details):
+        logger.info("%s of %s: incident already reported; no new event", details.state, details.target)
+        return
+    incident = incident_id(details.target, details.first_failure_at, details.run_id)
+    base = {"target": details.target, "workflow": details.workflow, "type": details.run_type}
+    base["incident"] = incident
+    if failed:
+        payload = {
+            **base,
+            "state": details.state,
+            "run_id": details.run_id,
+            "error_type": details.error_type or "Error",
+            "error": details.error_text,
+        }
+        _emit("recovery.failed", details.target, payload, run_event_id("recovery.failed", incident), incident)
+    else:
+        payload = {**base, "run_id": details.run_id, "reason": details.reason}
+        event_id = run_event_id(f"recovery.refused:{reason_tag(details.reason)}", incident)
+        _emit("recovery.refused", details.target, payload, event_id, incident)
 
 
 def install_hooks() -> None:

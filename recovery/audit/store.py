@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -163,6 +163,7 @@ class AuditStore:
         run_id: str | None = None,
         request_reason: str | None = None,
         now: datetime | None = None,
+        first_failure_at: datetime | None = None,
     ) -> str:
         """Record a recovery that was not started (lock held, budget exhausted...).
 
@@ -181,6 +182,7 @@ class AuditStore:
             run_id=run_id,
             now=now,
             refused_because=reason,
+            first_failure_at=first_failure_at,  # an automatic run's incident (events: once per incident)
         )
 
     def step_attempt(self, run_id: str, name: str, attempt: int) -> None:
@@ -269,5 +271,24 @@ class AuditStore:
         if target:
             query = query.where(RecoveryRun.target == target)
         query = query.order_by(RecoveryRun.started_at.desc(), RecoveryRun.id).limit(limit)
+        with self._session() as session:
+            return [run_record(r) for r in session.scalars(query)]
+
+    def incident_runs(self, target: str, first_failure_at: datetime, limit: int = 200) -> list[RunRecord]:
+        """Runs of one incident: ``target``'s runs whose ``first_failure_at`` is this one (to the
+        millisecond: the epoch seconds travel through Redis as text), oldest first
+        (``ix_recovery_runs_incidents``). Events are reported once per incident from these."""
+        slack = timedelta(milliseconds=1)
+        query = (
+            select(RecoveryRun)
+            .options(selectinload(RecoveryRun.steps))
+            .where(
+                RecoveryRun.target == target,
+                RecoveryRun.first_failure_at >= first_failure_at - slack,
+                RecoveryRun.first_failure_at <= first_failure_at + slack,
+            )
+            .order_by(RecoveryRun.started_at, RecoveryRun.id)
+            .limit(limit)
+        )
         with self._session() as session:
             return [run_record(r) for r in session.scalars(query)]

@@ -49,6 +49,7 @@ class RunDetails:
     error: BaseException | str | None = None
     reason: str | None = None  # a refusal's reason
     escalate: bool = False  # a refusal a person must act on (budget spent, same error repeating)
+    first_failure_at: float | None = None  # epoch seconds: names the incident (engine/incidents.py)
     extra: dict[str, object] = field(default_factory=dict)
 
     @property

@@ -300,7 +300,10 @@ def _lock_or_take_over(
         if take_over(state, audit, target, holder, owner, ttl, why):
             return holder
     what = holder.describe() if holder else "lock held"
-    raise refused(f"recovery already in progress for {target} ({what})")
+    hint = ""
+    if holder and holder.run_type == RunType.AUTOMATIC and request.run_type != RunType.EMERGENCY:
+        hint = "; an emergency trigger (with a reason) takes it over"
+    raise refused(f"recovery already in progress for {target} ({what}){hint}")
 
 
 def refuse(
@@ -321,6 +324,7 @@ def refuse(
         flow_run_id=flow_run_id,
         run_id=run_id,
         request_reason=request.reason,
+        first_failure_at=_ts(request.first_failure_at),  # the incident (engine/incidents.py)
     )
 
 
