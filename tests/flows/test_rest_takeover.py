@@ -34,14 +34,14 @@ Served = tuple[Api, dict[str, Any]]
 def served(tmp_path: Path, fault_server: FaultServer, redis_url: str, sqlite_url: str) -> Iterator[Served]:
     server, base = _start_server(tmp_path / "prefect-home", auth=False)
     config = tmp_path / "recovery.yaml"
-    # A long automatic recovery (30 attempts, delays up to 1 s) that the test interrupts; the
+    # A long automatic recovery (100 attempts, delays up to 1 s) that the test interrupts; the
     # monitor runs when the test asks (its schedule is an hour away).
     config.write_text(
         f"audit_url: {sqlite_url}\nstate_url: {redis_url}\n"
         "monitor: {interval_seconds: 3600, failure_threshold: 1}\n"
         "manual_triggers: {max_triggers: 50, window_seconds: 60}\n"
         "strategy: {kind: exponential, base_seconds: 0.5, factor: 2, max_delay_seconds: 1,"
-        " max_attempts: 30, jitter: none}\n"
+        " max_attempts: 100, jitter: none}\n"
         "targets:\n"
         f"  - {{name: payments-api, kind: http, url: '{fault_server.url}/health', timeout_seconds: 1,\n"
         "     verify: {consecutive_successes: 1, interval_seconds: 0}}\n"
@@ -108,6 +108,7 @@ def test_manual_is_refused_with_the_flow_run_and_emergency_takes_over(served: Se
     assert taken is not None and (taken.state, taken.error_type) == ("cancelled", "TakenOver")
     assert taken.error_message == "taken over by oncall: INC-9"
     [row] = [r for r in audit.history("payments-api") if r.flow_run_id == emergency_id]
-    assert (row.type, row.requested_by, row.reason, row.state) == ("emergency", "oncall", "INC-9", "succeeded")
+    assert (row.type, row.requested_by, row.reason) == ("emergency", "oncall", "INC-9")
+    assert row.state == "succeeded"
     logs = _logs(api, auto.flow_run_id)
     assert not any("Crash detected" in line or "Traceback" in line for line in logs), logs
