@@ -8,7 +8,9 @@
 * ``ExpectedFailures``: a failed verification or a refusal is an outcome the runtime already
   describes in one line; Prefect's engines log every task/flow exception with its traceback. The
   filter drops the traceback (never the line) of our own ``RecoveryError`` family only: a bug's
-  traceback is still logged.
+  traceback is still logged. It also rewords the three lines Prefect 3.9 logs for a cancelled
+  served run ("Crash detected!" for the interrupted step task, "Finished in state Running()")
+  as info lines saying it was cancelled; the run's state is Prefect's ``Cancelled`` either way.
 """
 
 from __future__ import annotations
@@ -49,13 +51,31 @@ async def cancel_taken_over(holder: LockHolder, logger: Any) -> None:
         )
 
 
+# What Prefect 3.9 logs when a served run is cancelled (measured: tests/flows/test_rest_api.py):
+# the task engine treats the step's CancelledError as a crash, and in a runner-managed process
+# the runner, not the engine, records Cancelled, so the engine's last line shows its local state.
+_CANCEL_NOISE = {
+    "Crash detected! Execution was cancelled by the runtime environment.": (
+        "Step interrupted: its flow run is being cancelled."
+    ),
+    "Finished in state Crashed('Execution was cancelled by the runtime environment.')": (
+        "Step finished: interrupted by the cancellation."
+    ),
+    "Finished in state Running()": "Finished: cancelled (the runner records the Cancelled state).",
+}
+
+
 class ExpectedFailures(logging.Filter):
-    """Strip the traceback from Prefect's run-log records of a ``RecoveryError``."""
+    """Strip the traceback from Prefect's run-log records of a ``RecoveryError``, and say a
+    cancellation in words instead of Prefect's crash lines (info, not error)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, RecoveryError):
             record.exc_info, record.exc_text = None, None
+        if not record.args and isinstance(record.msg, str) and record.msg in _CANCEL_NOISE:
+            record.msg = _CANCEL_NOISE[record.msg]
+            record.levelno, record.levelname = logging.INFO, "INFO"
         return True
 
     @classmethod
