@@ -151,3 +151,36 @@ def test_default_budget_escalates_automatic_recoveries_only(redis_url: str, sqli
         RecoveryRuntime.begin(config, request(run_type, reason="ops")).finish("succeeded")
     off = make_config(sqlite_url, redis_url, "{kind: exponential, budget: null}")
     RecoveryRuntime.begin(off, request("automatic")).finish("succeeded")  # no budget: unbounded
+
+
+def test_expected_failures_log_one_line_and_cancels_are_not_crashes() -> None:
+    """Prefect logs a failed step with its traceback and a cancelled served run as a crash; the
+    filter on its run loggers keeps the line, drops our errors' tracebacks, rewords the crash."""
+    import logging
+    import sys
+
+    from flows.takeover import ExpectedFailures
+    from recovery.errors import ProbeFailed
+
+    def record(msg: str, exc: BaseException | None = None) -> logging.LogRecord:
+        info = None
+        if exc is not None:
+            try:
+                raise exc
+            except BaseException:
+                info = sys.exc_info()
+        return logging.LogRecord("prefect.task_runs", logging.ERROR, __file__, 1, msg, (), info)
+
+    expected = record("Task run failed with exception: ProbeFailed('503')", ProbeFailed("503"))
+    bug = record("Task run failed with exception: KeyError('x')", KeyError("x"))
+    crash = record("Crash detected! Execution was cancelled by the runtime environment.")
+    other = record("Crash detected! Process killed")
+    for r in (expected, bug, crash, other):
+        assert ExpectedFailures().filter(r)  # never drops a line
+    assert expected.exc_info is None and expected.levelno == logging.ERROR
+    assert bug.exc_info is not None  # a bug keeps its traceback
+    assert (crash.levelno, crash.getMessage()) == (
+        logging.INFO,
+        "Step interrupted: its flow run is being cancelled.",
+    )
+    assert other.levelno == logging.ERROR and other.getMessage() == "Crash detected! Process killed"
