@@ -10,10 +10,11 @@ from typing import Any, Literal
 from prefect import Flow, get_run_logger
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.runtime import flow_run as current_flow_run
-from prefect.states import Failed
+from prefect.states import Cancelled, Failed
 
 from flows import signals
 from flows.orchestration import install_orchestrator
+from flows.takeover import ExpectedFailures, cancel_taken_over
 from recovery.blocking import blocking_to_end
 from recovery.config.loader import RecoveryConfig, load_config
 from recovery.engine.lifecycle import Phase, RunDetails, add_hook, emit
@@ -22,7 +23,7 @@ from recovery.engine.runtime import RecoveryRequest, RecoveryRuntime
 from recovery.engine.triggers import attempt_id
 from recovery.enums import RunState
 from recovery.enums import RunType as RunType_
-from recovery.errors import RecoveryRefused
+from recovery.errors import LockLost, RecoveryError, RecoveryRefused
 from recovery.redact import install_log_redaction, redact
 from recovery.services import services_for
 from tasks.status import publish_status
@@ -50,6 +51,8 @@ def log_hook(details: RunDetails) -> None:
         logger.error("%s failed: %s", what, details.error_text)
     elif details.state is RunState.SUCCEEDED:
         logger.info("%s succeeded", what)
+    elif details.state is RunState.CANCELLED and details.reason:  # taken over by an emergency
+        logger.warning("%s stopped: %s", what, details.reason)
 
 
 async def board_hook(details: RunDetails) -> None:
@@ -63,6 +66,7 @@ async def board_hook(details: RunDetails) -> None:
 def install_hooks() -> None:
     install_log_redaction()
     install_orchestrator()  # deployment and approval steps (recovery.kinds.orchestrator)
+    ExpectedFailures.install()
     add_hook(log_hook)
     add_hook(board_hook)
     signals.install_hooks()
@@ -97,7 +101,8 @@ async def execute_workflow(
     def outcome(state: RunState, **extra: Any) -> RunDetails:
         return RunDetails(
             Phase.FINISHED, request.target, workflow, run_type, audit_id, state,
-            duration_seconds=None if state is RunState.REFUSED else time.monotonic() - started, **extra,
+            duration_seconds=None if state is RunState.REFUSED else time.monotonic() - started,
+            first_failure_at=request.first_failure_at, **extra,
         )  # fmt: skip
 
     final: RunDetails | None = None
@@ -115,9 +120,12 @@ async def execute_workflow(
         state: RunState = RunState.FAILED
         error: BaseException | None = None
         refusal: RecoveryRefused | None = None
+        taken_over: str | None = None
         try:
             # Inside the try: a cancellation while the start is reported still finishes the run.
             await emit(RunDetails(Phase.STARTED, rt.target.name, workflow, run_type, rt.run_id))
+            if rt.took_over is not None:
+                await cancel_taken_over(rt.took_over, logger)
             for name, planned in rt.plans.items():
                 try:
                     detail = await step_task(planned)(rt, name)
@@ -125,7 +133,7 @@ async def execute_workflow(
                 except RecoveryRefused:
                     raise  # an approval said no, or nobody answered: never skipped as optional
                 except Exception as exc:
-                    if not planned.step.optional:
+                    if isinstance(exc, LockLost) or not planned.step.optional:
                         raise
                     logger.warning("optional step %s failed, continuing: %s", name, redact(str(exc)))
             state = RunState.SUCCEEDED
@@ -134,12 +142,23 @@ async def execute_workflow(
         except asyncio.CancelledError as exc:
             state, error = RunState.CANCELLED, exc
             raise
+        except LockLost as exc:
+            error = exc
+            taken_over = await blocking_to_end(rt.taken_over_by)
+            if taken_over is None:
+                return Failed(message=redact(str(exc)))
+            state = RunState.CANCELLED  # an emergency took over: its run acts now, not this one
+            return Cancelled(message=redact(taken_over))
+        except RecoveryError as exc:  # an expected failure (verification, a step's own check):
+            error = exc  # one line in the state and the log, no traceback (ExpectedFailures)
+            return Failed(message=f"{workflow} of {rt.target.name} failed: {redact(str(exc))}")
         except BaseException as exc:
             error = exc
             raise
         finally:
-            why = {"reason": refusal.reason} if refusal is not None else {}
-            final = outcome(state, error=error, rung=rt.rung, rungs=rt.rungs, **why)
+            why = {"reason": refusal.reason} if refusal is not None else {"reason": taken_over}
+            extra = {"taken_over": True} if taken_over else {}
+            final = outcome(state, error=error, rung=rt.rung, rungs=rt.rungs, extra=extra, **why)
             await rt.afinish(state, error)  # off the loop; completes even while cancelled
         if refusal is not None:
             return refused_state(refusal.reason)
@@ -194,5 +213,6 @@ async def on_crashed(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any])
             run_id=_audit_id(flow_run),
             state=RunState.FAILED,
             error=Crashed(state.message or "flow run crashed"),
+            first_failure_at=params.get("first_failure_at"),
         )
     )

@@ -47,7 +47,8 @@ async def recover(
         target: Target to recover.
         requested_by: Who asks (audited): a name, a ticket bot. Required.
         type: manual, or emergency (needs a reason; bypasses time-window budgets and breaker
-            alignment, never the one-recovery-per-target lock).
+            alignment, and takes over a running automatic recovery of the target: it is
+            cancelled, both audited). A manual run is refused while another recovery runs.
         reason: Why (audited). Required for an emergency.
         workflow: Workflow to run instead of the one chosen for the target's kind.
         dry_run: Record and return the plan; touch nothing.

@@ -59,7 +59,14 @@ async def reconcile_runs(config: RecoveryConfig) -> list[ReconciledRun]:
     for run in report.finished:
         run_type = RunType(run.run_type) if run.run_type in RunType.__members__.values() else RunType.MANUAL
         details = RunDetails(
-            Phase.FINISHED, run.target, run.workflow, run_type, run.run_id, RunState.FAILED, error=run.error
+            Phase.FINISHED,
+            run.target,
+            run.workflow,
+            run_type,
+            run.run_id,
+            RunState.FAILED,
+            error=run.error,
+            first_failure_at=run.first_failure_at,
         )
         await emit(details)
     return list(report.finished)

@@ -103,6 +103,11 @@ class PermanentError(RecoveryError):
     """A failure that retrying cannot fix; the step fails on its first attempt."""
 
 
+class LockLost(PermanentError):
+    """This run no longer holds its target's lock (taken over by an emergency, or expired):
+    it stops before acting again; whoever holds the lock now owns the target."""
+
+
 class IntegrityCheckFailed(PermanentError):
     """A post-recovery integrity check failed; the recovery must not be reported as a success."""
 

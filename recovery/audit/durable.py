@@ -33,6 +33,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from recovery.audit.db import DEFAULT_TIMEOUT_SECONDS
@@ -301,3 +302,7 @@ class DurableAudit(AuditStore):
     def history(self, target: str | None = None, limit: int = 20) -> list[RunRecord]:
         self._before_read()
         return super().history(target, limit)
+
+    def incident_runs(self, target: str, first_failure_at: datetime, limit: int = 200) -> list[RunRecord]:
+        self._before_read()
+        return super().incident_runs(target, first_failure_at, limit)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -166,6 +166,7 @@ class AuditStore:
         request_reason: str | None = None,
         now: datetime | None = None,
         rung: int | None = None,
+        first_failure_at: datetime | None = None,
     ) -> str:
         """Record a recovery that was not started (lock held, budget exhausted...).
 
@@ -185,6 +186,7 @@ class AuditStore:
             now=now,
             refused_because=reason,
             rung=rung,
+            first_failure_at=first_failure_at,  # an automatic run's incident (events: once per incident)
         )
 
     def step_attempt(self, run_id: str, name: str, attempt: int) -> None:
@@ -212,11 +214,13 @@ class AuditStore:
         """Set the final state; ``now`` (default: the current time) becomes ``finished_at``."""
         self._write(finish_run_op(run_id, state, error, error_type, now or utcnow()))
 
-    def orphan_run(self, run_id: str, error_type: str, message: str, now: datetime | None = None) -> bool:
-        """Finish a run whose process died: ``failed`` with ``error_type``, its running step
-        ``failed``, steps never started ``skipped``. Only a row still ``in_progress`` changes, so
-        of two reconcilers (or a reconciler and the run's own late ``finish``) one wins; True if
-        this call finished the row."""
+    def orphan_run(
+        self, run_id: str, error_type: str, message: str, now: datetime | None = None, state: str = "failed"
+    ) -> bool:
+        """Finish a run whose process died (or that an emergency took over: ``state``
+        ``cancelled``): ``state`` with ``error_type``, its running step ``failed``, steps never
+        started ``skipped``. Only a row still ``in_progress`` changes, so of two reconcilers (or
+        a reconciler and the run's own late ``finish``) one wins; True if this call finished it."""
         now = now or utcnow()
         message = error_text(message) or ""
         with self._session() as session:
@@ -224,7 +228,7 @@ class AuditStore:
             claimed = session.execute(
                 update(RecoveryRun)
                 .where(RecoveryRun.id == run_id, RecoveryRun.state == "in_progress")
-                .values(state="failed", finished_at=now, error_type=error_type, error_message=message)
+                .values(state=state, finished_at=now, error_type=error_type, error_message=message)
             )
             if not getattr(claimed, "rowcount", 0):
                 return False
@@ -271,5 +275,24 @@ class AuditStore:
         if target:
             query = query.where(RecoveryRun.target == target)
         query = query.order_by(RecoveryRun.started_at.desc(), RecoveryRun.id).limit(limit)
+        with self._session() as session:
+            return [run_record(r) for r in session.scalars(query)]
+
+    def incident_runs(self, target: str, first_failure_at: datetime, limit: int = 200) -> list[RunRecord]:
+        """Runs of one incident: ``target``'s runs whose ``first_failure_at`` is this one (to the
+        millisecond: the epoch seconds travel through Redis as text), oldest first
+        (``ix_recovery_runs_incidents``). Events are reported once per incident from these."""
+        slack = timedelta(milliseconds=1)
+        query = (
+            select(RecoveryRun)
+            .options(selectinload(RecoveryRun.steps))
+            .where(
+                RecoveryRun.target == target,
+                RecoveryRun.first_failure_at >= first_failure_at - slack,
+                RecoveryRun.first_failure_at <= first_failure_at + slack,
+            )
+            .order_by(RecoveryRun.started_at, RecoveryRun.id)
+            .limit(limit)
+        )
         with self._session() as session:
             return [run_record(r) for r in session.scalars(query)]

@@ -36,7 +36,8 @@ def _suffix_key(suffix: str) -> Callable[[str], str]:
 # A target's keys (recovery:target:{name}:{suffix}) and what each holds:
 # hash: failures, successes, healthy, reason, probed_at, first_failure_at.
 health_key = _suffix_key("health")
-# string, PX TTL: owner token of the running recovery.
+# string, PX TTL: owner token of the running recovery (its audit row's lock_owner; an
+# emergency takes it over by compare-and-set: lua/takeover_lock.lua).
 lock_key = _suffix_key("lock")
 # string: why the application should hold traffic.
 paused_key = _suffix_key("paused")

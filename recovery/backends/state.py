@@ -67,6 +67,12 @@ class SharedState(ABC):
         """Extend the lock if ``owner`` still holds it (long recoveries call this per step)."""
 
     @abstractmethod
+    def takeover_lock(self, target: str, old_owner: str, new_owner: str, ttl_seconds: float) -> bool:
+        """Hand the lock from ``old_owner`` to ``new_owner`` (fresh TTL) if ``old_owner`` still
+        holds it: a compare-and-set, so two emergencies taking over one run cannot both win.
+        The old owner's next refresh fails and it stops (``RecoveryRuntime._start_attempt``)."""
+
+    @abstractmethod
     def release_lock(self, target: str, owner: str) -> bool:
         """Release the lock only if ``owner`` holds it (never someone else's)."""
 

@@ -71,6 +71,13 @@ class MemoryState(SharedState):
             self._locks[target] = (owner, self._clock() + ttl_seconds)
             return True
 
+    def takeover_lock(self, target: str, old_owner: str, new_owner: str, ttl_seconds: float) -> bool:
+        with self._mutex:
+            if self._live_owner(target) != old_owner:
+                return False
+            self._locks[target] = (new_owner, self._clock() + ttl_seconds)
+            return True
+
     def release_lock(self, target: str, owner: str) -> bool:
         with self._mutex:
             if self._live_owner(target) != owner:

@@ -70,6 +70,11 @@ class RedisState(SharedState):
         refresh = self.scripts("refresh_lock")
         return bool(self._call(lambda: refresh(keys=[lock_key(target)], args=[owner, ttl])))
 
+    def takeover_lock(self, target: str, old_owner: str, new_owner: str, ttl_seconds: float) -> bool:
+        ttl = max(1, int(ttl_seconds * 1000))
+        takeover = self.scripts("takeover_lock")
+        return bool(self._call(lambda: takeover(keys=[lock_key(target)], args=[old_owner, new_owner, ttl])))
+
     def release_lock(self, target: str, owner: str) -> bool:
         release = self.scripts("release_lock")
         return bool(self._call(lambda: release(keys=[lock_key(target)], args=[owner])))

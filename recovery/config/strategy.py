@@ -52,8 +52,18 @@ def _seed() -> Any:
     return Field(None, ge=-MAX_SEED, le=MAX_SEED, description="Seed for jitter (tests, reproducible runs).")
 
 
+class RecoveryBudget(_StrategyModel):
+    """At most ``max_recoveries`` automatic (unattended) recoveries of a target per sliding
+    window; then they are refused and escalated (``recovery.refused``) instead of starting one
+    per monitor cycle forever. Manual and emergency runs neither count nor are refused."""
+
+    max_recoveries: int = Field(3, ge=1, le=10_000, description="Automatic recoveries per window.")
+    window_seconds: float = Field(3600.0, gt=0, le=MAX_WINDOW, description="Length of the sliding window.")
+
+
 class ExponentialStrategyConfig(_StrategyModel):
-    """Exponential backoff: delay_n = min(cap, base * factor**n), then jitter."""
+    """Exponential backoff: delay_n = min(cap, base * factor**n), then jitter; and a budget of
+    automatic recoveries (``budget: null`` turns it off)."""
 
     kind: Literal["exponential"] = "exponential"
     base_seconds: float = Field(1.0, gt=0, le=MAX_DELAY, description="Delay before the first retry.")
@@ -62,6 +72,10 @@ class ExponentialStrategyConfig(_StrategyModel):
     max_attempts: int = _attempts_per_step(5)
     jitter: Jitter = _jitter(Jitter.full)
     seed: int | None = _seed()
+    budget: RecoveryBudget | None = Field(
+        default_factory=lambda: RecoveryBudget(),
+        description="Automatic recoveries per window before escalating; null: unbounded.",
+    )
 
 
 class LinearStrategyConfig(_StrategyModel):
@@ -133,6 +147,9 @@ class TimeWindowStrategyConfig(_StrategyModel):
     kind: Literal["time_window"] = "time_window"
     max_recoveries: int = Field(3, ge=1, le=10_000, description="Recoveries allowed per window.")
     window_seconds: float = Field(3600.0, gt=0, le=MAX_WINDOW, description="Length of the sliding window.")
+    unattended_only: bool = Field(
+        False, description="Count and refuse only unattended (automatic, scheduled) recoveries."
+    )
 
 
 def _strategy_kind(value: Any) -> str | None:

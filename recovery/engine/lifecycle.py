@@ -51,6 +51,7 @@ class RunDetails:
     escalate: bool = False  # a refusal a person must act on (budget spent, same error repeating)
     rung: int | None = None  # escalation ladder: the rung (1-based) this run was; None: no ladder
     rungs: int = 0  # escalation ladder: the target's number of rungs
+    first_failure_at: float | None = None  # epoch seconds: names the incident (engine/incidents.py)
     extra: dict[str, object] = field(default_factory=dict)
 
     @property

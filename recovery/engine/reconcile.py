@@ -60,6 +60,7 @@ class ReconciledRun:
     step: str | None  # the step that was running when the process died
     breaker_reopened: bool
     started_at: datetime
+    first_failure_at: float | None = None  # epoch seconds: the run's incident (engine/incidents.py)
 
     @property
     def error(self) -> RecoveryError:
@@ -148,5 +149,6 @@ def reconcile(
             continue  # finished meanwhile, by the run itself or another reconciler
         reopened = _release_breaker(services, run)
         what = (run.id, run.target, run.workflow, run.type)
-        finished.append(ReconciledRun(*what, error_type, message, step, reopened, run.started_at))
+        first = run.first_failure_at.timestamp() if run.first_failure_at else None
+        finished.append(ReconciledRun(*what, error_type, message, step, reopened, run.started_at, first))
     return ReconcileReport(len(runs), tuple(finished), tuple(running), young)

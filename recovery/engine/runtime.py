@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -28,6 +29,7 @@ from recovery.client.breakers import FleetBreaker, breaker_for_target, open_brea
 from recovery.config.loader import RecoveryConfig, TargetConfig
 from recovery.engine import escalation
 from recovery.engine.probing import probe_once
+from recovery.engine.takeover import TAKEN_OVER, LockHolder, can_take_over, lock_holder, take_over
 from recovery.engine.workflows import (
     PlannedStepRetry,
     WorkflowSpec,
@@ -36,7 +38,7 @@ from recovery.engine.workflows import (
     workflow_named,
 )
 from recovery.enums import RunType
-from recovery.errors import PermanentError, RecoveryRefused, StateUnavailable, TemporaryError
+from recovery.errors import LockLost, PermanentError, RecoveryRefused, StateUnavailable, TemporaryError
 from recovery.kinds.base import Detail, ProbeResult
 from recovery.policy.admission import Admission, admit
 from recovery.policy.strategies import RetryPlan
@@ -93,6 +95,8 @@ class RecoveryRuntime:
         self.admission: Admission | None = None  # the strategy decision; settled by finish()
         self.rung: int | None = None  # escalation ladder: which rung this run is (None: none)
         self.rungs = len(target.escalation)
+        self.took_over: LockHolder | None = None  # the automatic run this emergency took over
+        self.lost_lock = False  # another run holds the lock now: it owns the row's end and the breaker
 
     @classmethod
     def begin(
@@ -123,10 +127,9 @@ class RecoveryRuntime:
             escalation.end_rung(state, target, request.lock_token, "refused")  # next detection: next rung
             return RecoveryRefused(reason, escalate=escalate, rung=rung, rungs=len(target.escalation))
 
+        took_over: LockHolder | None = None
         if request.lock_token is None:
-            if not state.acquire_lock(target.name, owner, config.monitor.lock_ttl_seconds):
-                holder = state.lock_owner(target.name) or "unknown"
-                raise refused(f"recovery already in progress for {target.name} (run {holder})")
+            took_over = _lock_or_take_over(config, target.name, request, owner, state, audit, refused)
         elif state.lock_owner(target.name) != owner:
             # The monitor hands over the lock it took; a token nobody holds (expired, forged, a
             # stale retry) must not let a run act unlocked beside another recovery.
@@ -144,6 +147,7 @@ class RecoveryRuntime:
         rt = cls(config, target, spec, state, audit, run_id, owner, plan=admission.plan)
         rt.admission = admission
         rt.rung = rung
+        rt.took_over = took_over
         rt.options = dict(request.options or {})
         rt.reason = request.reason or request.detected_reason
         try:
@@ -190,7 +194,10 @@ class RecoveryRuntime:
     def _start_attempt(self, name: str, attempt: int) -> None:
         self.audit.step_attempt(self.run_id, name, attempt)
         if not self.state.refresh_lock(self.target.name, self.owner, self.config.monitor.lock_ttl_seconds):
-            error = PermanentError(f"lost the recovery lock of {self.target.name}; stopping")
+            # Taken over by an emergency (or expired): stop before acting again. The step row
+            # is finished unless the takeover already finished the whole row.
+            self.lost_lock = True
+            error = LockLost(f"lost the recovery lock of {self.target.name}; stopping")
             self.audit.step_finished(self.run_id, name, "failed", error)
             raise error
         if self.admission is not None:
@@ -236,13 +243,23 @@ class RecoveryRuntime:
         """``finish`` off the event loop; completes even if the caller is being cancelled."""
         await blocking_to_end(self.finish, state, error)
 
+    def taken_over_by(self) -> str | None:
+        """After ``LockLost``: the takeover message if an emergency finished this row, else None."""
+        record = self.audit.run(self.run_id)
+        if record is None or record.state != "cancelled" or record.error_type != TAKEN_OVER:
+            return None
+        return record.error_message
+
     def finish(self, state: str, error: BaseException | None = None) -> None:
         try:
-            self.audit.finish_run(self.run_id, state, error)
+            if not (self.lost_lock and self.taken_over_by() is not None):
+                self.audit.finish_run(self.run_id, state, error)  # a takeover's "cancelled" stands
         finally:
             if self.admission is not None:
                 self.admission.settle(state)  # a breaker_aligned probe closes or re-opens the breaker
-            if state != "succeeded" and self.breaker_closed_by_us:
+            if self.lost_lock:
+                pass  # the lock's new holder owns the breaker; an unverified close of ours lapses
+            elif state != "succeeded" and self.breaker_closed_by_us:
                 self._reopen_breaker()
             elif self.breaker_closed_by_us:
                 self._close_lease("confirm")  # verified: the close stands (else it lapses to open)
@@ -280,6 +297,38 @@ class RecoveryRuntime:
             return
 
 
+def _lock_or_take_over(
+    config: RecoveryConfig,
+    target: str,
+    request: RecoveryRequest,
+    owner: str,
+    state: SharedState,
+    audit: AuditStore,
+    refused: Callable[[str], RecoveryRefused],
+) -> LockHolder | None:
+    """Take ``target``'s lock for ``owner``; an emergency takes it over from an automatic run
+    (returned: the caller cancels its flow run). Otherwise ``refused`` naming the holder's flow
+    run and audit ids. Two tries: the lock may change hands between reading and taking it."""
+    ttl = config.monitor.lock_ttl_seconds
+    holder: LockHolder | None = None
+    for _ in range(2):
+        if state.acquire_lock(target, owner, ttl):
+            return None
+        holder = lock_holder(state, audit, target)
+        if holder is None:
+            continue  # released meanwhile: try again
+        if not can_take_over(request.run_type, holder):
+            break
+        why = f"taken over by {request.requested_by}: {request.reason}"
+        if take_over(state, audit, target, holder, owner, ttl, why):
+            return holder
+    what = holder.describe() if holder else "lock held"
+    hint = ""
+    if holder and holder.run_type == RunType.AUTOMATIC and request.run_type != RunType.EMERGENCY:
+        hint = "; an emergency trigger (with a reason) takes it over"
+    raise refused(f"recovery already in progress for {target} ({what}){hint}")
+
+
 def refuse(
     audit: AuditStore,
     request: RecoveryRequest,
@@ -300,6 +349,7 @@ def refuse(
         run_id=run_id,
         request_reason=request.reason,
         rung=rung,
+        first_failure_at=_ts(request.first_failure_at),  # the incident (engine/incidents.py)
     )
 
 

@@ -40,6 +40,7 @@ from recovery.policy.strategies import (
     leaf_configs,
     retry_plan,
     strategy_kinds,
+    with_budget,
 )
 
 HISTORY_LIMIT = 100
@@ -91,7 +92,7 @@ def strategy_input(
     now: float,
 ) -> StrategyInput:
     """Read exactly what ``target``'s strategy looks at."""
-    strategy_config = config.strategy_for(target)
+    strategy_config = with_budget(config.strategy_for(target))
     kinds = strategy_kinds(strategy_config)
     recent: tuple[float, ...] = ()
     history: tuple[PastRun, ...] = ()
@@ -128,7 +129,7 @@ def admit(
 ) -> Admission:
     """Decide and reserve. The caller holds the target's lock; ``owner`` is the run's lock owner."""
     strategy = build_strategy(
-        config.strategy_for(target), breaker_reset_seconds=target.breaker.reset_timeout_seconds
+        with_budget(config.strategy_for(target)), breaker_reset_seconds=target.breaker.reset_timeout_seconds
     )
     inp = strategy_input(config, target, run_type, state, audit, clock())
     decision = strategy.decide(inp)

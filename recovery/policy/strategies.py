@@ -24,7 +24,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, overload
+from typing import Any, Protocol, overload
 
 from recovery.config.strategy import SINGLE_ATTEMPT as SINGLE_ATTEMPT
 from recovery.config.strategy import STRATEGY_KINDS as STRATEGY_KINDS
@@ -241,6 +241,7 @@ class BreakerAligned:
 class TimeWindow:
     max_recoveries: int
     window_seconds: float
+    unattended_only: bool = False  # an exponential strategy's budget: people's runs are not counted
     kind: str = "time_window"
 
     def plan(self, inp: StrategyInput | None = None) -> None:
@@ -252,6 +253,8 @@ class TimeWindow:
 
     def decide(self, inp: StrategyInput) -> StrategyDecision:
         slot = WindowSlot(self.max_recoveries, self.window_seconds)
+        if self.unattended_only and inp.run_type not in UNATTENDED_RUN_TYPES:
+            return StrategyDecision.allow(self.kind)
         if inp.run_type in BYPASS_RUN_TYPES:
             forced = WindowSlot(self.max_recoveries, self.window_seconds, force=True)
             return StrategyDecision(
@@ -261,9 +264,11 @@ class TimeWindow:
         if len(recent) < self.max_recoveries:
             return StrategyDecision(True, "allowed", self.kind, window_slots=(slot,))
         frees_in = recent[len(recent) - self.max_recoveries] + self.window_seconds - inp.now
+        what = "budget" if self.unattended_only else self.kind
+        runs = "automatic recoveries" if self.unattended_only else "recoveries"
         return StrategyDecision(
             False,
-            f"time_window: {len(recent)} recoveries of {inp.target} in the last "
+            f"{what}: {len(recent)} {runs} of {inp.target} in the last "
             f"{self.window_seconds:g}s (max {self.max_recoveries}); escalating",
             self.kind,
             retry_after_seconds=round(max(frees_in, 0.0), 3),
@@ -339,7 +344,7 @@ def build_strategy(config: StrategyConfig, *, breaker_reset_seconds: float | Non
         reset = config.reset_timeout_seconds or breaker_reset_seconds or 60.0
         return BreakerAligned(config.max_attempts, config.max_delay_seconds, reset)
     if isinstance(config, TimeWindowStrategyConfig):
-        return TimeWindow(config.max_recoveries, config.window_seconds)
+        return TimeWindow(config.max_recoveries, config.window_seconds, config.unattended_only)
     if isinstance(config, CompositeStrategyConfig):
         return Composite(
             tuple(build_strategy(c, breaker_reset_seconds=breaker_reset_seconds) for c in config.strategies)
@@ -356,6 +361,30 @@ def retry_plan(strategy: Strategy, inp: StrategyInput | None = None) -> RetryPla
     if is_testing():
         return RetryPlan(plan.max_attempts, tuple(0.0 for _ in plan.delays))
     return plan
+
+
+def with_budget(config: StrategyConfig) -> StrategyConfig:
+    """``config`` with each exponential strategy's ``budget`` spelled out as an unattended-only
+    time window beside it (a composite): what admission decides with. Plans are unchanged (a
+    time window has no plan); ``budget: null`` or another kind is returned as is."""
+    leaves = leaf_configs(config)
+    if not any(isinstance(c, ExponentialStrategyConfig) and c.budget for c in leaves):
+        return config
+    out: list[Any] = []
+    for leaf in leaves:
+        if isinstance(leaf, ExponentialStrategyConfig) and leaf.budget is not None:
+            budget = leaf.budget
+            out.append(leaf.model_copy(update={"budget": None}))
+            out.append(
+                TimeWindowStrategyConfig(
+                    max_recoveries=budget.max_recoveries,
+                    window_seconds=budget.window_seconds,
+                    unattended_only=True,
+                )
+            )
+        else:
+            out.append(leaf)
+    return CompositeStrategyConfig(strategies=out)
 
 
 def strategy_kinds(config: StrategyConfig) -> frozenset[str]:

@@ -287,6 +287,17 @@ async def test_documented_automations_page_on_a_failed_recovery(
         [page] = [m for m in _Hook.received if name in m.get("subject", "")]
         assert page["subject"] == f"Recovery failed: {name}"
         assert "api-failure-recovery (automatic)" in page["body"] and "ProbeFailed" in page["body"]
+
+        # The next cycle's recovery of the same outage fails too: audited, no new event, no page.
+        report = await monitor()
+        assert [r["state"] for r in report["recoveries"]] == ["failed"]
+        runs = AuditStore(sqlite_url).history(name)
+        assert [r.state for r in runs] == ["failed", "failed"]
+        assert len({r.first_failure_at for r in runs}) == 1  # one incident
+        failed = await events("recovery.failed", name, time.time() - 120, want=2, timeout=10)
+        assert len(failed) == 1 and failed[0].payload["incident"] in page["body"]
+        await asyncio.sleep(3)  # what the automation would have sent by now
+        assert len([m for m in _Hook.received if name in m.get("subject", "")]) == 1
     finally:
         hook.shutdown()
         async with get_client() as client:

@@ -223,6 +223,10 @@ def test_rest_cancel_marks_audit_cancelled_and_releases_lock(
         time.sleep(0.5)
     assert rec is not None and rec.state == "cancelled"
     assert RedisState(ctx["redis"]).lock_owner("payments-api") is None
+    body = {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200}
+    logs = [str(e["message"]) for e in api.call("POST", "/logs/filter", json=body)]
+    # A cancel is no crash: no "Crash detected!", no "Finished in state Running()" (issue 14).
+    assert not any("Crash detected" in line or "state Running()" in line for line in logs), logs
 
 
 @pytest.mark.parametrize("served", [True], indirect=True)

@@ -1,0 +1,9 @@
+-- Take the recovery lock over from ARGV[1] (an emergency taking over an automatic recovery):
+-- compare-and-set on the old owner, so of two emergencies only one wins, and a lock that
+-- changed hands (released, expired, re-taken) since the caller read it is not taken.
+-- KEYS[1] lock key; ARGV[1] old owner, ARGV[2] new owner, ARGV[3] TTL in ms. Returns 1 if taken.
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
