@@ -21,6 +21,7 @@ from datetime import timedelta
 from typing import Any, cast
 
 from prefect import Flow, serve
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.deployments.runner import RunnerDeployment
 from prefect.utilities.callables import ParameterSchema
 from pydantic import ConfigDict
@@ -34,8 +35,9 @@ class DeploymentSpec:
     name: str
     entrypoint: str  # "module:function", the same string prefect.yaml uses (with .py path)
     description: str
-    schedule: str | None = None  # "monitor" -> config interval; "hourly"
+    schedule: str | None = None  # "monitor" -> config period; "hourly"
     concurrency_limit: int | None = None
+    cancel_new: bool = False  # a run that finds the limit full is cancelled, never queued
     tags: tuple[str, ...] = field(default=("recovery",))
     workflow: str | None = None  # an operation: its targets are those of this workflow's kinds
 
@@ -43,10 +45,14 @@ class DeploymentSpec:
 DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
     DeploymentSpec(
         "monitor",
-        "flows.monitor:monitor",
-        "Probe every target, apply thresholds, run recoveries as subflows.",
+        "flows.monitor_period:monitor_period",
+        "Probe every target every interval for one period, in one process; recoveries run as "
+        "subflows beside later cycles.",
         schedule="monitor",
-        concurrency_limit=1,
+        # This period's run draining its recoveries + the next one cycling; a third is dropped
+        # (CANCEL_NEW), never queued: no AwaitingConcurrencySlot backlog (flows/monitor_period.py).
+        concurrency_limit=2,
+        cancel_new=True,
         tags=("recovery", "monitor"),
     ),
     DeploymentSpec(
@@ -117,9 +123,12 @@ def _deployment(spec: DeploymentSpec, config: RecoveryConfig) -> RunnerDeploymen
     flow = load_flow(spec.entrypoint)
     interval: timedelta | None = None
     if spec.schedule == "monitor":
-        interval = timedelta(seconds=config.monitor.interval_seconds)
+        interval = timedelta(seconds=config.monitor.period_budget_seconds)
     elif spec.schedule == "hourly":
         interval = timedelta(hours=1)
+    limit: int | ConcurrencyLimitConfig | None = spec.concurrency_limit
+    if limit is not None and spec.cancel_new:
+        limit = ConcurrencyLimitConfig(limit=limit, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
     # to_deployment is sync-or-async ("async_dispatch"); called from sync code it returns the value.
     deployment = cast(
         RunnerDeployment,
@@ -127,7 +136,7 @@ def _deployment(spec: DeploymentSpec, config: RecoveryConfig) -> RunnerDeploymen
             name=spec.name,
             description=spec.description,
             interval=interval,
-            concurrency_limit=spec.concurrency_limit,
+            concurrency_limit=limit,
             tags=list(spec.tags),
         ),
     )

@@ -54,6 +54,9 @@ class Decision:
     workflow: str | None = None
     lock_token: str | None = None
     first_failure_at: float | None = None
+    # Epoch seconds at which this monitor decided to recover (took the lock): the audit row's
+    # ``detected_at``, so MTTD ends here and does not include the recovery flow's start-up.
+    detected_at: float | None = None
     flapping: bool = False  # recovery/flapping.py: automatic recovery is held off while set
     flap_percent: float = 0.0
     flap_started: bool = False  # this probe made the target flapping (escalate)
@@ -61,7 +64,7 @@ class Decision:
     note: str | None = None  # why a ``deferred`` decision was deferred
 
     def as_json(self) -> dict[str, Any]:
-        return to_json(self, exclude=("lock_token", "first_failure_at", "flap_started"))
+        return to_json(self, exclude=("lock_token", "first_failure_at", "detected_at", "flap_started"))
 
 
 def deferred(result: ProbeResult, note: str) -> Decision:
@@ -188,7 +191,9 @@ def _decide_one(
     with contextlib.suppress(StateUnavailable):
         open_breaker(services_for(config).breaker(target))
     workflow = select_workflow(target, result).name
-    return replace(base, action=MonitorAction.RECOVER, workflow=workflow, lock_token=token)
+    return replace(
+        base, action=MonitorAction.RECOVER, workflow=workflow, lock_token=token, detected_at=time.time()
+    )
 
 
 def release_recovery_lock(config: RecoveryConfig, decision: Decision) -> bool:
