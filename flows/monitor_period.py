@@ -14,10 +14,14 @@ One run of the ``monitor`` deployment now runs ``monitor.period_seconds`` of cyc
   outlive its parent, so after its last cycle the run waits for them, at most half a period
   (``Period.drain_seconds``); any still running then are cancelled (audited ``cancelled``,
   lock released) and the next period's cycles start them again.
-- **No backlog, ever**: cycles sit on one grid across period runs (recovery/engine/period.py),
-  so the next run takes over where this one stops; the deployment's concurrency limit is 2
-  (this run draining + the next cycling) with ``collision_strategy: CANCEL_NEW``: a run that
-  cannot start is cancelled, never queued ``AwaitingConcurrencySlot`` or ``Late``.
+- **No backlog, ever, and no gap**: cycles sit on one grid across period runs
+  (recovery/engine/period.py). The runner starts the next run's process early (prefetch) and
+  Prefect holds it until its scheduled time; at its period's end this run checks before each
+  slot whether the next run is running, and keeps cycling until it is (bounded), so a slow
+  process start leaves no gap and no slot is probed twice. The deployment's concurrency limit
+  is 2 (this run handing over or draining + the next cycling) with ``collision_strategy:
+  CANCEL_NEW``: a run that cannot start is cancelled, never queued ``AwaitingConcurrencySlot``
+  or ``Late``.
 - **The status board** is republished when a row changed (and at least every
   ``monitor.board_heartbeat_seconds``), by the cycle that sees the change: current within one
   interval, and no new artifact version for a healthy fleet's every cycle.
@@ -32,10 +36,20 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
-from prefect import flow, get_run_logger
-from prefect.client.schemas.objects import State
+from prefect import flow, get_client, get_run_logger
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterDeploymentId,
+    FlowRunFilterExpectedStartTime,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import State, StateType
+from prefect.runtime import deployment as current_deployment
 from prefect.runtime import flow_run as current_flow_run
 from prefect.states import Completed, Failed
 
@@ -82,6 +96,29 @@ def _outcome(task: asyncio.Task[dict[str, Any]], d: Decision) -> dict[str, Any]:
     return task.result()
 
 
+async def _successor_cycling(anchor: float, timeout: float) -> bool:
+    """Is a later run of this run's deployment already running (cycling on the same grid)?
+
+    One API read, only while handing over. Unknown (no deployment, API slow or down) counts
+    as no: a second probe of one slot costs less than a gap in monitoring."""
+    deployment_id = current_deployment.id
+    if not deployment_id:
+        return False
+    flt = FlowRunFilter(
+        deployment_id=FlowRunFilterDeploymentId(any_=[uuid.UUID(str(deployment_id))]),
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING])),
+        expected_start_time=FlowRunFilterExpectedStartTime(
+            after_=datetime.fromtimestamp(anchor + 1.0, UTC)  # not this run
+        ),
+    )
+    try:
+        async with get_client() as client:
+            runs = await asyncio.wait_for(client.read_flow_runs(flow_run_filter=flt, limit=1), timeout)
+    except Exception:
+        return False
+    return bool(runs)
+
+
 async def _drain(recoveries: Recoveries, seconds: float, logger: Any) -> None:
     """Wait up to ``seconds`` for the recoveries in flight; cancel the rest (bounded)."""
     pending = {t for t in recoveries if not t.done()}
@@ -110,21 +147,19 @@ async def monitor_period() -> State[Any]:
     gate = BoardGate(m.board_heartbeat_seconds)
     recoveries: Recoveries = {}
     cycles = 0
-    # Started late (no runner picked the run up in time): the first cycle runs at once.
-    slot = (
-        period.next_slot(time.time())
-        if time.time() <= anchor
-        else (time.time() if time.time() < period.end else None)
-    )
+    slot = period.first_slot(time.time())
     try:
         while slot is not None:
             await asyncio.sleep(max(slot - time.time(), 0.0))
+            if slot >= period.end - 1e-6 and await _successor_cycling(anchor, m.interval_seconds / 2):
+                logger.info("the next period's run is cycling: handed over after %d cycles", cycles)
+                break
             cycles += 1
             try:
                 await _cycle(config, f"cycle {cycles}", gate, recoveries, logger)
             except Exception as exc:  # one bad cycle must not end the period's monitoring
                 logger.error("cycle %d failed: %s", cycles, redact(str(exc)))
-            slot = period.next_slot(time.time())
+            slot = period.next_slot(time.time(), handing_over=True)
         await _drain(recoveries, period.drain_seconds, logger)
     finally:
         # Cancelled (or crashed) mid-period: the recoveries in flight end audited, locks released.

@@ -30,18 +30,32 @@ def test_period_slots_continue_one_grid_across_runs() -> None:
         slots.append(slot)
         slot = first.next_slot(slot + 0.5)  # each cycle takes 0.5 s
     assert slots == [1000.0, 1010.0, 1020.0, 1030.0, 1040.0, 1050.0]
-    # The next run's first slot is the grid's next one: no gap, no double cycle.
+    # The next run's first slot is the grid's next one: no gap, no double cycle, even when
+    # its process started late (it waits for the grid instead of cycling at once).
     assert second.first_slot(1052.0) == 1060.0 == slots[-1] + 10.0
+    assert second.first_slot(1063.0) == 1070.0
     assert first.next_slot(1059.9) is None
 
 
-def test_period_skips_missed_slots_and_starts_late_runs_at_once() -> None:
+def test_period_hands_over_on_the_grid_within_a_bound() -> None:
+    period = Period(anchor=0.0, interval=10.0, length=60.0)
+    # No successor cycling yet: the run keeps its grid past its end, for a quarter period.
+    assert period.next_slot(55.0, handing_over=True) == 60.0
+    assert period.next_slot(65.0, handing_over=True) == 70.0
+    assert period.next_slot(71.0, handing_over=True) is None  # 80 >= 60 + 15
+    assert period.handover_by == 75.0
+
+
+def test_period_skips_missed_slots_and_bounds_the_run() -> None:
     period = Period(anchor=0.0, interval=10.0, length=60.0)
     assert period.next_slot(23.0) == 30.0  # an overrunning cycle skips 20, never queues it
     assert period.next_slot(30.0) == 30.0
-    assert period.first_slot(4.0) == 4.0  # picked up late: cycle at once
     assert period.first_slot(61.0) is None
-    assert period.drain_seconds == 30.0
+    assert period.drain_seconds == 15.0
+    assert period.prefetch_seconds == 20.0
+    # The previous run is gone (hand-over + drain) before the next prefetch starts a third.
+    assert period.handover_by + period.drain_seconds < 2 * period.length - period.prefetch_seconds
+    assert Period(0.0, 30.0, 600.0).prefetch_seconds == 60.0
 
 
 def test_summary_counts_outcomes() -> None:
