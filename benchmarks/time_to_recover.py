@@ -102,7 +102,12 @@ def run_mode(mode: str, repeat: int, interval: float) -> list[dict[str, float]]:
                     f"  {mode} #{i + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in sample.items()), flush=True
                 )
                 fault.app.set_mode("ok")
-                time.sleep(2 * interval)  # counters back to healthy before the next fault
+                # Two healthy cycles after the recovery: the failure streak is over, the next
+                # fault starts a new one (a monitor cycle can lag its interval under load).
+                done = (row.finished_at or row.started_at).timestamp()
+                settle = time.monotonic() + 120
+                while sum(t > done for t in s.probe_task_starts()) < 2 and time.monotonic() < settle:
+                    time.sleep(0.5)
     return samples
 
 
