@@ -17,16 +17,21 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from prefect import Flow, serve
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.client.schemas.schedules import IntervalSchedule
 from prefect.deployments.runner import RunnerDeployment
 from prefect.utilities.callables import ParameterSchema
 from pydantic import ConfigDict
 
 from deployments.schemas import caller_schema, operation_kinds
 from recovery.config.loader import CONFIG_ENV_VAR, RecoveryConfig, load_config, resolve_config_path
+from recovery.engine.period import Period
+
+MONITOR_START_SECONDS = 10  # the server schedules a new deployment's runs within ~5 s
 
 
 @dataclass(frozen=True)
@@ -34,8 +39,9 @@ class DeploymentSpec:
     name: str
     entrypoint: str  # "module:function", the same string prefect.yaml uses (with .py path)
     description: str
-    schedule: str | None = None  # "monitor" -> config interval; "hourly"
+    schedule: str | None = None  # "monitor" -> config period; "hourly"
     concurrency_limit: int | None = None
+    cancel_new: bool = False  # a run that finds the limit full is cancelled, never queued
     tags: tuple[str, ...] = field(default=("recovery",))
     workflow: str | None = None  # an operation: its targets are those of this workflow's kinds
 
@@ -43,10 +49,14 @@ class DeploymentSpec:
 DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
     DeploymentSpec(
         "monitor",
-        "flows.monitor:monitor",
-        "Probe every target, apply thresholds, run recoveries as subflows.",
+        "flows.monitor_period:monitor_period",
+        "Probe every target every interval for one period, in one process; recoveries run as "
+        "subflows beside later cycles.",
         schedule="monitor",
-        concurrency_limit=1,
+        # This period's run draining its recoveries + the next one cycling; a third is dropped
+        # (CANCEL_NEW), never queued: no AwaitingConcurrencySlot backlog (flows/monitor_period.py).
+        concurrency_limit=2,
+        cancel_new=True,
         tags=("recovery", "monitor"),
     ),
     DeploymentSpec(
@@ -115,19 +125,27 @@ def deployment_schema(spec: DeploymentSpec, config: RecoveryConfig) -> dict[str,
 
 def _deployment(spec: DeploymentSpec, config: RecoveryConfig) -> RunnerDeployment:
     flow = load_flow(spec.entrypoint)
-    interval: timedelta | None = None
+    schedules: list[IntervalSchedule] | None = None
     if spec.schedule == "monitor":
-        interval = timedelta(seconds=config.monitor.interval_seconds)
+        # Anchored just ahead of now: the first period starts seconds after `recovery serve`
+        # (Prefect's default anchor, the creation time, is already past when the server
+        # schedules, so the first run would come one whole period later).
+        start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=MONITOR_START_SECONDS)
+        period = timedelta(seconds=config.monitor.period_budget_seconds)
+        schedules = [IntervalSchedule(interval=period, anchor_date=start)]
     elif spec.schedule == "hourly":
-        interval = timedelta(hours=1)
+        schedules = [IntervalSchedule(interval=timedelta(hours=1))]
+    limit: int | ConcurrencyLimitConfig | None = spec.concurrency_limit
+    if limit is not None and spec.cancel_new:
+        limit = ConcurrencyLimitConfig(limit=limit, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
     # to_deployment is sync-or-async ("async_dispatch"); called from sync code it returns the value.
     deployment = cast(
         RunnerDeployment,
         flow.to_deployment(
             name=spec.name,
             description=spec.description,
-            interval=interval,
-            concurrency_limit=spec.concurrency_limit,
+            schedules=schedules,
+            concurrency_limit=limit,
             tags=list(spec.tags),
         ),
     )
@@ -146,4 +164,7 @@ def serve_all(config_path: str | None = None, limit: int | None = None) -> None:
     # The one config every flow run of this process loads: runs inherit this environment.
     os.environ[CONFIG_ENV_VAR] = path
     config = load_config(path).require_resolved()  # serving runs the monitor: every target
-    serve(*build_deployments(config), pause_on_shutdown=False, limit=limit)
+    # The monitor's period runs start early enough to be waiting at their anchor (no gap).
+    m = config.monitor
+    prefetch = Period(0.0, m.interval_seconds, m.period_budget_seconds).prefetch_seconds
+    serve(*build_deployments(config), pause_on_shutdown=False, limit=limit, prefetch_seconds=prefetch)

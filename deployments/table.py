@@ -53,7 +53,7 @@ def render() -> str:
         ]
         what = spec.description
         if spec.schedule == "monitor":
-            what += " Every `monitor.interval_seconds`, one at a time."
+            what += " One run per `monitor.period_seconds`; a run that cannot start is dropped, never queued."
         rows.append(f"| `{spec.name}` | {what} | {', '.join(params) or '—'} |")
     return "\n".join([*rows, END])
 

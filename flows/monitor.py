@@ -34,12 +34,13 @@ from prefect import flow, get_run_logger
 from flows import signals
 from flows.common import is_refused
 from flows.reconcile import reconcile_runs
-from flows.recovery_flows import RECOVERY_FLOWS
-from recovery.blocking import blocking
+from flows.recovery_flows import flow_for_workflow
+from recovery.blocking import blocking_to_end
 from recovery.config.loader import RecoveryConfig, load_config
 from recovery.engine.monitor import STATE_UNAVAILABLE, Decision, release_recovery_lock
 from recovery.enums import MonitorAction
 from recovery.redact import install_log_redaction, redact
+from recovery.reporting.board import BoardGate
 from recovery.reporting.status import TargetStatus
 from tasks.probe import apply_thresholds, probe_all
 from tasks.status import publish_status
@@ -63,57 +64,85 @@ def _log_report(logger: Any, decisions: list[Decision], seconds: float) -> None:
     logger.info("cycle report: %d targets, %d deferred, in %.1fs", len(decisions), deferred, seconds)
 
 
-async def _detect(config: RecoveryConfig) -> tuple[list[Decision], float]:
-    """Probe and decide within the cycle's budget (steps 1-2 above); returns the seconds taken."""
+async def detect(config: RecoveryConfig, label: str | None = None) -> tuple[list[Decision], float]:
+    """Probe and decide within the cycle's budget (steps 1-2 above); returns the seconds taken.
+
+    ``label`` names the cycle's task runs (the served monitor runs many cycles in one flow run)."""
     started = time.monotonic()
     budget = config.monitor.cycle_budget_seconds
     reserve = min(budget / 2, 2 * config.state_timeout_seconds)
-    results = await probe_all(config, budget - reserve)
+    probe, thresholds = probe_all, apply_thresholds
+    if label is not None:
+        probe = probe.with_options(task_run_name=f"{label}: probe-targets")
+        thresholds = thresholds.with_options(task_run_name=f"{label}: apply-thresholds")
+    results = await probe(config, budget - reserve)
     # Recording gets what is left, but never less than the reserve: probes cut off at their
     # deadline plus Prefect's overhead must not leave the healthy ones undecided.
     remaining = max(budget - (time.monotonic() - started), reserve)
-    decisions = await apply_thresholds(config, results, remaining)
+    decisions = await thresholds(config, results, remaining)
     return decisions, time.monotonic() - started
+
+
+async def run_recovery(config: RecoveryConfig, d: Decision, logger: Any) -> dict[str, Any]:
+    """Run ``d``'s recovery as a subflow of the current flow run; its outcome (never raises but
+    for a cancellation). The monitor's lock token and decision time are handed over."""
+    state: Any
+    try:
+        # Flow.__call__'s overloads do not type return_state=True; each call yields a State.
+        recovery: Any = flow_for_workflow(d.workflow or "")  # built-in or config-defined
+        state = await recovery(
+            target=d.target,
+            run_type="automatic",
+            requested_by="monitor",
+            lock_token=d.lock_token,
+            detected_reason=d.reason,
+            first_failure_at=d.first_failure_at,
+            detected_at=d.detected_at,
+            return_state=True,
+        )
+    except Exception as exc:  # a subflow that could not even start must not hide the others
+        state = exc
+    finally:
+        if await blocking_to_end(release_recovery_lock, config, d):  # I4: never began (or died) holding it
+            logger.warning("%s: released the lock its recovery never took over", d.target)
+    if isinstance(state, BaseException):
+        why = f"not started: {redact(str(state))}"
+        return {"target": d.target, "workflow": d.workflow, "state": "failed", "message": why}
+    # refused: the target's strategy said no (time window, open breaker...): audited.
+    # cancelled: by a person, a drain, or an emergency run that took the recovery over.
+    outcome = (
+        "succeeded"
+        if state.is_completed()
+        else "refused"
+        if is_refused(state)
+        else "cancelled"
+        if state.is_cancelled()
+        else "failed"
+    )
+    return {"target": d.target, "workflow": d.workflow, "state": outcome, "message": state.message}
 
 
 async def _recover(config: RecoveryConfig, to_recover: list[Decision], logger: Any) -> list[dict[str, Any]]:
     """Run the recoveries as concurrent subflows; one outcome per decision (step 4 above)."""
-    # Flow.__call__'s overloads do not type return_state=True; each call yields a State.
-    flows: dict[str, Any] = dict(RECOVERY_FLOWS)
-    states = await asyncio.gather(
-        *(
-            flows[d.workflow or ""](
-                target=d.target,
-                run_type="automatic",
-                requested_by="monitor",
-                lock_token=d.lock_token,
-                detected_reason=d.reason,
-                first_failure_at=d.first_failure_at,
-                return_state=True,
-            )
-            for d in to_recover
-        ),
-        return_exceptions=True,  # a subflow that could not even start must not hide the others
-    )
-    recoveries = []
-    for d, state in zip(to_recover, states, strict=True):
-        if await blocking(release_recovery_lock, config, d):  # I4: never began (or died) holding it
-            logger.warning("%s: released the lock its recovery never took over", d.target)
-        if isinstance(state, BaseException):
-            why = f"not started: {redact(str(state))}"
-            recoveries.append({"target": d.target, "workflow": d.workflow, "state": "failed", "message": why})
-            continue
-        ok = state.is_completed()
-        recoveries.append(
-            {
-                "target": d.target,
-                "workflow": d.workflow,
-                # refused: the target's strategy said no (time window, open breaker...): audited
-                "state": "succeeded" if ok else ("refused" if is_refused(state) else "failed"),
-                "message": state.message,
-            }
-        )
-    return recoveries
+    return list(await asyncio.gather(*(run_recovery(config, d, logger) for d in to_recover)))
+
+
+async def board_and_signals(
+    config: RecoveryConfig, decisions: list[Decision], logger: Any, gate: BoardGate | None = None
+) -> list[TargetStatus]:
+    """Publish the status board (through ``gate``: only on a change or heartbeat), update the
+    gauges and escalate flapping targets. A board failure must not fail the cycle."""
+    board: list[TargetStatus] = []
+    if any(d.note == STATE_UNAVAILABLE for d in decisions):
+        logger.warning("status board not updated: shared state unavailable")
+    else:
+        try:
+            board = await publish_status(config, gate)
+        except Exception as exc:
+            logger.warning("status board not updated: %s", redact(str(exc)))
+    for target in signals.monitor_cycle(decisions, board):
+        logger.error("%s is flapping: escalated (target.flapping), no automatic recovery meanwhile", target)
+    return board
 
 
 @flow(name="monitor", log_prints=False)
@@ -128,7 +157,7 @@ async def monitor() -> Report:
     # a slow audit store or Redis cannot delay the cycle's report (awaited before returning).
     reconciling = asyncio.ensure_future(reconcile_runs(config))
     try:
-        decisions, seconds = await _detect(config)
+        decisions, seconds = await detect(config)
         _log_report(logger, decisions, seconds)
         targets = [d.as_json() for d in decisions]
         sink = REPORT_SINK.get()
@@ -140,19 +169,8 @@ async def monitor() -> Report:
         to_recover = [d for d in decisions if d.action is MonitorAction.RECOVER]
         recoveries = await _recover(config, to_recover, logger)
         # Status board (recovery-status artifact), gauges, flapping escalations: after the
-        # recoveries, so the board shows their outcome. A board failure must not fail the cycle.
-        board: list[TargetStatus] = []
-        if any(d.note == STATE_UNAVAILABLE for d in decisions):
-            logger.warning("status board not updated: shared state unavailable")
-        else:
-            try:
-                board = await publish_status(config)
-            except Exception as exc:
-                logger.warning("status board not updated: %s", redact(str(exc)))
-        for target in signals.monitor_cycle(decisions, board):
-            logger.error(
-                "%s is flapping: escalated (target.flapping), no automatic recovery meanwhile", target
-            )
+        # recoveries, so the board shows their outcome.
+        await board_and_signals(config, decisions, logger)
         for dead in await reconciling:  # never raises (flows/reconcile.py)
             logger.warning("%s of %s (run %s): %s", dead.workflow, dead.target, dead.run_id, dead.message)
     finally:

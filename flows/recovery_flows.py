@@ -35,6 +35,7 @@ def _workflow_flow(workflow: str, doc: str) -> Flow[..., Any]:
         lock_token: str | None = None,
         detected_reason: str | None = None,
         first_failure_at: float | None = None,
+        detected_at: float | None = None,
     ) -> dict[str, Any] | State[Any]:
         # The parameters are RecoveryRequest's fields by name; locals() keeps them from drifting
         # (it also lists the closure's ``workflow``).

@@ -134,11 +134,31 @@ class MonitorConfig(_Model):
         "least 5); targets not probed or decided by then are reported, not waited for.",
     )
 
+    period_seconds: float = Field(
+        600.0,
+        gt=0,
+        le=MAX_INTERVAL,
+        description="A served monitor flow run cycles in-process this long (one process per "
+        "period, at least one interval); the deployment's schedule starts one per period.",
+    )
+    board_heartbeat_seconds: float = Field(
+        300.0,
+        gt=0,
+        le=MAX_INTERVAL,
+        description="The status board is republished when a row changes, and unchanged at "
+        "least this often (its timestamp shows it is current).",
+    )
+
     @model_validator(mode="after")
     def _flap_thresholds(self) -> MonitorConfig:
         low, high = self.flap_low_threshold, self.flap_high_threshold
         check_not_above(low, high, "flap_low_threshold must not be above flap_high_threshold")
         return self
+
+    @property
+    def period_budget_seconds(self) -> float:
+        """How long one served monitor flow run cycles: ``period_seconds``, at least one interval."""
+        return max(self.period_seconds, self.interval_seconds)
 
     @property
     def cycle_budget_seconds(self) -> float:

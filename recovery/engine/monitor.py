@@ -57,6 +57,9 @@ class Decision:
     workflow: str | None = None
     lock_token: str | None = None
     first_failure_at: float | None = None
+    # Epoch seconds at which this monitor decided to recover (took the lock): the audit row's
+    # ``detected_at``, so MTTD ends here and does not include the recovery flow's start-up.
+    detected_at: float | None = None
     flapping: bool = False  # recovery/flapping.py: automatic recovery is held off while set
     flap_percent: float = 0.0
     flap_started: bool = False  # this probe made the target flapping (escalate)
@@ -67,7 +70,7 @@ class Decision:
     rungs: int = 0  # escalation ladder: how many rungs the target has (0: no ladder)
 
     def as_json(self) -> dict[str, Any]:
-        return to_json(self, exclude=("lock_token", "first_failure_at", "flap_started"))
+        return to_json(self, exclude=("lock_token", "first_failure_at", "detected_at", "flap_started"))
 
 
 def deferred(result: ProbeResult, note: str) -> Decision:
@@ -237,7 +240,14 @@ def _decide_one(
     # The breaker is advisory here; the recovery's reset step reports Redis trouble.
     with contextlib.suppress(StateUnavailable):
         open_breaker(services_for(config).breaker(target))
-    return replace(base, action=MonitorAction.RECOVER, workflow=spec.name, lock_token=token, rung=rung)
+    return replace(
+        base,
+        action=MonitorAction.RECOVER,
+        workflow=spec.name,
+        lock_token=token,
+        rung=rung,
+        detected_at=time.time(),
+    )
 
 
 def release_recovery_lock(config: RecoveryConfig, decision: Decision) -> bool:

@@ -57,12 +57,21 @@ class RecoveryRequest:
     lock_token: str | None = None  # set when the monitor already holds the lock for this run
     detected_reason: str | None = None
     first_failure_at: float | None = None  # epoch seconds of the first failed probe
+    detected_at: float | None = None  # epoch seconds the monitor decided to recover (its Decision)
     dry_run: bool = False
     options: dict[str, str] | None = None  # workflow parameters, e.g. clear-cache's "pattern"
 
 
 def _ts(epoch: float | None) -> datetime | None:
     return datetime.fromtimestamp(epoch, UTC) if epoch else None
+
+
+def _detected_at(request: RecoveryRequest) -> datetime | None:
+    """When the fault was detected: the monitor's decision time when it passed one, else now
+    for an automatic run (a caller without a decision), none for a manual one."""
+    if request.run_type != "automatic":
+        return None
+    return _ts(request.detected_at) or datetime.now(UTC)
 
 
 class RecoveryRuntime:
@@ -163,7 +172,7 @@ class RecoveryRuntime:
                 reason=request.reason,
                 detected_reason=request.detected_reason,
                 first_failure_at=_ts(request.first_failure_at),
-                detected_at=datetime.now(UTC) if request.run_type == "automatic" else None,
+                detected_at=_detected_at(request),
                 flow_run_id=flow_run_id,
                 lock_owner=owner,  # reconcile: the row is alive exactly while this token holds the lock
                 rung=rung,

@@ -299,7 +299,9 @@ def test_prefect_deploy_all_accepts_prefect_yaml(tmp_path: Path, sqlite_url: str
                 assert prop.get("description"), f"{d['name']}.{name}: no help text in the form"
         # Prefect 3 reports a deployment's concurrency limit as a global concurrency limit.
         monitor_limit = by_name["monitor"].get("global_concurrency_limit") or {}
-        assert monitor_limit.get("limit") == 1, by_name["monitor"]
+        assert monitor_limit.get("limit") == 2, by_name["monitor"]
+        options = by_name["monitor"].get("concurrency_options") or {}
+        assert options.get("collision_strategy") == "CANCEL_NEW", by_name["monitor"]
 
         # `prefect deploy` publishes the signature's schema only; `recovery publish-schemas`
         # adds the config's choices and rules: afterwards each schema is the one `serve` uses.
