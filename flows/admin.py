@@ -78,20 +78,20 @@ async def gate(
             admit, config, services.state, services.audit, request, workflow, run_id, flow_run_id=flow_run_id
         )
     except RecoveryRefused as exc:
-        install_hooks()
-        await emit(
-            RunDetails(
-                Phase.FINISHED,
-                request.target,
-                workflow,
-                RunType(request.run_type),
-                run_id,
-                RunState.REFUSED,
-                reason=exc.reason,
-            )
-        )
-        return run_id, refused_state(exc.reason)
+        return run_id, await _announce_refusal(request, workflow, run_id, exc.reason)
     return run_id, None
+
+
+async def _announce_refusal(request: RecoveryRequest, workflow: str, run_id: str, reason: str) -> State[Any]:
+    """Report an audited refusal to the run hooks (logs, metrics, events); the run's end state."""
+    install_hooks()
+    await emit(
+        RunDetails(
+            Phase.FINISHED, request.target, workflow, RunType(request.run_type), run_id, RunState.REFUSED,
+            reason=reason,
+        )
+    )  # fmt: skip
+    return refused_state(reason)
 
 
 async def refuse_admitted(
@@ -101,19 +101,7 @@ async def refuse_admitted(
     pre-check), announce it, and return the ``Refused`` state the run ends in."""
     flow_run_id = str(current_flow_run.id)
     await blocking(refuse, services_for(config).audit, request, workflow, reason, run_id, flow_run_id)
-    install_hooks()
-    await emit(
-        RunDetails(
-            Phase.FINISHED,
-            request.target,
-            workflow,
-            RunType(request.run_type),
-            run_id,
-            RunState.REFUSED,
-            reason=reason,
-        )
-    )
-    return refused_state(reason)
+    return await _announce_refusal(request, workflow, run_id, reason)
 
 
 async def run_operation(
