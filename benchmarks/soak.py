@@ -178,6 +178,9 @@ def prefect_counts(db: Path) -> dict[str, int]:
             if name.startswith(("sqlite_", "alembic")):
                 continue
             out[name] = int(conn.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0])
+        q = "SELECT f.name, count(*) FROM flow_run r JOIN flow f ON r.flow_id = f.id GROUP BY f.name"
+        for flow, count in conn.execute(q):
+            out[f"flow runs of {flow}"] = int(count)
     return out
 
 

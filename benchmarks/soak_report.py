@@ -94,7 +94,11 @@ def report(
         base_cpu = last["base_cpu"] - first["base_cpu"]
         print(f"recovery monitor (baseline) CPU from warm-up to end: {base_cpu:.0f} s")
     print("Prefect database rows at the end (largest tables):")
-    for name, count in sorted(end["counts"].items(), key=lambda kv: -kv[1])[:8]:
+    tables = {k: v for k, v in end["counts"].items() if not k.startswith("flow runs of ")}
+    for name, count in sorted(tables.items(), key=lambda kv: -kv[1])[:8]:
         print(f"  {name:28} {count}")
+    for name, count in sorted(end["counts"].items()):
+        if name.startswith("flow runs of "):
+            print(f"  {name:36} {count}")
     if missing:
         print("recovery flow runs without an audit row:", ", ".join(missing[:10]))
