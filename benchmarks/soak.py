@@ -155,7 +155,7 @@ def sample(ctx: dict[str, Any], t: float) -> dict[str, float]:
         "long_children_rss": sum(map(rss, long_kids)) / MB,
         "long_children_sockets": sum(map(sockets, long_kids)),
         "children_now": len(kids),
-        "tasks": tasks_gauge(ctx["metrics_port"]) or float("nan"),
+        "tasks": float("nan") if (tasks := tasks_gauge(ctx["metrics_port"])) is None else tasks,
         "audit_rows": audit_rows(ctx["audit"]),
         "audit_bytes": file_size(ctx["audit"]),
         "prefect_bytes": file_size(ctx["prefect_db"]),
