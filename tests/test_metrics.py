@@ -3,6 +3,7 @@ multiprocess mode that lets ``recovery serve`` export what its flow-run subproce
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -152,3 +153,30 @@ def test_multiprocess_mode_aggregates_flow_run_subprocesses(
     assert value(text, "recovery_runs_total", target=t, workflow=wf, type="automatic", state="succeeded") == 1
     assert value(text, "recovery_duration_seconds_count", target=t, workflow=wf) == 2
     assert value(text, "target_up", target=t) == 1, "the most recent value wins"
+    assert value(text, "process_asyncio_tasks") is not None, "the serving process's own count"
+
+
+def test_asyncio_task_gauge_counts_live_tasks_of_a_loop_in_another_thread(
+    server: metrics.MetricsServer,
+) -> None:
+    """The endpoint's thread counts a running loop's unfinished tasks: a leak would show as growth."""
+
+    async def main() -> tuple[float, float, float]:
+        before = value(scrape(server), "process_asyncio_tasks")
+        assert before is not None
+        tasks = [asyncio.create_task(asyncio.sleep(60)) for _ in range(7)]
+        await asyncio.sleep(0)
+        during = await asyncio.to_thread(scrape, server)  # scraped while the loop keeps running
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        after = await asyncio.to_thread(scrape, server)
+        return (
+            before,
+            value(during, "process_asyncio_tasks") or 0.0,
+            value(after, "process_asyncio_tasks") or 0.0,
+        )
+
+    before, during, after = asyncio.run(main())
+    assert during - after == 7, (before, during, after)
+    assert after >= 1  # main() itself
