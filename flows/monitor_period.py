@@ -49,6 +49,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStateType,
 )
 from prefect.client.schemas.objects import State, StateType
+from prefect.context import FlowRunContext
 from prefect.runtime import deployment as current_deployment
 from prefect.runtime import flow_run as current_flow_run
 from prefect.states import Completed, Failed
@@ -143,6 +144,12 @@ async def monitor_period() -> State[Any]:
     config = load_config().require_resolved()
     m = config.monitor
     anchor = current_flow_run.scheduled_start_time.timestamp()
+    ctx = FlowRunContext.get()
+    if not (ctx and ctx.flow_run and ctx.flow_run.auto_scheduled):
+        # Started by a person or an API call, not the schedule: they asked for monitoring now,
+        # so the grid starts at this run's real start (a late start would otherwise wait for the
+        # next slot, a whole interval away).
+        anchor = max(anchor, time.time())
     period = Period(anchor, m.interval_seconds, m.period_budget_seconds)
     gate = BoardGate(m.board_heartbeat_seconds)
     recoveries: Recoveries = {}

@@ -22,7 +22,7 @@ from recovery.engine.reconcile import reconcile
 from recovery.engine.runtime import RecoveryRequest, RecoveryRuntime
 from recovery.services import services_for
 
-TTL = 1.0  # the lock (and unverified close) TTL of these tests
+TTL = 3.0  # the lock (and unverified close) TTL: begin + three steps must fit in it on a loaded CI box
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -81,7 +81,7 @@ def test_manual_is_refused_with_the_flow_run_and_emergency_takes_over(served: Se
     api, ctx = served
     audit: AuditStore = ctx["audit"]
     ctx["fault"].app.set_mode("status:503")
-    api.trigger(api.deployment_id("monitor", "monitor"), {})
+    api.trigger(api.deployment_id("monitor-period", "monitor"), {})
     auto = _running_automatic(audit)
     assert auto.flow_run_id is not None
     recover = api.deployment_id("recover", "recover")
