@@ -97,19 +97,21 @@ def _outcome(task: asyncio.Task[dict[str, Any]], d: Decision) -> dict[str, Any]:
     return task.result()
 
 
-async def _successor_cycling(anchor: float, timeout: float) -> bool:
-    """Is a later run of this run's deployment already running (cycling on the same grid)?
+async def _other_run_cycling(anchor: float, timeout: float, later: bool = True) -> bool:
+    """Is another run of this run's deployment running: a later one (``later``: cycling on the
+    same grid, we may hand over) or an earlier one (still cycling our first slot)?
 
-    One API read, only while handing over. Unknown (no deployment, API slow or down) counts
-    as no: a second probe of one slot costs less than a gap in monitoring."""
+    One API read. Unknown (no deployment, API slow or down) counts as no: a second probe of one
+    slot costs less than a gap in monitoring."""
     deployment_id = current_deployment.id
     if not deployment_id:
         return False
+    when = datetime.fromtimestamp(anchor + (1.0 if later else -1.0), UTC)  # not this run
     flt = FlowRunFilter(
         deployment_id=FlowRunFilterDeploymentId(any_=[uuid.UUID(str(deployment_id))]),
         state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING])),
         expected_start_time=FlowRunFilterExpectedStartTime(
-            after_=datetime.fromtimestamp(anchor + 1.0, UTC)  # not this run
+            **({"after_": when} if later else {"before_": when})
         ),
     )
     try:
@@ -118,6 +120,11 @@ async def _successor_cycling(anchor: float, timeout: float) -> bool:
     except Exception:
         return False
     return bool(runs)
+
+
+async def _successor_cycling(anchor: float, timeout: float) -> bool:
+    """Is a later run of this run's deployment already running (cycling on the same grid)?"""
+    return await _other_run_cycling(anchor, timeout, later=True)
 
 
 async def _drain(recoveries: Recoveries, seconds: float, logger: Any) -> None:
@@ -143,18 +150,26 @@ async def monitor_period() -> State[Any]:
     # rather than going unmonitored in silence.
     config = load_config().require_resolved()
     m = config.monitor
+    started = time.time()  # once: the first slot below must be this very anchor
     anchor = current_flow_run.scheduled_start_time.timestamp()
     ctx = FlowRunContext.get()
     if not (ctx and ctx.flow_run and ctx.flow_run.auto_scheduled):
         # Started by a person or an API call, not the schedule: they asked for monitoring now,
         # so the grid starts at this run's real start (a late start would otherwise wait for the
         # next slot, a whole interval away).
-        anchor = max(anchor, time.time())
+        anchor = max(anchor, started)
     period = Period(anchor, m.interval_seconds, m.period_budget_seconds)
     gate = BoardGate(m.board_heartbeat_seconds)
     recoveries: Recoveries = {}
     cycles = 0
-    slot = period.first_slot(time.time())
+    slot = period.first_slot(started)
+    # Started late: the grid's next slot may be an interval away (past the period, when the
+    # two are equal). Waiting for it is right while the previous period's run is still cycling
+    # (it covers our slot while handing over); with none running (the first run after `serve`,
+    # a slow process start) cycle now, or the monitoring has a gap of up to an interval.
+    late = (slot is None or slot > started + 1.0) and started < period.end
+    if late and not await _other_run_cycling(anchor, m.interval_seconds / 2, later=False):
+        slot = started
     try:
         while slot is not None:
             await asyncio.sleep(max(slot - time.time(), 0.0))

@@ -57,7 +57,7 @@ async def test_period_run_cycles_beside_its_recovery(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    path = _config(tmp_path / "r.yaml", sqlite_url, redis_url, fault_server.url, period=6)
+    path = _config(tmp_path / "r.yaml", sqlite_url, redis_url, fault_server.url, period=10)
     monkeypatch.setenv("RECOVERY_CONFIG", path)
     fault_server.app.set_mode("fail-next:8")  # the recovery verifies for several intervals
     state: Any = await monitor_period(return_state=True)
