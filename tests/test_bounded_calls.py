@@ -157,7 +157,8 @@ async def test_decide_by_answers_by_its_deadline_and_off_the_loop(
         decisions = await decide_by(config, services_for(config).state, results, started + 5)
         took = time.monotonic() - started
     assert took < 1.5 and {d.note for d in decisions} == {STATE_UNAVAILABLE}
-    assert gaps.longest < 0.2, f"the event loop was blocked for {gaps.longest:.2f}s"
+    # A blocked loop would show the whole 1 s timeout; 0.5 s leaves room for a GC pause on a busy box.
+    assert gaps.longest < 0.5, f"the event loop was blocked for {gaps.longest:.2f}s"
 
 
 async def test_probes_still_running_at_the_deadline_are_reported_timed_out_and_not_counted(
@@ -202,7 +203,8 @@ async def test_runtime_bookkeeping_never_blocks_the_event_loop(
             await RecoveryRuntime.abegin(config, RecoveryRequest(target="api", requested_by="test"))
         took = time.monotonic() - started
     assert 0.9 < took < 3.0
-    assert gaps.longest < 0.2, f"the event loop was blocked for {gaps.longest:.2f}s"
+    # A blocked loop would show the whole 1 s timeout; 0.5 s leaves room for a GC pause on a busy box.
+    assert gaps.longest < 0.5, f"the event loop was blocked for {gaps.longest:.2f}s"
     proxy.unblackhole()
     services_for(config).close()  # the frozen connections are dead: start afresh
     rt = await RecoveryRuntime.abegin(config, RecoveryRequest(target="api", requested_by="test"))

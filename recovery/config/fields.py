@@ -3,11 +3,13 @@ and raises ``ValueError`` (pydantic names the field) or ``ConfigError`` (already
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
 from recovery.config.keyspace import pattern_problem
+from recovery.config.limits import MAX_TIMEOUT
 from recovery.config.urls import (
     AUDIT_DIALECTS,
     DATABASE_DIALECTS,
@@ -15,6 +17,12 @@ from recovery.config.urls import (
     check_redis_url,
     check_sql_url,
 )
+
+
+def seconds(default: float | None, description: str, *, le: float = MAX_TIMEOUT, zero: bool = False) -> Any:
+    """A duration field: > 0 (>= 0 with ``zero``) and at most ``le``, so that no number the
+    loader accepts (``.inf``, ``1e308``) can hang a run or overflow a timer at run time."""
+    return Field(default, gt=None if zero else 0, ge=0 if zero else None, le=le, description=description)
 
 
 def _http_url(value: str) -> str:

@@ -33,7 +33,7 @@ from pydantic import (
 
 from recovery.config.expand import ENV_NAME_RE, expand_lazily
 from recovery.config.graph import check_dependencies
-from recovery.config.limits import MAX_COUNT, MAX_INTERVAL, MAX_TARGETS, MAX_TIMEOUT, MAX_WINDOW
+from recovery.config.limits import MAX_COUNT, MAX_INTERVAL, MAX_TARGETS, MAX_WINDOW
 from recovery.config.source import parse_yaml, read_config_text
 from recovery.config.strategy import (
     STRATEGY_KINDS,
@@ -57,7 +57,7 @@ DEFAULT_SPOOL_DIR = ".recovery-spool"
 NO_FILE = "config"  # parse_config's source when the data did not come from a file
 
 # Target models live in recovery.config.targets; re-exported here, where callers have always found them.
-from recovery.config.fields import _audit_secret, _optional_redis_secret  # noqa: E402
+from recovery.config.fields import _audit_secret, _optional_redis_secret, seconds  # noqa: E402
 from recovery.config.targets import (  # noqa: E402
     NAME_PATTERN,
     TARGET_KINDS,
@@ -113,11 +113,8 @@ class MonitorConfig(_Model):
         1, ge=1, le=MAX_COUNT, description="Consecutive good probes to count healthy."
     )
     probe_concurrency: int = Field(100, ge=1, le=10_000, description="Probes in flight at once.")
-    lock_ttl_seconds: float = Field(
-        900.0,
-        gt=0,
-        le=MAX_TIMEOUT,
-        description="A recovery lock expires after this, so a crashed run cannot block.",
+    lock_ttl_seconds: float = seconds(
+        900.0, "A recovery lock expires after this, so a crashed run cannot block."
     )
     flap_detection: bool = Field(True, description="Hold off automatic recovery of flapping targets.")
     flap_low_threshold: float = Field(

@@ -271,3 +271,9 @@ class StrategyDecision:
     @classmethod
     def allow(cls, strategy: str, reason: str = "allowed") -> StrategyDecision:
         return cls(True, reason, strategy)
+
+    @classmethod
+    def deny(
+        cls, strategy: str, reason: str, *, retry_after: float | None = None, escalate: bool = False
+    ) -> StrategyDecision:
+        return cls(False, reason, strategy, retry_after_seconds=retry_after, escalate=escalate)

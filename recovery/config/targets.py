@@ -27,6 +27,7 @@ from recovery.config.fields import (
     _http_url,
     _optional_redis_secret,
     _sqlalchemy_secret,
+    seconds,
     split_userinfo,
 )
 from recovery.config.graph import NAME_PATTERN as NAME_PATTERN
@@ -75,23 +76,17 @@ class RateLimitConfig(BaseModel):
     increase_per_cycle: float = Field(
         1.0, gt=0, le=MAX_RATE, description="Added per healthy monitor cycle (req/s)."
     )
-    increase_interval_seconds: float | None = Field(
+    increase_interval_seconds: float | None = seconds(
         None,
-        ge=0,
+        "Least time between increases; default: 0.9 x monitor.interval_seconds.",
         le=MAX_INTERVAL,
-        description="Least time between increases; default: 0.9 x monitor.interval_seconds.",
+        zero=True,
     )
-    max_wait_seconds: float = Field(
-        300.0,
-        ge=0,
-        le=MAX_TIMEOUT,
-        description="Longest reset wait slept through; a longer one is escalated.",
+    max_wait_seconds: float = seconds(
+        300.0, "Longest reset wait slept through; a longer one is escalated.", zero=True
     )
-    limit_window_seconds: float | None = Field(
-        None,
-        gt=0,
-        le=MAX_TIMEOUT,
-        description="Window of X-RateLimit-Limit, to turn it into requests/second.",
+    limit_window_seconds: float | None = seconds(
+        None, "Window of X-RateLimit-Limit, to turn it into requests/second."
     )
     ttl_seconds: float = Field(
         86400.0, gt=0, le=MAX_WINDOW, description="The rate key expires this long after a write."
@@ -115,11 +110,8 @@ class BreakerConfig(_Model):
     success_threshold: int = Field(
         1, ge=1, le=MAX_COUNT, description="Good half-open probes in a row that close it."
     )
-    probe_lease_seconds: float = Field(
-        30.0,
-        gt=0,
-        le=MAX_TIMEOUT,
-        description="Lease of the one half-open probe; set above the guarded call's timeout.",
+    probe_lease_seconds: float = seconds(
+        30.0, "Lease of the one half-open probe; set above the guarded call's timeout."
     )
     on_state_unavailable: Literal["allow", "reject"] = Field(
         "allow",
@@ -224,11 +216,8 @@ class DatabaseTarget(_TargetBase):
     statement_timeout_seconds: float = Field(
         5.0, gt=0, le=3600, description="Statement timeout of probes and checks (lock waits included)."
     )
-    stuck_session_seconds: float = Field(
-        300.0,
-        gt=0,
-        le=MAX_TIMEOUT,
-        description="Idle-in-transaction or lock-blocking sessions older than this are stuck.",
+    stuck_session_seconds: float = seconds(
+        300.0, "Idle-in-transaction or lock-blocking sessions older than this are stuck."
     )
     application_name: str | None = Field(
         None,

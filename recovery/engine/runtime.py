@@ -185,16 +185,13 @@ class RecoveryRuntime:
 
     @classmethod
     async def abegin(
-        cls,
-        config: RecoveryConfig,
-        request: RecoveryRequest,
-        run_id: str | None = None,
-        flow_run_id: str | None = None,
+        cls, config: RecoveryConfig, request: RecoveryRequest, **ids: str | None
     ) -> RecoveryRuntime:
-        """``begin`` off the event loop. A cancellation waits for it and finishes the run it
-        began as ``cancelled``: nobody else would ever finish that row or release that lock."""
+        """``begin`` off the event loop (``ids``: its ``run_id`` and ``flow_run_id``). A
+        cancellation waits for it and finishes the run it began as ``cancelled``: nobody else
+        would ever finish that row or release that lock."""
         try:
-            return await blocking_to_end(cls.begin, config, request, run_id, flow_run_id)
+            return await blocking_to_end(cls.begin, config, request, **ids)
         except CancelledAfter as exc:
             if isinstance(exc.result, RecoveryRuntime):
                 await blocking_to_end(exc.result.finish, "cancelled", asyncio.CancelledError())

@@ -23,7 +23,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -43,6 +43,7 @@ PIPE_GRACE_SECONDS = 1.0  # after exit: a daemon the command left behind may hol
 RESPONSE_TAIL_CHARS = 1024
 
 Shows = Callable[[Mapping[str, str]], str]
+SpecT = TypeVar("SpecT", CommandStep, HttpStep)
 
 
 def placeholder_values(ctx: StepContext) -> dict[str, str]:
@@ -157,15 +158,23 @@ async def run_command(spec: CommandStep, values: Mapping[str, str]) -> Detail:
     return detail
 
 
-def command_step(spec: CommandStep) -> tuple[StepFn, Shows]:
-    async def run(ctx: StepContext) -> Detail:
-        return await run_command(spec, placeholder_values(ctx))
+def _sending(
+    send: Callable[[SpecT, Mapping[str, str]], Awaitable[Detail]], spec: SpecT, shows: Shows
+) -> tuple[StepFn, Shows]:
+    """A step that sends ``spec`` with this run's placeholder values (command, http)."""
 
+    async def run(ctx: StepContext) -> Detail:
+        return await send(spec, placeholder_values(ctx))
+
+    return run, shows
+
+
+def command_step(spec: CommandStep) -> tuple[StepFn, Shows]:
     def shows(values: Mapping[str, str]) -> str:
         argv = " ".join(redact(substitute(a, values)) for a in spec.argv)
         return f"command: {argv} (timeout {spec.timeout_seconds:g}s)"
 
-    return run, shows
+    return _sending(run_command, spec, shows)
 
 
 # --- http ----------------------------------------------------------------------------------------
@@ -203,13 +212,10 @@ async def send_request(spec: HttpStep, values: Mapping[str, str]) -> Detail:
 
 
 def http_step(spec: HttpStep) -> tuple[StepFn, Shows]:
-    async def run(ctx: StepContext) -> Detail:
-        return await send_request(spec, placeholder_values(ctx))
-
     def shows(values: Mapping[str, str]) -> str:
         return f"http: {spec.method} {redact_url(url_with(spec.url, values))}"
 
-    return run, shows
+    return _sending(send_request, spec, shows)
 
 
 # --- python --------------------------------------------------------------------------------------

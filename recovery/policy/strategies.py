@@ -184,13 +184,11 @@ class AdaptiveBackoff:
         error_type, message = repeated
         what = f"{error_type or 'error'}: {message}" if message else (error_type or "unknown error")
         window = f"{self.config.window_seconds:g}s"
-        return StrategyDecision(
-            False,
+        reason = (
             f"adaptive: the last {self.config.repeat_threshold} recoveries of {inp.target} within "
-            f"{window} failed with the same error ({what}); escalating instead of retrying",
-            self.kind,
-            escalate=True,
+            f"{window} failed with the same error ({what}); escalating instead of retrying"
         )
+        return StrategyDecision.deny(self.kind, reason, escalate=True)
 
 
 @dataclass(frozen=True)
@@ -214,20 +212,16 @@ class BreakerAligned:
             opened = breaker.opened_at if breaker.opened_at is not None else inp.now
             remaining = opened + breaker.reset_timeout_seconds - inp.now
             if remaining > 0:
-                return StrategyDecision(
-                    False,
-                    f"breaker_aligned: the circuit breaker of {inp.target} is open; "
-                    f"its reset timeout elapses in {remaining:.1f}s",
-                    self.kind,
-                    retry_after_seconds=round(remaining, 3),
+                why = f"breaker_aligned: the circuit breaker of {inp.target} is open; its reset timeout"
+                return StrategyDecision.deny(
+                    self.kind, f"{why} elapses in {remaining:.1f}s", retry_after=round(remaining, 3)
                 )
         elif breaker.probe_holder is not None:
-            return StrategyDecision(
-                False,
-                f"breaker_aligned: the circuit breaker of {inp.target} is half-open and another "
-                f"worker holds its probe ({breaker.probe_holder})",
+            why = f"breaker_aligned: the circuit breaker of {inp.target} is half-open and another worker"
+            return StrategyDecision.deny(
                 self.kind,
-                retry_after_seconds=breaker.reset_timeout_seconds,
+                f"{why} holds its probe ({breaker.probe_holder})",
+                retry_after=breaker.reset_timeout_seconds,
             )
         return StrategyDecision(
             True,
@@ -266,13 +260,12 @@ class TimeWindow:
         frees_in = recent[len(recent) - self.max_recoveries] + self.window_seconds - inp.now
         what = "budget" if self.unattended_only else self.kind
         runs = "automatic recoveries" if self.unattended_only else "recoveries"
-        return StrategyDecision(
-            False,
+        reason = (
             f"{what}: {len(recent)} {runs} of {inp.target} in the last "
-            f"{self.window_seconds:g}s (max {self.max_recoveries}); escalating",
-            self.kind,
-            retry_after_seconds=round(max(frees_in, 0.0), 3),
-            escalate=True,
+            f"{self.window_seconds:g}s (max {self.max_recoveries}); escalating"
+        )
+        return StrategyDecision.deny(
+            self.kind, reason, retry_after=round(max(frees_in, 0.0), 3), escalate=True
         )
 
 
