@@ -12,7 +12,6 @@ process-tree CPU read from /proc, and the Prefect REST API read with plain httpx
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -27,8 +26,10 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))  # faultserver
+sys.path.insert(0, str(REPO / "tests" / "flows"))  # served_stack: the tests' prefect server
 
-from faultserver import FaultServer, free_port  # noqa: E402
+from faultserver import FaultServer  # noqa: E402
+from served_stack import start_server, stop  # noqa: E402
 
 __all__ = ["FaultServer", "served", "tree_cpu", "write_config"]
 
@@ -74,16 +75,6 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 @dataclass
 class Served:
     api: httpx.Client
@@ -118,35 +109,16 @@ class Served:
 @contextmanager
 def served(config: Path, mode: str, interval: float, home: Path) -> Iterator[Served]:
     """A Prefect server and a monitor (``project`` or ``baseline``) served against it."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
-        "PREFECT_API_URL": "",
-    }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    server, base = start_server(home)
     monitor: subprocess.Popen[bytes] | None = None
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError("prefect server did not start")
-            time.sleep(0.5)
-        client_env = {**env, "PREFECT_API_URL": base, "RECOVERY_CONFIG": str(config)}
+        client_env = {
+            **os.environ,
+            "PREFECT_HOME": str(home),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_API_URL": base,
+            "RECOVERY_CONFIG": str(config),
+        }
         if mode == "project":
             cmd = [sys.executable, "-m", "recovery_cli.main", "--config", str(config), "serve"]
         else:
@@ -162,8 +134,8 @@ def served(config: Path, mode: str, interval: float, home: Path) -> Iterator[Ser
         yield Served(httpx.Client(base_url=base, timeout=30), server, monitor)
     finally:
         if monitor is not None:
-            _stop(monitor)
-        _stop(server)
+            stop(monitor)
+        stop(server)
 
 
 def write_config(

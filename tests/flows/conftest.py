@@ -18,6 +18,7 @@ import pytest
 
 if TYPE_CHECKING:
     from dbcache_services import TcpProxy
+    from served_stack import Api
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -76,3 +77,18 @@ def redis_proxy(redis_url: str) -> Iterator[tuple[TcpProxy, str]]:
         yield proxy, f"redis://127.0.0.1:{proxy.port}/{db}"
     finally:
         proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """ONE real `prefect server start` (with its UI and its scheduler) for the REST, served and
+    browser tests; each test serves its own deployments on it (served_stack.serving)."""
+    from served_stack import Api, start_server, stop
+
+    # The scheduler creates a schedule's runs within seconds, not its default minute.
+    env = {"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"}
+    server, base = start_server(tmp_path_factory.mktemp("prefect-home"), ui=True, env=env)
+    try:
+        yield Api(base)
+    finally:
+        stop(server)

@@ -10,9 +10,6 @@ up ``AwaitingConcurrencySlot`` runs when one flow run per cycle waited for its r
 from __future__ import annotations
 
 import itertools
-import os
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -22,7 +19,7 @@ from typing import Any
 
 import pytest
 from faultserver import FaultServer
-from test_rest_api import Api, _start_server, _stop
+from served_stack import Api, serving
 
 from recovery.audit.store import AuditStore
 
@@ -44,24 +41,12 @@ def _config(path: Path, audit_url: str, state_url: str, url: str) -> Path:
 
 @pytest.fixture
 def served_monitor(
-    tmp_path: Path, fault_server: FaultServer, redis_url: str, sqlite_url: str
+    tmp_path: Path, fault_server: FaultServer, redis_url: str, sqlite_url: str, prefect_server: Api
 ) -> Iterator[tuple[Api, str, FaultServer]]:
-    server, base = _start_server(tmp_path / "prefect-home", auth=False)
     config = _config(tmp_path / "recovery.yaml", sqlite_url, redis_url, fault_server.url)
-    env = {**os.environ, "PREFECT_API_URL": base, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     fault_server.app.set_mode("status:503")  # failing from the first cycle on
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "recovery_cli.main", "--config", str(config), "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        yield Api(base), sqlite_url, fault_server
-    finally:
-        _stop(serve)
-        _stop(server)
+    with serving(prefect_server, config, limit=None) as api:
+        yield api, sqlite_url, fault_server
 
 
 def _runs(api: Api, **flt: Any) -> list[dict[str, Any]]:
@@ -113,7 +98,11 @@ def test_failing_target_leaves_no_backlog(served_monitor: tuple[Api, str, FaultS
     assert min(gaps) > INTERVAL / 2, gaps  # and only one
 
     # Recoveries ran as their own flow runs, subflows of the period runs, audited with them.
-    recoveries = _runs(api, flows={"name": {"any_": ["api-failure-recovery"]}})
+    recoveries = _runs(
+        api,
+        flows={"name": {"any_": ["api-failure-recovery"]}},
+        flow_runs={"parent_flow_run_id": {"any_": [r["id"] for r in started]}},
+    )
     assert len(recoveries) >= 2, Counter(r["state"]["name"] for r in recoveries)
     assert all(r["parent_task_run_id"] for r in recoveries)
     rows = {r.flow_run_id: r for r in AuditStore(audit_url).history(limit=200)}

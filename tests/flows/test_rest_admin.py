@@ -9,8 +9,6 @@ HTTP as another system would send it.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,7 +20,7 @@ import pytest
 from faultserver import FaultServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_rest_api import Api, _start_server, _stop
+from served_stack import Api, serving
 
 from recovery.audit.store import AuditStore
 from recovery_cli.readonly import format_run
@@ -32,15 +30,8 @@ Served = tuple[Api, dict[str, Any]]
 
 @pytest.fixture
 def served(
-    tmp_path: Path,
-    fault_server: FaultServer,
-    redis_url: str,
-    sqlite_url: str,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, fault_server: FaultServer, redis_url: str, sqlite_url: str, prefect_server: Api
 ) -> Iterator[Served]:
-    # The server's scheduler creates a schedule's runs within seconds, not its default minute.
-    monkeypatch.setenv("PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS", "2")
-    server, base = _start_server(tmp_path / "prefect-home", auth=False)
     config = tmp_path / "recovery.yaml"
     config.write_text(
         f"audit_url: {sqlite_url}\nstate_url: {redis_url}\n"
@@ -53,20 +44,8 @@ def served(
         "     verify: {consecutive_successes: 1, interval_seconds: 0}}\n"
         f"  - {{name: sessions, kind: redis, url: '{redis_url}'}}\n"
     )
-    env = {**os.environ, "PREFECT_API_URL": base, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.pop("RECOVERY_CONFIG", None)  # only --config names the config
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "recovery_cli.main", "--config", str(config), "serve", "--limit", "4"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        yield Api(base), {"fault": fault_server, "audit": sqlite_url, "tmp": tmp_path}
-    finally:
-        _stop(worker)
-        _stop(server)
+    with serving(prefect_server, config) as api:
+        yield api, {"fault": fault_server, "audit": sqlite_url, "tmp": tmp_path}
 
 
 def runs_of(api: Api, deployment_id: str) -> list[dict[str, Any]]:

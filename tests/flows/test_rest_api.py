@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,101 +19,13 @@ from typing import Any
 
 import httpx
 import pytest
-from faultserver import FaultServer, free_port
+from faultserver import FaultServer
+from served_stack import AUTH, Api, serving, start_server, stop
 
 from deployments.serve import DEPLOYMENTS, deployment_schema, load_flow
 from recovery.audit.store import AuditStore
 from recovery.backends.state_redis import RedisState
 from recovery.config.loader import load_config
-
-FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-AUTH = ("admin", "Sup3rSecretAuth")
-
-
-class Api:
-    """Minimal REST client: JSON in/out, retries 503 like the README's curl recipe."""
-
-    def __init__(self, base: str, auth: tuple[str, str] | None = None) -> None:
-        self.client = httpx.Client(base_url=base, auth=auth, timeout=30)
-
-    def call(self, method: str, path: str, expect: int | tuple[int, ...] = (200, 201), **kw: Any) -> Any:
-        expected = (expect,) if isinstance(expect, int) else expect
-        for attempt in range(20):
-            response = self.client.request(method, path, **kw)
-            if response.status_code != 503:
-                break
-            time.sleep(min(0.2 * 2**attempt, 3))
-        assert response.status_code in expected, (method, path, response.status_code, response.text)
-        return response.json() if response.content else None
-
-    def deployment_id(self, flow: str, deployment: str, timeout: float = 120) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            response = self.client.get(f"/deployments/name/{flow}/{deployment}")
-            if response.status_code == 200:
-                return str(response.json()["id"])
-            assert time.monotonic() < deadline, f"deployment {flow}/{deployment} never appeared"
-            time.sleep(1)
-
-    def trigger(self, deployment_id: str, parameters: dict[str, Any]) -> str:
-        run = self.call(
-            "POST", f"/deployments/{deployment_id}/create_flow_run", json={"parameters": parameters}
-        )
-        return str(run["id"])
-
-    def wait(self, flow_run_id: str, timeout: float = 180) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            run = self.call("GET", f"/flow_runs/{flow_run_id}")
-            if run["state"] and run["state"]["type"] in FINAL:
-                return dict(run)
-            assert time.monotonic() < deadline, f"flow run stuck in {run['state']}"
-            time.sleep(0.5)
-
-
-def _start_server(home: Path, auth: bool, ui: bool = False) -> tuple[subprocess.Popen[bytes], str]:
-    """A `prefect server start` on a free loopback port; ``ui``: also serve the UI (which calls
-    the API at ``PREFECT_SERVER_UI_API_URL``)."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": str(ui).lower(),
-        "PREFECT_SERVER_UI_API_URL": f"http://127.0.0.1:{port}/api",
-        "PREFECT_API_URL": "",
-    }
-    if auth:
-        env["PREFECT_SERVER_API_AUTH_STRING"] = ":".join(AUTH)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/health", timeout=2, auth=AUTH if auth else None).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None, "prefect server exited during start-up"
-        time.sleep(0.5)
-    _stop(proc)
-    raise AssertionError("prefect server did not start in 180 s")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def _write_config(path: Path, audit_url: str, state_url: str, url: str) -> Path:
@@ -132,30 +43,28 @@ def _write_config(path: Path, audit_url: str, state_url: str, url: str) -> Path:
 
 @pytest.fixture
 def served(
-    tmp_path: Path, fault_server: FaultServer, redis_url: str, sqlite_url: str, request: pytest.FixtureRequest
+    tmp_path: Path,
+    fault_server: FaultServer,
+    redis_url: str,
+    sqlite_url: str,
+    request: pytest.FixtureRequest,
+    prefect_server: Api,
 ) -> Iterator[tuple[Api, str, dict[str, Any]]]:
+    """`recovery serve` on the session's Prefect server; ``auth``: on a server of its own that
+    demands the API auth string."""
     auth = bool(getattr(request, "param", False))
-    server, base = _start_server(tmp_path / "prefect-home", auth)
     config = _write_config(tmp_path / "recovery.yaml", sqlite_url, redis_url, fault_server.url)
-    env = {**os.environ, "PREFECT_API_URL": base, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    if auth:
-        env["PREFECT_API_AUTH_STRING"] = ":".join(AUTH)
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "recovery_cli.main", "--config", str(config), "serve", "--limit", "4"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    ctx = {"config": config, "fault": fault_server, "audit": sqlite_url, "redis": redis_url}
+    if not auth:
+        with serving(prefect_server, config) as api:
+            yield api, api.base, ctx
+        return
+    server, base = start_server(tmp_path / "prefect-home", auth=True)
     try:
-        yield (
-            Api(base, AUTH if auth else None),
-            base,
-            {"config": config, "fault": fault_server, "audit": sqlite_url, "redis": redis_url},
-        )
+        with serving(Api(base, AUTH), config, env={"PREFECT_API_AUTH_STRING": ":".join(AUTH)}) as api:
+            yield api, base, ctx
     finally:
-        _stop(worker)
-        _stop(server)
+        stop(server)
 
 
 def test_rest_trigger_recover_and_history(served: tuple[Api, str, dict[str, Any]]) -> None:
@@ -222,7 +131,12 @@ def test_rest_cancel_marks_audit_cancelled_and_releases_lock(
         assert time.monotonic() < deadline, "audit row never left in_progress"
         time.sleep(0.5)
     assert rec is not None and rec.state == "cancelled"
-    assert RedisState(ctx["redis"]).lock_owner("payments-api") is None
+    # The row is finished before the lock goes (a row never stays in_progress without its lock:
+    # invariant I1), so the release follows the row by moments.
+    deadline = time.monotonic() + 10
+    while RedisState(ctx["redis"]).lock_owner("payments-api") is not None:
+        assert time.monotonic() < deadline, "the lock outlived the cancelled run"
+        time.sleep(0.2)
     body = {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200}
     logs = [str(e["message"]) for e in api.call("POST", "/logs/filter", json=body)]
     # A cancel is no crash: no "Crash detected!", no "Finished in state Running()" (issue 14).
@@ -246,9 +160,11 @@ def test_rest_auth_required(served: tuple[Api, str, dict[str, Any]]) -> None:
     assert record is not None and record.state == "succeeded"
 
 
-def test_prefect_deploy_all_accepts_prefect_yaml(tmp_path: Path, sqlite_url: str) -> None:
+def test_prefect_deploy_all_accepts_prefect_yaml(
+    tmp_path: Path, sqlite_url: str, prefect_server: Api
+) -> None:
     """`prefect deploy --all` against a local server creates every deployment of prefect.yaml."""
-    server, base = _start_server(tmp_path / "prefect-home", auth=False)
+    base = prefect_server.base
     try:
         config = tmp_path / "recovery.yaml"
         config.write_text(
@@ -332,4 +248,4 @@ def test_prefect_deploy_all_accepts_prefect_yaml(tmp_path: Path, sqlite_url: str
         runs = api.call("POST", "/flow_runs/filter", json={"deployments": {"id": {"any_": admin}}})
         assert runs == [], "a refused request created a run"
     finally:
-        _stop(server)
+        prefect_server.forget_deployments()

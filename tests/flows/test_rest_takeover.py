@@ -12,9 +12,6 @@ answering 503 (tests/faultserver.py), raw REST calls as the UI sends them.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +19,7 @@ from typing import Any
 
 import pytest
 from faultserver import FaultServer
-from test_rest_api import Api, _start_server, _stop
+from served_stack import Api, serving
 
 from recovery.audit.records import RunRecord
 from recovery.audit.store import AuditStore
@@ -31,8 +28,9 @@ Served = tuple[Api, dict[str, Any]]
 
 
 @pytest.fixture
-def served(tmp_path: Path, fault_server: FaultServer, redis_url: str, sqlite_url: str) -> Iterator[Served]:
-    server, base = _start_server(tmp_path / "prefect-home", auth=False)
+def served(
+    tmp_path: Path, fault_server: FaultServer, redis_url: str, sqlite_url: str, prefect_server: Api
+) -> Iterator[Served]:
     config = tmp_path / "recovery.yaml"
     # A long automatic recovery (100 attempts, delays up to 1 s) that the test interrupts; the
     # monitor runs when the test asks (its schedule is an hour away).
@@ -46,20 +44,8 @@ def served(tmp_path: Path, fault_server: FaultServer, redis_url: str, sqlite_url
         f"  - {{name: payments-api, kind: http, url: '{fault_server.url}/health', timeout_seconds: 1,\n"
         "     verify: {consecutive_successes: 1, interval_seconds: 0}}\n"
     )
-    env = {**os.environ, "PREFECT_API_URL": base, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.pop("RECOVERY_CONFIG", None)
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "recovery_cli.main", "--config", str(config), "serve", "--limit", "4"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        yield Api(base), {"fault": fault_server, "audit": AuditStore(sqlite_url)}
-    finally:
-        _stop(worker)
-        _stop(server)
+    with serving(prefect_server, config) as api:
+        yield api, {"fault": fault_server, "audit": AuditStore(sqlite_url)}
 
 
 def _running_automatic(audit: AuditStore, timeout: float = 120) -> RunRecord:
