@@ -212,9 +212,10 @@ def _decide_one(
     token = str(uuid.uuid4())
     if not state.acquire_lock(target.name, token, config.monitor.lock_ttl_seconds):
         return replace(base, action=MonitorAction.IN_PROGRESS)
-    # Under the lock no run of an earlier rung is alive: its outcome is final (or never came).
-    rung = escalation.next_rung(state, target) if target.escalation else None
     try:
+        # Under the lock no run of an earlier rung is alive: its outcome is final (or never came).
+        # Read inside the try: a ladder Redis cannot read starts no rung, so the lock goes back.
+        rung = escalation.next_rung(state, target) if target.escalation else None
         spec = (
             select_workflow(target, result)
             if rung is None
