@@ -217,20 +217,27 @@ def test_a_ladder_target_is_deferred_while_state_redis_is_down(
         assert state_redis.lock() is None and state_redis.direct.get(ladder_key("api")) is None
 
 
-def test_a_stall_after_the_monitor_locks_a_ladder_target_releases_the_lock(
-    state_redis: StateRedis, sqlite_url: str
+@pytest.mark.parametrize("fault", ["drop", "stall"])
+def test_a_lost_reply_around_the_monitors_lock_never_leaves_a_ladder_target_locked(
+    fault: str, state_redis: StateRedis, sqlite_url: str
 ) -> None:
-    """The lock is taken, the ladder cannot be read: no rung starts, so no lock may stay behind
-    (else the target waits ``lock_ttl_seconds`` for a recovery that does not exist)."""
+    """``drop``: the monitor's lock lands, its reply is lost and redis-py retries: the lock is
+    the monitor's own, rung 1 starts. ``stall``: the lock is taken, the ladder cannot be read:
+    no rung starts, so the lock goes back (else the target waits ``lock_ttl_seconds`` for a
+    recovery that does not exist) and the next cycle starts rung 1."""
     config = config_for(state_redis, sqlite_url, escalation=LADDER)
     state = services_for(config).state
-    state_redis.proxy.fault_at(lock_key("api").encode(), "stall", after=1, stall_seconds=STALL)
+    after = 0 if fault == "drop" else 1  # the SET NX itself, or the ladder read after it
+    state_redis.proxy.fault_at(lock_key("api").encode(), fault, after=after, stall_seconds=STALL)  # type: ignore[arg-type]
     out, took = bounded(lambda: decide(config, state, [failed()]))
     assert took < BOUND and not isinstance(out, BaseException), repr(out)
-    assert [(d.action, d.note) for d in out] == [(MonitorAction.DEFERRED, STATE_UNAVAILABLE)]
-    assert state_redis.lock() is None
-    (d,) = decide(config, state, [failed()])
-    assert (d.action, d.rung) == (MonitorAction.RECOVER, 1), "the next cycle starts rung 1"
+    if fault == "stall":
+        assert [(d.action, d.note) for d in out] == [(MonitorAction.DEFERRED, STATE_UNAVAILABLE)]
+        assert state_redis.lock() is None
+        out = decide(config, state, [failed()])
+    (d,) = out
+    assert (d.action, d.rung) == (MonitorAction.RECOVER, 1)
+    assert state_redis.lock() == d.lock_token
     state.release_lock("api", d.lock_token or "")
 
 

@@ -60,8 +60,8 @@ class SharedState(ABC):
 
     @abstractmethod
     def acquire_lock(self, target: str, owner: str, ttl_seconds: float) -> bool:
-        """Take the one-recovery-per-target lock; False if someone else holds it. Redis: a write
-        whose reply is lost is recognised on its retry, and undone if it times out."""
+        """Take the one-recovery-per-target lock; False if anyone holds it (not re-entrant). Redis:
+        a write whose reply never comes is undone (compare-and-delete) before the error is raised."""
 
     @abstractmethod
     def refresh_lock(self, target: str, owner: str, ttl_seconds: float) -> bool:

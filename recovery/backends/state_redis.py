@@ -80,11 +80,9 @@ class RedisState(SharedState):
         ttl, key = max(1, int(ttl_seconds * 1000)), lock_key(target)
         release = self.scripts("release_lock")
         set_nx = lambda: self.client.set(key, owner, nx=True, px=ttl)  # noqa: E731
-        if self._undone_if_lost(set_nx, lambda: release(keys=[key], args=[owner])):
-            return True
-        # A dropped connection is retried once (bounded_retry): a SET NX that landed before its
-        # reply was lost finds the lock set by this very owner; it is ours, not someone else's.
-        return self.lock_owner(target) == owner
+        # Not re-entrant: a retried SET NX that landed (reply lost, bounded_retry) answers False,
+        # and callers whose owner tokens are unique read the lock's owner to tell (runtime, monitor).
+        return bool(self._undone_if_lost(set_nx, lambda: release(keys=[key], args=[owner])))
 
     def refresh_lock(self, target: str, owner: str, ttl_seconds: float) -> bool:
         ttl = max(1, int(ttl_seconds * 1000))
