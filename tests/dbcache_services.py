@@ -12,8 +12,9 @@ import sqlite3
 import subprocess
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import redis
 from faultserver import free_port
@@ -155,6 +156,15 @@ class RedisServer:
             self.proc = None
 
 
+@dataclass
+class _Trip:
+    marker: bytes
+    after: int  # requests still to let through once the marker passed
+    fault: Literal["drop", "blackhole", "stall"]
+    stall_seconds: float
+    armed: bool = False
+
+
 class TcpProxy:
     """127.0.0.1:port -> upstream. ``stop()`` closes the listener and every proxied connection:
     clients see their connections dropped and new ones refused, as while a server restarts;
@@ -172,6 +182,46 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._frozen = threading.Event()
+        self._trip: _Trip | None = None
+        self._doomed: set[socket.socket] = set()  # client sockets whose next reply is lost
+
+    def fault_at(
+        self,
+        marker: bytes,
+        fault: Literal["drop", "blackhole", "stall"],
+        after: int = 0,
+        stall_seconds: float = 1.5,
+    ) -> TcpProxy:
+        """A fault at an exact point of a conversation (once): the ``after``-th client request
+        following the one containing ``marker`` (0: that one) still reaches the server, so it is
+        applied, and then ``drop``: its reply is lost and its connection closed (a reset after
+        the command ran: redis-py retries it on a new connection); ``blackhole``: its reply and
+        everything after it is lost, as with ``blackhole()``; ``stall``: its reply and everything
+        after it is held for ``stall_seconds`` (``freeze()``, then ``thaw()``). A chunk read from
+        the client counts as one request."""
+        self._trip = _Trip(marker, after, fault, stall_seconds)
+        return self
+
+    def _trips(self, data: bytes, client: socket.socket) -> bool:
+        """Apply a pending ``fault_at`` to this client request; True: forward it regardless."""
+        with self._lock:
+            trip = self._trip
+            if trip is None or not (trip.armed or trip.marker in data):
+                return False
+            if trip.armed:
+                trip.after -= 1
+            trip.armed = True
+            if trip.after > 0:
+                return False
+            self._trip = None
+            if trip.fault == "drop":
+                self._doomed.add(client)
+        if trip.fault == "blackhole":
+            self.frozen = True
+        elif trip.fault == "stall":
+            self.freeze()
+            threading.Timer(trip.stall_seconds, self.thaw).start()
+        return True
 
     def start(self) -> TcpProxy:
         listener = socket.create_server(("127.0.0.1", self.port))
@@ -242,13 +292,17 @@ class TcpProxy:
             with self._lock:
                 self._conns.update((client, server))
             for src, dst in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+                threading.Thread(target=self._pump, args=(src, dst, src is client), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket | None) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket | None, from_client: bool = False) -> None:
         try:
             while data := src.recv(65536):
-                self._hold()
-                if dst is not None and not self.frozen:
+                forced = from_client and self._trips(data, src)  # the faulted request still goes
+                if not forced:
+                    self._hold()
+                if dst in self._doomed:
+                    break  # ``drop``: the reply is lost, the connection closed (finally)
+                if dst is not None and (forced or not self.frozen):
                     dst.sendall(data)
         except OSError:
             pass
@@ -259,6 +313,7 @@ class TcpProxy:
                 sock.close()
                 with self._lock:
                     self._conns.discard(sock)
+                    self._doomed.discard(sock)
 
 
 def corrupt_sqlite(path: Path) -> None:

@@ -44,6 +44,7 @@ def test_takeover_is_a_compare_and_set_on_the_old_owner(state: SharedState) -> N
     assert state.lock_owner("api") == "auto"
     assert state.takeover_lock("api", "auto", "emergency-1", 30)
     assert state.lock_owner("api") == "emergency-1"
+    assert state.takeover_lock("api", "auto", "emergency-1", 30)  # a retry of a call that landed
     assert not state.refresh_lock("api", "auto", 30)  # the old owner's next step stops it
     assert not state.release_lock("api", "auto")
     assert not state.takeover_lock("api", "auto", "emergency-2", 30)  # the second emergency loses

@@ -60,7 +60,8 @@ class SharedState(ABC):
 
     @abstractmethod
     def acquire_lock(self, target: str, owner: str, ttl_seconds: float) -> bool:
-        """Take the one-recovery-per-target lock; False if someone else holds it."""
+        """Take the one-recovery-per-target lock; False if anyone holds it (not re-entrant). Redis:
+        a write whose reply never comes is undone (compare-and-delete) before the error is raised."""
 
     @abstractmethod
     def refresh_lock(self, target: str, owner: str, ttl_seconds: float) -> bool:
@@ -70,7 +71,8 @@ class SharedState(ABC):
     def takeover_lock(self, target: str, old_owner: str, new_owner: str, ttl_seconds: float) -> bool:
         """Hand the lock from ``old_owner`` to ``new_owner`` (fresh TTL) if ``old_owner`` still
         holds it: a compare-and-set, so two emergencies taking over one run cannot both win.
-        The old owner's next refresh fails and it stops (``RecoveryRuntime._start_attempt``)."""
+        The old owner's next refresh fails and it stops (``RecoveryRuntime._start_attempt``).
+        True also if ``new_owner`` holds it already (a retried call whose first try landed)."""
 
     @abstractmethod
     def release_lock(self, target: str, owner: str) -> bool:

@@ -73,7 +73,10 @@ class MemoryState(SharedState):
 
     def takeover_lock(self, target: str, old_owner: str, new_owner: str, ttl_seconds: float) -> bool:
         with self._mutex:
-            if self._live_owner(target) != old_owner:
+            owner = self._live_owner(target)
+            if owner == new_owner:
+                return True  # as the Redis script: already taken (a retried call)
+            if owner != old_owner:
                 return False
             self._locks[target] = (new_owner, self._clock() + ttl_seconds)
             return True

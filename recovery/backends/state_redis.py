@@ -7,6 +7,7 @@ round trip, and a script is loaded into Redis by its first call (EVALSHA, then S
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -61,9 +62,27 @@ class RedisState(SharedState):
     def health(self, target: str) -> HealthCounters | None:
         return parse_health(self._call(lambda: self.client.hgetall(health_key(target))))
 
+    def _undone_if_lost(self, write: Callable[[], Any], undo: Callable[[], Any]) -> Any:
+        """``write()``; if its reply never comes, ``undo()`` once (best effort) and raise.
+
+        A write whose reply is lost may still have landed, and a lock or mark nobody will use
+        would then stay for its whole TTL (the lock's minutes, a mark's days). ``undo`` is a
+        compare-and-delete/-set on this caller's own value: never someone else's. A stall
+        shorter than the two timeouts leaves nothing behind; a longer one leaves the TTL."""
+        try:
+            return self._call(write)
+        except StateUnavailable:
+            with contextlib.suppress(StateUnavailable):
+                self._call(undo)
+            raise
+
     def acquire_lock(self, target: str, owner: str, ttl_seconds: float) -> bool:
-        ttl = max(1, int(ttl_seconds * 1000))
-        return bool(self._call(lambda: self.client.set(lock_key(target), owner, nx=True, px=ttl)))
+        ttl, key = max(1, int(ttl_seconds * 1000)), lock_key(target)
+        release = self.scripts("release_lock")
+        set_nx = lambda: self.client.set(key, owner, nx=True, px=ttl)  # noqa: E731
+        # Not re-entrant: a retried SET NX that landed (reply lost, bounded_retry) answers False,
+        # and callers whose owner tokens are unique read the lock's owner to tell (runtime, monitor).
+        return bool(self._undone_if_lost(set_nx, lambda: release(keys=[key], args=[owner])))
 
     def refresh_lock(self, target: str, owner: str, ttl_seconds: float) -> bool:
         ttl = max(1, int(ttl_seconds * 1000))
@@ -71,9 +90,11 @@ class RedisState(SharedState):
         return bool(self._call(lambda: refresh(keys=[lock_key(target)], args=[owner, ttl])))
 
     def takeover_lock(self, target: str, old_owner: str, new_owner: str, ttl_seconds: float) -> bool:
-        ttl = max(1, int(ttl_seconds * 1000))
-        takeover = self.scripts("takeover_lock")
-        return bool(self._call(lambda: takeover(keys=[lock_key(target)], args=[old_owner, new_owner, ttl])))
+        ttl, key = max(1, int(ttl_seconds * 1000)), lock_key(target)
+        takeover = self.scripts("takeover_lock")  # a retried call that had landed counts as taken
+        take = lambda: takeover(keys=[key], args=[old_owner, new_owner, ttl])  # noqa: E731
+        give_back = lambda: takeover(keys=[key], args=[new_owner, old_owner, ttl])  # noqa: E731
+        return bool(self._undone_if_lost(take, give_back))
 
     def release_lock(self, target: str, owner: str) -> bool:
         release = self.scripts("release_lock")
@@ -138,7 +159,16 @@ class RedisState(SharedState):
 
     def put_mark(self, key: str, value: str, ttl_seconds: float, only_new: bool = False) -> bool:
         ttl = max(1, int(ttl_seconds * 1000))
-        return bool(self._call(lambda: self.client.set(key, value, px=ttl, nx=only_new)))
+        if not only_new:
+            return bool(self._call(lambda: self.client.set(key, value, px=ttl)))
+        # An only-new mark claims a once-per-incident duty (dependencies.refuse_once): one left
+        # behind by a lost reply would silence that duty for the mark's whole TTL. The
+        # compare-and-delete script is generic over its key.
+        release = self.scripts("release_lock")
+        set_nx = lambda: self.client.set(key, value, px=ttl, nx=True)  # noqa: E731
+        if self._undone_if_lost(set_nx, lambda: release(keys=[key], args=[value])):
+            return True
+        return bool(self._call(lambda: self.client.get(key)) == value)  # a retried SET NX that landed
 
     def get_marks(self, keys: list[str]) -> list[str | None]:
         if not keys:

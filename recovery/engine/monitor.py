@@ -210,11 +210,15 @@ def _decide_one(
         # let the flow escalate (target.flapping event) so a person looks.
         return replace(base, action=MonitorAction.FLAPPING)
     token = str(uuid.uuid4())
-    if not state.acquire_lock(target.name, token, config.monitor.lock_ttl_seconds):
+    # The token is new: the lock held under it means our SET landed and its reply was lost
+    # (redis-py retried the dropped connection), not that a recovery is in progress.
+    locked = state.acquire_lock(target.name, token, config.monitor.lock_ttl_seconds)
+    if not locked and state.lock_owner(target.name) != token:
         return replace(base, action=MonitorAction.IN_PROGRESS)
-    # Under the lock no run of an earlier rung is alive: its outcome is final (or never came).
-    rung = escalation.next_rung(state, target) if target.escalation else None
     try:
+        # Under the lock no run of an earlier rung is alive: its outcome is final (or never came).
+        # Read inside the try: a ladder Redis cannot read starts no rung, so the lock goes back.
+        rung = escalation.next_rung(state, target) if target.escalation else None
         spec = (
             select_workflow(target, result)
             if rung is None

@@ -18,10 +18,10 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from recovery.audit.records import PlannedStep
+from recovery.audit.records import AuditUnavailable, PlannedStep
 from recovery.audit.store import AuditStore
 from recovery.backends.state import SharedState
 from recovery.blocking import CancelledAfter, blocking, blocking_to_end
@@ -323,11 +323,17 @@ def _lock_or_take_over(
         holder = lock_holder(state, audit, target)
         if holder is None:
             continue  # released meanwhile: try again
+        if holder.token == owner:  # our SET landed but its reply was lost; the retry found it set
+            return None
         if not can_take_over(request.run_type, holder):
             break
         why = f"taken over by {request.requested_by}: {request.reason}"
-        if take_over(state, audit, target, holder, owner, ttl, why):
-            return holder
+        try:
+            if take_over(state, audit, target, holder, owner, ttl, why):
+                return holder
+        except AuditUnavailable:  # the lock went back (take_over): refused below, audited (spooled)
+            holder = replace(holder, unaudited=True)
+            break
     what = holder.describe() if holder else "lock held"
     hint = ""
     if holder and holder.run_type == RunType.AUTOMATIC and request.run_type != RunType.EMERGENCY:

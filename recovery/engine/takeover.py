@@ -13,8 +13,9 @@ Takeover (``take_over``), only ``emergency`` from ``automatic``:
    (``SharedState.takeover_lock``): of two emergencies only one wins, and a lock that changed
    hands since it was read is not taken;
 2. finish the automatic row ``cancelled`` ("taken over by <who>: <reason>", error type
-   ``TakenOver``), only if it is still ``in_progress`` (``AuditStore.orphan_run``); if that
-   write fails, the lock goes back to the automatic run (no action without a durable record);
+   ``TakenOver``), only if it is still ``in_progress`` (``AuditStore.orphan_run``: a
+   conditional update, so never spooled); if that write fails, the lock goes back to the
+   automatic run and the emergency is refused (no action without a durable record);
 3. the caller (the flow layer) asks Prefect to cancel the automatic flow run, best effort: the
    automatic run's next step attempt fails to refresh the lock and stops (``LockLost``) whether
    or not the cancellation arrives.
@@ -24,11 +25,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from recovery.audit.records import AuditUnavailable
 from recovery.audit.store import AuditStore
 from recovery.backends.state import SharedState
 from recovery.enums import RunType
 
 TAKEN_OVER = "TakenOver"  # error_type of an automatic run's row an emergency took over
+NOT_AUDITED = "not taken over: the audit store is unavailable and a takeover needs its record"
 
 
 @dataclass(frozen=True)
@@ -40,16 +43,20 @@ class LockHolder:
     flow_run_id: str | None = None
     run_type: str | None = None
     requested_by: str | None = None
+    unaudited: bool = False  # the audit store is unavailable: no takeover (it needs its record)
 
     def describe(self) -> str:
         """What a refusal names: the flow run (a UI link) and the audit id; never the token."""
         if self.audit_id is None:
+            if self.unaudited:
+                return f"held by a run the audit store cannot name now; {NOT_AUDITED}"
             return "a recovery is starting (not audited yet); retry in a few seconds"
         who = f"{self.run_type} run" + (f" by {self.requested_by}" if self.requested_by else "")
         flow = ""
         if self.flow_run_id:
             flow = f"flow run {self.flow_run_id} (/runs/flow-run/{self.flow_run_id}), "
-        return f"{who}: {flow}audit run {self.audit_id}"
+        text = f"{who}: {flow}audit run {self.audit_id}"
+        return f"{text}; {NOT_AUDITED}" if self.unaudited else text
 
 
 def lock_holder(state: SharedState, audit: AuditStore, target: str) -> LockHolder | None:
@@ -57,7 +64,13 @@ def lock_holder(state: SharedState, audit: AuditStore, target: str) -> LockHolde
     token = state.lock_owner(target)
     if token is None:
         return None
-    for run in audit.in_progress():
+    try:
+        runs = audit.in_progress()
+    except AuditUnavailable:
+        # Not known, so never taken over (nor could the takeover be audited): the caller
+        # refuses, and its refusal goes to the spool like any audit write.
+        return LockHolder(token, unaudited=True)
+    for run in runs:
         if run.target == target and run.lock_owner == token:
             return LockHolder(token, run.id, run.flow_run_id, run.type, run.requested_by)
     return LockHolder(token)
