@@ -177,11 +177,15 @@ async def monitor_period() -> State[Any]:
                 logger.info("the next period's run is cycling: handed over after %d cycles", cycles)
                 break
             cycles += 1
+            began = time.time()
             try:
                 await _cycle(config, f"cycle {cycles}", gate, recoveries, logger)
             except Exception as exc:  # one bad cycle must not end the period's monitoring
                 logger.error("cycle %d failed: %s", cycles, redact(str(exc)))
-            slot = period.next_slot(time.time(), handing_over=True)
+            # After a cycle started off the grid (a late first run cycles at once), the grid's
+            # next slot can be moments away: skip one closer than half an interval, or a target
+            # is probed twice in a second and one failure counts twice toward the threshold.
+            slot = period.next_slot(max(time.time(), began + m.interval_seconds / 2), handing_over=True)
         await _drain(recoveries, period.drain_seconds, logger)
     finally:
         # Cancelled (or crashed) mid-period: the recoveries in flight end audited, locks released.

@@ -57,7 +57,8 @@ async def test_period_run_cycles_beside_its_recovery(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    path = _config(tmp_path / "r.yaml", sqlite_url, redis_url, fault_server.url, period=10)
+    # Period 14 s, drain 3.5 s: room for a subflow start of 5 s on a loaded box plus the retries.
+    path = _config(tmp_path / "r.yaml", sqlite_url, redis_url, fault_server.url, period=14)
     monkeypatch.setenv("RECOVERY_CONFIG", path)
     fault_server.app.set_mode("fail-next:8")  # the recovery verifies for several intervals
     state: Any = await monitor_period(return_state=True)
