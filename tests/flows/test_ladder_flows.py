@@ -58,7 +58,8 @@ async def test_two_rung_ladder_rung_1_fails_rung_2_succeeds_on_the_next_detectio
     assert f"api-failure-recovery of {name}: succeeded" in second.stdout
     run1, run2 = history(run_cli, config)
     assert (run2["workflow"], run2["rung"], run2["state"]) == ("api-failure-recovery", 2, "succeeded")
-    assert await events("recovery.escalation-exhausted", name, started, settle=0) == []
+    # None expected: wait a settle time for one to be persisted, not the 60 s for one to show up.
+    assert await events("recovery.escalation-exhausted", name, started, want=0, settle=5) == []
 
 
 async def test_the_last_rung_failing_escalates_once_and_stops_automatic_recovery(
