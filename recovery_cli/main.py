@@ -34,6 +34,7 @@ from recovery_cli.common import (
 )
 from recovery_cli.process import Interrupted, Stopped, exit_now
 from recovery_cli.readonly import (
+    cmd_audit_prune,
     cmd_audit_replay,
     cmd_breaker_status,
     cmd_check,
@@ -112,6 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = audit_sub.add_parser("replay", help="replay spooled audit records into the store now (no Prefect)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_audit_replay)
+    p = audit_sub.add_parser(
+        "prune", help="delete finished runs older than --older-than from the audit store (no Prefect)"
+    )
+    p.add_argument(
+        "--older-than", type=text, required=True, help="age: 1d at least, e.g. 90d (runs in progress stay)"
+    )
+    p.add_argument("--dry-run", action="store_true", help="count what would be deleted; delete nothing")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_audit_prune)
 
     p = command("reconcile", "finish audit rows of recoveries whose process died (no Prefect)", cmd_reconcile)
     p.add_argument(

@@ -278,6 +278,7 @@ def test_read_only_commands_do_not_import_prefect(configs: dict[str, str]) -> No
 TOKENS = [
     "--json", "--target", "api", "--limit", "5", "0", "-1", "--since", "24h", "7d", "999999999d", "--config",
     "--reason", "--requested-by", "--workflow", "--type", "emergency", "--pattern", "--dry-run", "--debug",
+    "--older-than", "1d", "90d",
     "", " ", "\n", "\x00", "--", "-", "--bogus", "x" * 200, "api-failure-recovery", "--help",
 ]  # fmt: skip
 args = st.lists(st.one_of(st.sampled_from(TOKENS), st.text(max_size=30)), max_size=6)
@@ -297,6 +298,15 @@ def _check_outcome(code: int, out: str, err: str) -> None:
         assert len(one_error_line(err)) <= 400
     else:
         assert err.count("\n") <= 1, err
+
+
+@FUZZ
+@given(sub=st.sampled_from(["prune", "replay"]), rest=args)
+def test_fuzz_audit_commands(
+    capsys: pytest.CaptureFixture[str], configs: dict[str, str], sub: str, rest: list[str]
+) -> None:
+    """`audit prune` deletes: whatever the arguments, one line and exit 2, or a clean run."""
+    _check_outcome(*run(capsys, "audit", sub, *rest))
 
 
 @FUZZ

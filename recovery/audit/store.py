@@ -10,17 +10,17 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload
 
 from recovery.audit.db import DEFAULT_TIMEOUT_SECONDS, get_engine, migrate
 from recovery.audit.deadline import deadline
 from recovery.audit.fold import apply_ops
-from recovery.audit.models import RecoveryRun
+from recovery.audit.models import RecoveryRun, RecoveryStep
 from recovery.audit.ops import (
     AuditOp,
     finish_run_op,
@@ -42,6 +42,9 @@ from recovery.audit.records import (
 from recovery.redact import redact_url
 
 __all__ = ["AuditStore", "AuditUnavailable", "PlannedStep", "RunRecord", "error_text"]
+
+
+PRUNE_BATCH = 1000  # runs deleted per transaction by prune()
 
 
 class AuditStore:
@@ -247,6 +250,31 @@ class AuditStore:
 
     def set_flow_run_id(self, run_id: str, flow_run_id: str) -> None:
         self._write(set_flow_run_id_op(run_id, flow_run_id, utcnow()))
+
+    # --- retention -----------------------------------------------------------------------------
+
+    def prune(self, before: datetime, dry_run: bool = False, batch: int = PRUNE_BATCH) -> int:
+        """Delete the finished runs (and their steps) that started before ``before``; how many.
+
+        A run still ``in_progress`` stays whatever its age: reconcile finishes it first, and its
+        row is what proves the lock it may hold. Batches of ``batch`` runs, each its own
+        transaction under the statement deadline, so a years-long backlog never holds one long
+        lock on the table live recoveries write to. ``dry_run``: only count."""
+        # SQLite stores naive UTC text: the bound must be UTC for the comparison to hold.
+        old = (RecoveryRun.started_at < before.astimezone(UTC), RecoveryRun.state != "in_progress")
+        if dry_run:
+            with self._session() as session:
+                return int(session.scalar(select(func.count()).select_from(RecoveryRun).where(*old)) or 0)
+        total = 0
+        while True:
+            with self._session() as session:
+                ids = list(session.scalars(select(RecoveryRun.id).where(*old).limit(batch)))
+                if ids:  # steps first: SQLite enforces no ON DELETE CASCADE without a pragma
+                    session.execute(delete(RecoveryStep).where(RecoveryStep.run_id.in_(ids)))
+                    session.execute(delete(RecoveryRun).where(RecoveryRun.id.in_(ids)))
+            total += len(ids)
+            if len(ids) < batch:
+                return total
 
     # --- reads ---------------------------------------------------------------------------------
 

@@ -32,7 +32,8 @@ class DependencyFields(BaseModel):
     escalation: list[Name] = Field(
         default_factory=list,
         max_length=MAX_RUNGS,
-        description="Workflows tried in turn, one per detection of the same incident.",
+        description="Automatic recoveries: workflows tried in turn, one per detection of the same "
+        "incident (`workflow`, or the kind's default, still serves manual runs).",
     )
 
 

@@ -133,7 +133,11 @@ class _TargetBase(_Model, DependencyFields):
     strategy: StrategyConfig | None = Field(None, description="Retry strategy; default: top level.")
     verify: VerifyConfig = Field(default_factory=lambda: VerifyConfig())
     breaker: BreakerConfig = Field(default_factory=lambda: BreakerConfig())
-    workflow: str | None = Field(None, max_length=63, description="Replaces the kind's default workflow.")
+    workflow: str | None = Field(
+        None,
+        max_length=63,
+        description="Replaces the kind's default workflow (automatic runs use `escalation` if set).",
+    )
     _workflows: Any = PrivateAttr(None)  # the config's ``workflows:``, set by RecoveryConfig
 
 

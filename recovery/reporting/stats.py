@@ -52,14 +52,14 @@ _WINDOW_RE = re.compile(r"^\s*(\d{1,12}(?:\.\d{1,9})?)\s*([smhdw])\s*$", re.ASCI
 MAX_WINDOW_SECONDS = 3650 * 86400  # ten years: older than any audit row worth a statistic
 
 
-def parse_window(text: str) -> timedelta:
-    """``90s``, ``15m``, ``24h``, ``7d``, ``2w`` -> timedelta; ``ConfigError`` naming ``--since``."""
+def parse_window(text: str, argument: str = "--since") -> timedelta:
+    """``90s``, ``15m``, ``24h``, ``7d``, ``2w`` -> timedelta; ``ConfigError`` naming ``argument``."""
     match = _WINDOW_RE.match(text)
     if not match or float(match[1]) <= 0:
-        raise ConfigError("--since", f"expected a duration like 30m, 24h or 7d, got '{clip(text)}'")
+        raise ConfigError(argument, f"expected a duration like 30m, 24h or 7d, got '{clip(text)}'")
     seconds = float(match[1]) * _UNITS[match[2]]
     if seconds > MAX_WINDOW_SECONDS:
-        raise ConfigError("--since", f"at most 3650d (ten years), got '{clip(text)}'")
+        raise ConfigError(argument, f"at most 3650d (ten years), got '{clip(text)}'")
     return timedelta(seconds=seconds)
 
 
