@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -40,6 +39,9 @@ import httpx
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # faultserver
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "flows"))
+from served_stack import stop as stop_group
 from soak_proc import ChildWatch, Targets, descendants, parents, rss, sockets, stat, uptime
 
 REPO = Path(__file__).resolve().parent.parent
@@ -82,14 +84,8 @@ def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[by
 
 
 def stop(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    if proc is not None:
+        stop_group(proc)  # SIGTERM to its process group, SIGKILL after 20 s
 
 
 def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
