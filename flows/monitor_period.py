@@ -56,12 +56,15 @@ from prefect.states import Completed, Failed
 
 from flows.monitor import _log_report, board_and_signals, detect, run_recovery
 from flows.reconcile import reconcile_runs
+from recovery.backends.keys import monitor_slot_key
+from recovery.blocking import blocking
 from recovery.config.loader import RecoveryConfig, load_config
 from recovery.engine.monitor import Decision
 from recovery.engine.period import Period, summarize
 from recovery.enums import MonitorAction
 from recovery.redact import install_log_redaction, redact
 from recovery.reporting.board import BoardGate
+from recovery.services import services_for
 
 CANCEL_GRACE_SECONDS = 30.0  # cancelled recoveries finish their audit rows and release locks
 
@@ -122,6 +125,23 @@ async def _other_run_cycling(anchor: float, timeout: float, later: bool = True) 
     return bool(runs)
 
 
+async def _claim(config: RecoveryConfig, slot: float, period: Period) -> bool:
+    """May this run cycle ``slot``? The first period run to claim a slot of the grid cycles it.
+
+    Without a deployment (a run started in-process) there is no other run to share a grid
+    with. A claim that cannot be made (state unavailable) counts as granted: that cycle defers
+    every target anyway, and a skipped slot would be a gap in the report."""
+    deployment_id = current_deployment.id
+    if not deployment_id:
+        return True
+    key = monitor_slot_key(str(deployment_id), slot)
+    state = services_for(config).state
+    try:
+        return bool(await blocking(state.put_mark, key, str(current_flow_run.id), 2 * period.length, True))
+    except Exception:
+        return True
+
+
 async def _successor_cycling(anchor: float, timeout: float) -> bool:
     """Is a later run of this run's deployment already running (cycling on the same grid)?"""
     return await _other_run_cycling(anchor, timeout, later=True)
@@ -163,29 +183,40 @@ async def monitor_period() -> State[Any]:
     recoveries: Recoveries = {}
     cycles = 0
     slot = period.first_slot(started)
+    # ``when`` to cycle, and ``key``: the grid slot that cycle covers (None: off the grid).
+    when, key = slot, slot
     # Started late: the grid's next slot may be an interval away (past the period, when the
-    # two are equal). Waiting for it is right while the previous period's run is still cycling
-    # (it covers our slot while handing over); with none running (the first run after `serve`,
-    # a slow process start) cycle now, or the monitoring has a gap of up to an interval.
+    # two are equal). A run started after its anchor came late for the slot before that: it
+    # cycles it at once unless the previous period's run did (the slot's claim says which). A
+    # run started early with no run cycling (the first run after `serve`) cycles at once too.
     late = (slot is None or slot > started + 1.0) and started < period.end
-    if late and not await _other_run_cycling(anchor, m.interval_seconds / 2, later=False):
-        slot = started
+    if late and started > anchor:
+        missed = period.grid_slot(started) - m.interval_seconds
+        if await _claim(config, missed, period):
+            when, key = started, missed
+    elif late and not await _other_run_cycling(anchor, m.interval_seconds / 2, later=False):
+        when, key = started, None
     try:
-        while slot is not None:
-            await asyncio.sleep(max(slot - time.time(), 0.0))
-            if slot >= period.end - 1e-6 and await _successor_cycling(anchor, m.interval_seconds / 2):
+        while when is not None:
+            await asyncio.sleep(max(when - time.time(), 0.0))
+            if (
+                key is not None
+                and key >= period.end - 1e-6
+                and await _successor_cycling(anchor, m.interval_seconds / 2)
+            ):
                 logger.info("the next period's run is cycling: handed over after %d cycles", cycles)
                 break
-            cycles += 1
             began = time.time()
-            try:
-                await _cycle(config, f"cycle {cycles}", gate, recoveries, logger)
-            except Exception as exc:  # one bad cycle must not end the period's monitoring
-                logger.error("cycle %d failed: %s", cycles, redact(str(exc)))
+            if key is None or await _claim(config, key, period):  # else the other run cycled it
+                cycles += 1
+                try:
+                    await _cycle(config, f"cycle {cycles}", gate, recoveries, logger)
+                except Exception as exc:  # one bad cycle must not end the period's monitoring
+                    logger.error("cycle %d failed: %s", cycles, redact(str(exc)))
             # After a cycle started off the grid (a late first run cycles at once), the grid's
             # next slot can be moments away: skip one closer than half an interval, or a target
             # is probed twice in a second and one failure counts twice toward the threshold.
-            slot = period.next_slot(max(time.time(), began + m.interval_seconds / 2), handing_over=True)
+            when = key = period.next_slot(max(time.time(), began + m.interval_seconds / 2), handing_over=True)
         await _drain(recoveries, period.drain_seconds, logger)
     finally:
         # Cancelled (or crashed) mid-period: the recoveries in flight end audited, locks released.

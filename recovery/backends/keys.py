@@ -63,6 +63,13 @@ waiting_key = _suffix_key("waiting")
 INCIDENT_TTL_SECONDS = 7 * 86400.0
 
 
+def monitor_slot_key(deployment: str, slot: float) -> str:
+    """string, PX TTL (two periods): the period run that cycles this grid slot of a served
+    monitor deployment. Two period runs overlap at a hand-over; the first to claim a slot
+    cycles it, the other skips it (flows/monitor_period.py)."""
+    return f"{PREFIX}:monitor:{deployment}:slot:{round(slot * 1000)}"
+
+
 def window_key(name: str) -> str:
     """sorted set, PX TTL: hits of a named sliding window (e.g. ``manual:{target}``)."""
     return f"{PREFIX}:window:{name}"

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from faultserver import FaultServer
 from served_stack import Api, serving
 
@@ -62,7 +63,9 @@ def _wait_first_period(api: Api, monitor_id: str, timeout: float = 120) -> None:
         time.sleep(1)
 
 
-def test_failing_target_leaves_no_backlog(served_monitor: tuple[Api, str, FaultServer]) -> None:
+def test_failing_target_leaves_no_backlog(
+    served_monitor: tuple[Api, str, FaultServer], redis_url: str
+) -> None:
     api, audit_url, fault = served_monitor
     monitor_id = api.deployment_id("monitor-period", "monitor")
     _wait_first_period(api, monitor_id)  # `recovery serve` schedules the first period at once
@@ -98,6 +101,15 @@ def test_failing_target_leaves_no_backlog(served_monitor: tuple[Api, str, FaultS
     # and only one: a cycle off the grid (the first run cycles at once) is followed by the next
     # slot at least half an interval later (less the jitter of task start times)
     assert min(gaps) > INTERVAL / 2 - 0.25, gaps
+    # Each cycle claimed its grid slot in shared state: where two period runs overlap (the
+    # hand-over, a late start) the first claim cycles the slot and the other run skips it.
+    # A claim lives two periods; every cycle since then cycled a slot it claimed (on time, or
+    # late for it by less than an interval).
+    keys = redis.Redis.from_url(redis_url).keys(f"recovery:monitor:{monitor_id}:slot:*")
+    claimed = sorted(int(k.rsplit(b":", 1)[1]) / 1000 for k in keys)
+    recent = [t for t in probes if t > time.time() - 2 * PERIOD + 10]
+    assert recent and len(claimed) <= len(probes), (claimed, probes)
+    assert all(any(-0.5 < t - c < INTERVAL for c in claimed) for t in recent), (claimed, recent)
 
     # Recoveries ran as their own flow runs, subflows of the period runs, audited with them.
     recoveries = _runs(
