@@ -56,11 +56,10 @@ from prefect.states import Completed, Failed
 
 from flows.monitor import _log_report, board_and_signals, detect, run_recovery
 from flows.reconcile import reconcile_runs
-from recovery.backends.keys import monitor_slot_key
 from recovery.blocking import blocking
 from recovery.config.loader import RecoveryConfig, load_config
 from recovery.engine.monitor import Decision
-from recovery.engine.period import Period, summarize
+from recovery.engine.period import Period, claim_slot, summarize
 from recovery.enums import MonitorAction
 from recovery.redact import install_log_redaction, redact
 from recovery.reporting.board import BoardGate
@@ -126,20 +125,13 @@ async def _other_run_cycling(anchor: float, timeout: float, later: bool = True) 
 
 
 async def _claim(config: RecoveryConfig, slot: float, period: Period) -> bool:
-    """May this run cycle ``slot``? The first period run to claim a slot of the grid cycles it.
-
-    Without a deployment (a run started in-process) there is no other run to share a grid
-    with. A claim that cannot be made (state unavailable) counts as granted: that cycle defers
-    every target anyway, and a skipped slot would be a gap in the report."""
+    """``claim_slot`` off the event loop; without a deployment (a run started in-process)
+    there is no other run to share the grid with."""
     deployment_id = current_deployment.id
     if not deployment_id:
         return True
-    key = monitor_slot_key(str(deployment_id), slot)
     state = services_for(config).state
-    try:
-        return bool(await blocking(state.put_mark, key, str(current_flow_run.id), 2 * period.length, True))
-    except Exception:
-        return True
+    return await blocking(claim_slot, state, str(deployment_id), slot, str(current_flow_run.id), period)
 
 
 async def _successor_cycling(anchor: float, timeout: float) -> bool:
@@ -193,7 +185,7 @@ async def monitor_period() -> State[Any]:
     if late and started > anchor:
         missed = period.grid_slot(started) - m.interval_seconds
         if await _claim(config, missed, period):
-            when, key = started, missed
+            when, key = started, None  # claimed: cycled at once, off the grid
     elif late and not await _other_run_cycling(anchor, m.interval_seconds / 2, later=False):
         when, key = started, None
     try:

@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import sqlalchemy
+from audit_faults import proxied_postgres
 from test_audit import STEPS, db_url, raw, rows  # noqa: F401  (fixtures)
 
 from recovery.audit.store import AuditStore
@@ -104,3 +106,34 @@ def test_bad_ages_are_exit_2_with_nothing_deleted(
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.strip().splitlines() == [f"recovery: error: {problem}"], result.stderr
     assert [r.id for r in store.history()] == [run_id]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("fault", ["refused", "frozen"])
+def test_prune_with_the_audit_store_down_fails_in_bounded_time_with_one_line(
+    pg_url: str, tmp_path: Path, fault: str
+) -> None:
+    """Nothing to delete while the store is away: exit 1 within the audit timeout, one line
+    naming the store (no password), no traceback; the old run is still there afterwards."""
+    engine = sqlalchemy.create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        run_id = _run(AuditStore(pg_url), conn, "api", 400, finish=True)
+    engine.dispose()
+    with proxied_postgres(pg_url) as (url, proxy):
+        config = tmp_path / "r.yaml"
+        config.write_text(
+            f"audit_url: {url}\naudit_timeout_seconds: 2\naudit_spool: {tmp_path / 'spool'}\n"
+            "targets:\n  - {name: api, kind: http, url: 'http://127.0.0.1:9/'}\n"
+        )
+        if fault == "frozen":
+            proxy.freeze()
+        else:
+            proxy.stop()
+        started = time.monotonic()
+        result = _cli(config, "--older-than", "90d")
+        took = time.monotonic() - started
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert took < 20, took  # connect/statement timeouts of 2 s, not a hang
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("recovery: error: audit store postgresql") and "Traceback" not in result.stderr
+    assert [r.id for r in AuditStore(pg_url).history()] == [run_id]

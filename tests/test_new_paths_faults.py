@@ -24,9 +24,10 @@ from test_bounded_calls import _config
 from test_takeover import _automatic
 
 from recovery.audit.store import AuditStore
-from recovery.backends.keys import ladder_key, lock_key, waiting_key
+from recovery.backends.keys import ladder_key, lock_key, monitor_slot_key, waiting_key
 from recovery.config.loader import RecoveryConfig
 from recovery.engine.monitor import STATE_UNAVAILABLE, Decision, decide
+from recovery.engine.period import Period, claim_slot
 from recovery.engine.runtime import RecoveryRequest, RecoveryRuntime
 from recovery.engine.takeover import TAKEN_OVER
 from recovery.enums import MonitorAction
@@ -312,3 +313,23 @@ def test_a_lost_waiting_mark_reply_never_loses_the_incidents_refusal(
     assert out[0].action is MonitorAction.BLOCKED and out[0].blocked_by == "db"
     assert refusals(sqlite_url) == ["waiting for db"]
     assert state_redis.lock("api") is None
+
+
+# --- the served monitor's grid-slot claims ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["killed", "frozen"])
+def test_a_slot_claim_while_state_redis_is_down_is_bounded_and_granted(
+    how: str, state_redis: StateRedis, sqlite_url: str
+) -> None:
+    """Two overlapping period runs: the first claim of a slot cycles it, the other run skips it.
+    With state Redis down the claim is granted within the bound (that cycle defers anyway)."""
+    state = services_for(config_for(state_redis, sqlite_url)).state
+    period = Period(time.time(), 3.0, 30.0)
+    assert claim_slot(state, "deployment", period.anchor, "run-a", period)
+    assert claim_slot(state, "deployment", period.anchor, "run-a", period), "idempotent for its owner"
+    assert not claim_slot(state, "deployment", period.anchor, "run-b", period)
+    assert state_redis.direct.pttl(monitor_slot_key("deployment", period.anchor)) > 30_000
+    state_redis.fail(how)
+    out, took = bounded(lambda: claim_slot(state, "deployment", period.anchor + 3, "run-b", period))
+    assert out is True and took < BOUND, (out, took)

@@ -18,6 +18,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from recovery.backends.keys import monitor_slot_key
+from recovery.backends.state import SharedState
+
 OUTCOMES = ("succeeded", "refused", "failed", "cancelled")
 MAX_PREFETCH_SECONDS = 60.0
 
@@ -88,3 +91,16 @@ def summarize(cycles: int, outcomes: Iterable[Mapping[str, Any]]) -> str:
     parts = [f"{counts[s]} {s}" for s in OUTCOMES if counts[s]]
     parts += [f"{n} {s}" for s, n in sorted(counts.items()) if s not in OUTCOMES]
     return f"{head}; {total} recover{'ies' if total != 1 else 'y'}: {', '.join(parts)}"
+
+
+def claim_slot(state: SharedState, deployment: str, slot: float, run_id: str, period: Period) -> bool:
+    """May run ``run_id`` cycle ``slot`` of ``deployment``'s grid? The first period run to
+    claim a slot cycles it; the claim is idempotent for its owner (``put_mark``).
+
+    A claim that cannot be made (state unavailable, bounded by ``state_timeout_seconds``)
+    counts as granted: that cycle defers every target anyway, and a skipped slot would be a gap
+    in the report."""
+    try:
+        return state.put_mark(monitor_slot_key(deployment, slot), run_id, 2 * period.length, only_new=True)
+    except Exception:  # StateUnavailable, or anything else: monitoring must go on
+        return True
