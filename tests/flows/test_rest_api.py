@@ -31,7 +31,10 @@ from recovery.config.loader import load_config
 def _write_config(path: Path, audit_url: str, state_url: str, url: str) -> Path:
     path.write_text(
         f"audit_url: {audit_url}\nstate_url: {state_url}\n"
-        "monitor: {interval_seconds: 3600, failure_threshold: 1}\n"
+        # The served monitor's first cycle runs at once and sees the test's 503s: a high
+        # threshold keeps it from starting an automatic recovery that would hold the lock the
+        # REST-triggered runs under test need (seen in CI: the manual run refused).
+        "monitor: {interval_seconds: 3600, failure_threshold: 1000}\n"
         "manual_triggers: {max_triggers: 50, window_seconds: 60}\n"
         "strategy: {kind: exponential, base_seconds: 0.5, factor: 2, max_delay_seconds: 2, "
         "max_attempts: 30, jitter: none}\n"
